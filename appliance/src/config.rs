@@ -1,0 +1,382 @@
+//! Configuration: one TOML file, every key with a laptop-friendly default, overridable from the
+//! environment as `CRLM_<SECTION>__<KEY>`. Loading is two-phase: the file and environment are
+//! merged into a TOML tree and checked against the known keys (all unknown keys reported at
+//! once), then deserialised and validated (all bad values reported at once, each naming its key
+//! and the allowed values). The annotated default file is [`DEFAULT_TOML`]; a test keeps it equal
+//! to [`Config::default`].
+
+use crlm_models::limits::Limits;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The annotated default configuration (`crlm config default`).
+pub const DEFAULT_TOML: &str = include_str!("../crlm.default.toml");
+
+/// Environment variables that override keys start with this.
+pub const ENV_PREFIX: &str = "CRLM_";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub share: ShareConfig,
+    pub state: StateConfig,
+    pub cases: CasesConfig,
+    pub series: SeriesConfig,
+    pub eligibility: EligibilityConfig,
+    pub quarantine: QuarantineConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShareConfig {
+    pub path: PathBuf,
+    pub quiet_seconds: f64,
+    pub poll_seconds: f64,
+    pub inotify: bool,
+    pub incomplete_timeout_seconds: f64,
+}
+
+impl Default for ShareConfig {
+    fn default() -> Self {
+        ShareConfig {
+            path: "./share".into(),
+            quiet_seconds: 10.0,
+            poll_seconds: 2.0,
+            inotify: true,
+            incomplete_timeout_seconds: 600.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    pub path: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { path: "./state".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CasesConfig {
+    pub partial_after_seconds: f64,
+    pub require: Vec<String>,
+}
+
+impl Default for CasesConfig {
+    fn default() -> Self {
+        CasesConfig { partial_after_seconds: 3600.0, require: vec!["ct".into(), "slide".into(), "clinical".into()] }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeriesConfig {
+    pub max_slice_thickness_mm: f64,
+    pub require_contrast: bool,
+    pub require_original_primary: bool,
+    pub axial_tolerance_degrees: f64,
+    pub min_slices: u32,
+    pub preferred_description: Vec<String>,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        SeriesConfig {
+            max_slice_thickness_mm: 5.0,
+            require_contrast: true,
+            require_original_primary: true,
+            axial_tolerance_degrees: 10.0,
+            min_slices: 8,
+            preferred_description: vec!["portal".into(), "venous".into(), "pv".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EligibilityConfig {
+    pub enabled: bool,
+    pub min_age: f64,
+    pub max_age: f64,
+    pub required_resection: String,
+    pub max_ct_before_surgery_days: i64,
+}
+
+impl Default for EligibilityConfig {
+    fn default() -> Self {
+        EligibilityConfig {
+            enabled: true,
+            min_age: 18.0,
+            max_age: 75.0,
+            required_resection: "R0".into(),
+            max_ct_before_surgery_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum QuarantineMode {
+    /// Leave the file in the share; write the reason file only.
+    #[default]
+    Record,
+    /// Move the file out of the share into the quarantine folder, beside its reason file.
+    Move,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    pub mode: QuarantineMode,
+    /// Empty: `<state.path>/quarantine`.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub target: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), target: "auto".into() }
+    }
+}
+
+/// Every problem found in a configuration, each naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .problems.join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn one(p: String) -> Self {
+        ConfigError { problems: vec![p] }
+    }
+}
+
+impl Config {
+    /// Load `file` (or the defaults when `None`) with `CRLM_*` overrides from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| ConfigError::one(format!("cannot read config file {}: {e}", p.display())))?,
+            None => String::new(),
+        };
+        let env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+        Self::from_sources(&text, &env, file)
+    }
+
+    /// Merge a TOML text with environment overrides, check keys, deserialise and validate.
+    pub fn from_sources(text: &str, env: &[(String, String)], origin: Option<&Path>) -> Result<Config, ConfigError> {
+        let where_ = origin.map(|p| p.display().to_string()).unwrap_or_else(|| "configuration".into());
+        let mut tree: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::one(format!("{where_}: not valid TOML: {e}")))?;
+        let mut problems = Vec::new();
+        for (k, v) in env {
+            let Some(rest) = k.strip_prefix(ENV_PREFIX) else { continue };
+            if rest == "CONFIG" {
+                continue; // CRLM_CONFIG names the file, it is not a key.
+            }
+            let Some((section, key)) = rest.split_once("__") else {
+                problems.push(format!(
+                    "environment variable {k}: expected CRLM_<SECTION>__<KEY>, e.g. CRLM_SHARE__QUIET_SECONDS"
+                ));
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let table = tree.entry(section.clone()).or_insert_with(|| toml::Value::Table(Default::default()));
+            match table.as_table_mut() {
+                Some(t) => {
+                    t.insert(key, env_value(v));
+                }
+                None => problems.push(format!("environment variable {k}: `{section}` is not a section")),
+            }
+        }
+        problems.extend(unknown_keys(&tree));
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        let cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
+            .map_err(|e| ConfigError::one(format!("{where_}: {}: {}", e.path(), e.inner().message())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Check values; collect every problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Vec::new();
+        let mut positive = |key: &str, v: f64| {
+            if !(v.is_finite() && v > 0.0) {
+                p.push(format!("{key} = {v}: must be a number of seconds greater than 0"));
+            }
+        };
+        positive("share.quiet_seconds", self.share.quiet_seconds);
+        positive("share.poll_seconds", self.share.poll_seconds);
+        positive("share.incomplete_timeout_seconds", self.share.incomplete_timeout_seconds);
+        positive("cases.partial_after_seconds", self.cases.partial_after_seconds);
+        if self.share.path.as_os_str().is_empty() {
+            p.push("share.path is empty: give the folder lab staff drop exports into".into());
+        }
+        if self.state.path.as_os_str().is_empty() {
+            p.push("state.path is empty: give a folder on local storage for the database".into());
+        }
+        for m in &self.cases.require {
+            if !["ct", "slide", "clinical"].contains(&m.as_str()) {
+                p.push(format!("cases.require contains `{m}`: allowed values are \"ct\", \"slide\", \"clinical\""));
+            }
+        }
+        if !(0.0..=10.0).contains(&self.series.max_slice_thickness_mm) || self.series.max_slice_thickness_mm == 0.0 {
+            p.push(format!(
+                "series.max_slice_thickness_mm = {}: must be greater than 0 and at most 10",
+                self.series.max_slice_thickness_mm
+            ));
+        }
+        if !(0.0..=45.0).contains(&self.series.axial_tolerance_degrees) {
+            p.push(format!("series.axial_tolerance_degrees = {}: must be 0-45", self.series.axial_tolerance_degrees));
+        }
+        let e = &self.eligibility;
+        if !(e.min_age >= 0.0 && e.min_age <= e.max_age && e.max_age <= 120.0) {
+            p.push(format!(
+                "eligibility.min_age = {} / max_age = {}: need 0 <= min_age <= max_age <= 120",
+                e.min_age, e.max_age
+            ));
+        }
+        if !["R0", "R1", "R2"].contains(&e.required_resection.as_str()) {
+            p.push(format!(
+                "eligibility.required_resection = \"{}\": allowed values are \"R0\", \"R1\", \"R2\"",
+                e.required_resection
+            ));
+        }
+        if e.max_ct_before_surgery_days < 0 {
+            p.push("eligibility.max_ct_before_surgery_days must be 0 or more".into());
+        }
+        if !["auto", "journal", "stderr"].contains(&self.log.target.as_str()) {
+            p.push(format!(
+                "log.target = \"{}\": allowed values are \"auto\", \"journal\", \"stderr\"",
+                self.log.target
+            ));
+        }
+        if tracing_subscriber_filter_ok(&self.log.level).is_err() {
+            p.push(format!("log.level = \"{}\": use error, warn, info, debug or trace", self.log.level));
+        }
+        if p.is_empty() { Ok(()) } else { Err(ConfigError { problems: p }) }
+    }
+
+    pub fn quarantine_dir(&self) -> PathBuf {
+        if self.quarantine.path.as_os_str().is_empty() {
+            self.state.path.join("quarantine")
+        } else {
+            self.quarantine.path.clone()
+        }
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.state.path.join("crlm.sqlite")
+    }
+}
+
+fn tracing_subscriber_filter_ok(level: &str) -> Result<(), ()> {
+    let base = level.split(',').next().unwrap_or("").trim();
+    if ["error", "warn", "info", "debug", "trace", "off"].contains(&base) || base.contains('=') {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// Environment values are TOML literals when they parse as one (numbers, booleans, arrays),
+/// else plain strings (paths).
+fn env_value(v: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    }
+}
+
+/// Keys present in `tree` that the default configuration does not have.
+fn unknown_keys(tree: &toml::Table) -> Vec<String> {
+    let known = toml::Table::try_from(Config::default()).unwrap_or_default();
+    let mut out = Vec::new();
+    for (section, value) in tree {
+        let Some(known_section) = known.get(section).and_then(|v| v.as_table()) else {
+            out.push(format!(
+                "unknown section [{section}]; sections are: {}",
+                known.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+            continue;
+        };
+        let Some(t) = value.as_table() else {
+            out.push(format!("`{section}` must be a section ([{section}]), not a value"));
+            continue;
+        };
+        for key in t.keys() {
+            if !known_section.contains_key(key) {
+                out.push(format!(
+                    "unknown key {section}.{key}; keys of [{section}] are: {}",
+                    known_section.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotated_default_file_equals_the_built_in_defaults() {
+        let parsed = Config::from_sources(DEFAULT_TOML, &[], None).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let env = vec![
+            ("CRLM_SHARE__QUIET_SECONDS".to_string(), "2".to_string()),
+            ("CRLM_STATE__PATH".to_string(), "/var/lib/crlm".to_string()),
+            ("CRLM_SHARE__INOTIFY".to_string(), "false".to_string()),
+        ];
+        let c = Config::from_sources("[share]\nquiet_seconds = 30\n", &env, None).unwrap();
+        assert_eq!(c.share.quiet_seconds, 2.0);
+        assert_eq!(c.state.path, PathBuf::from("/var/lib/crlm"));
+        assert!(!c.share.inotify);
+    }
+
+    #[test]
+    fn every_unknown_key_is_named_with_the_allowed_ones() {
+        let err = Config::from_sources("[share]\nquite_seconds = 3\n[sahre]\npath='x'\n", &[], None).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems.iter().any(|p| p.contains("unknown key share.quite_seconds") && p.contains("quiet_seconds"))
+        );
+        assert!(err.problems.iter().any(|p| p.contains("unknown section [sahre]")));
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let t = "[share]\nquiet_seconds = 0\n[eligibility]\nrequired_resection = \"R3\"\n[log]\ntarget = \"syslog\"\n";
+        let err = Config::from_sources(t, &[], None).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(err.to_string().contains("share.quiet_seconds = 0"));
+        assert!(err.to_string().contains("\"R0\", \"R1\", \"R2\""));
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Config::from_sources("[share]\npoll_seconds = \"fast\"\n", &[], None).unwrap_err();
+        assert!(err.to_string().contains("poll_seconds"), "{err}");
+    }
+}

@@ -1,0 +1,167 @@
+//! `crlm demo`: the appliance's path on a generated case (or the user's own exports), with
+//! nothing installed beyond the build. It writes a sample case with the project's own writers
+//! into a share, runs the real service on it, prints what happens, and says where to look.
+
+use crate::config::Config;
+use crate::state::{CaseRow, StateDb, case_state};
+use crlm_models::synth::{SampleCase, write_sample_case};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot prepare the demo folder {0}: {1}")]
+    Prepare(String, String),
+    #[error("the service failed: {0}")]
+    Service(String),
+    #[error("no case was closed within {0} s; see the log above and `crlm cases --config {1}`")]
+    Timeout(u64, String),
+    #[error("the share {0} does not exist or is not a folder")]
+    NoShare(String),
+}
+
+pub struct DemoOptions {
+    pub work: PathBuf,
+    pub share: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Run the demo; returns the closed cases.
+pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
+    let work = &opts.work;
+    let prep = |e: std::io::Error| DemoError::Prepare(work.display().to_string(), e.to_string());
+    std::fs::create_dir_all(work).map_err(prep)?;
+    let state = work.join("state");
+    // A fresh state each run, so the demo always shows the whole path.
+    if state.exists() {
+        std::fs::remove_dir_all(&state).map_err(prep)?;
+    }
+    let share = match &opts.share {
+        Some(s) => {
+            if !s.is_dir() {
+                return Err(DemoError::NoShare(s.display().to_string()));
+            }
+            s.clone()
+        }
+        None => {
+            let share = work.join("share");
+            if share.exists() {
+                std::fs::remove_dir_all(&share).map_err(prep)?;
+            }
+            step(1, "writing a sample case with the project's own generators");
+            let case_dir = share.join("demo-case-001");
+            let case = SampleCase { slices: 24, with_noncontrast_series: true, ..SampleCase::new("DEMO-0001") };
+            let files = write_sample_case(&case_dir, &case)
+                .map_err(|e| DemoError::Prepare(case_dir.display().to_string(), e.to_string()))?;
+            std::fs::write(case_dir.join(crate::ingest::share::CASE_READY_MARKER), b"").map_err(prep)?;
+            println!(
+                "    {} files: {} CT slices in 2 series (portal-venous and native), 1 pyramidal slide, 1 clinical file",
+                files.len(),
+                files.len() - 2
+            );
+            share
+        }
+    };
+    let mut cfg = Config::default();
+    cfg.share.path = share.clone();
+    cfg.state.path = state.clone();
+    cfg.share.quiet_seconds = 1.0;
+    cfg.share.poll_seconds = 0.5;
+    step(2, &format!("starting the service on {}", share.display()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watchdog: Arc<dyn crlm_drivers::watchdog::Watchdog> = Arc::new(crlm_drivers::watchdog::NoWatchdog);
+    let svc_cfg = cfg.clone();
+    let service = tokio::spawn(async move {
+        crate::service::run(svc_cfg, watchdog, stop_rx, |r| {
+            if r.accepted + r.quarantined + r.duplicates > 0 {
+                println!(
+                    "    scan: {} files seen, {} accepted, {} duplicates, {} quarantined, {} waiting",
+                    r.files_seen, r.accepted, r.duplicates, r.quarantined, r.waiting
+                );
+            }
+            for c in &r.case_changes {
+                println!("    case {} -> {}", c.case, c.state);
+            }
+        })
+        .await
+    });
+    step(3, "waiting until every case is closed (complete, partial, ineligible or quarantined)");
+    let start = Instant::now();
+    let db_path = cfg.database_path();
+    let rows = loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if service.is_finished() {
+            break None;
+        }
+        if let Ok(db) = StateDb::open_read_only(&db_path)
+            && let Ok(rows) = db.cases()
+            && !rows.is_empty()
+            && rows.iter().all(|r| r.state != case_state::WAITING)
+        {
+            break Some(rows);
+        }
+        if start.elapsed() > opts.timeout {
+            let _ = stop_tx.send(true);
+            return Err(DemoError::Timeout(opts.timeout.as_secs(), "crlm-demo".into()));
+        }
+    };
+    let _ = stop_tx.send(true);
+    let joined = service.await.map_err(|e| DemoError::Service(e.to_string()))?;
+    joined.map_err(|e| DemoError::Service(e.to_string()))?;
+    let rows = rows.ok_or_else(|| DemoError::Service("the service stopped before closing a case".into()))?;
+    step(4, &format!("done in {:.1} s", start.elapsed().as_secs_f64()));
+    print_cases(&rows);
+    println!();
+    println!("Where to look:");
+    println!("  state database   {}", db_path.display());
+    println!("  quarantine       {}", cfg.quarantine_dir().display());
+    println!("  cases            crlm cases --json   (with CRLM_STATE__PATH={})", state.display());
+    println!("Prediction, ledger, display and MQTT stages are not built yet: cases stop at `complete`.");
+    Ok(rows)
+}
+
+fn step(n: u32, what: &str) {
+    println!("[{n}] {what}");
+}
+
+/// A readable table of cases.
+pub fn print_cases(rows: &[CaseRow]) {
+    println!("{:<16} {:<12} {:<34} reasons", "case", "state", "modalities");
+    for r in rows {
+        let m = |k: &str| {
+            let s = r.modalities.get(k).and_then(|v| v.get("status")).and_then(|v| v.as_str()).unwrap_or("?");
+            format!("{k}:{}", if s == "found" { "yes" } else { "no" })
+        };
+        println!(
+            "{:<16} {:<12} {:<34} {}",
+            r.pseudonym,
+            r.state,
+            format!("{} {} {}", m("ct"), m("slide"), m("clinical")),
+            if r.reasons.is_empty() { "-".to_string() } else { r.reasons.join("; ") }
+        );
+        if let Some(c) = r.series_choice.as_ref().and_then(|s| s.get("chosen")).filter(|c| !c.is_null()) {
+            println!(
+                "{:<16} CT series chosen: \"{}\", {} slices",
+                "",
+                c.get("description").and_then(|d| d.as_str()).unwrap_or("?"),
+                c.get("slices").and_then(|d| d.as_u64()).unwrap_or(0)
+            );
+        }
+        for rej in
+            r.series_choice.as_ref().and_then(|s| s.get("rejected")).and_then(|v| v.as_array()).into_iter().flatten()
+        {
+            println!(
+                "{:<16} CT series rejected: \"{}\": {}",
+                "",
+                rej.get("description").and_then(|d| d.as_str()).unwrap_or("?"),
+                rej.get("reason").and_then(|d| d.as_str()).unwrap_or("?")
+            );
+        }
+    }
+}
+
+/// The default demo work folder.
+pub fn default_work_dir() -> PathBuf {
+    Path::new("crlm-demo").to_path_buf()
+}

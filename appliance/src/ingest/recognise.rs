@@ -1,0 +1,259 @@
+//! Recognition by content, never by extension: DICOM (Part 10 or raw), TIFF/BigTIFF/SVS, and
+//! the schema-v1 clinical file. Only headers are read. The outcome says whether the file is
+//! usable, not complete yet (wait and look again), or bad (quarantine, with the failed check and
+//! what staff should do).
+
+use crlm_models::clinical::{self, ClinicalFormat, ClinicalRecord};
+use crlm_models::dicom::{self, DicomError, DicomHeader, sop_class};
+use crlm_models::limits::Limits;
+use crlm_models::slide::{self, SlideError, SlideHeader};
+use serde::Serialize;
+use std::fs::File;
+use std::io::Read;
+
+/// Content kinds, as `crlm inspect` reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    Dicom,
+    Slide,
+    Clinical,
+    Unknown,
+}
+
+impl FileKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Dicom => "dicom",
+            FileKind::Slide => "slide",
+            FileKind::Clinical => "clinical",
+            FileKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// What a DICOM file is for in a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DicomRole {
+    /// A CT image: candidate for series selection.
+    CtImage,
+    /// A segmentation or RT structure set: a region-of-interest source.
+    RegionOfInterest,
+    /// Anything else (MR, SR, secondary capture): kept, not used.
+    NotUsed,
+}
+
+#[derive(Debug, Clone)]
+pub enum Recognised {
+    Dicom { header: Box<DicomHeader>, role: DicomRole },
+    Slide(Box<SlideHeader>),
+    Clinical { format: ClinicalFormat, records: Vec<ClinicalRecord> },
+}
+
+impl Recognised {
+    pub fn kind(&self) -> FileKind {
+        match self {
+            Recognised::Dicom { .. } => FileKind::Dicom,
+            Recognised::Slide(_) => FileKind::Slide,
+            Recognised::Clinical { .. } => FileKind::Clinical,
+        }
+    }
+
+    /// Details kept in the state database and shown by `crlm inspect` (headers, never pixels).
+    pub fn details(&self) -> serde_json::Value {
+        match self {
+            Recognised::Dicom { header, role } => {
+                let mut v = serde_json::to_value(header.as_ref()).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("role".into(), serde_json::to_value(role).unwrap_or_default());
+                }
+                v
+            }
+            Recognised::Slide(h) => serde_json::to_value(h.as_ref()).unwrap_or_default(),
+            Recognised::Clinical { format, records } => serde_json::json!({
+                "format": format,
+                "records": records.len(),
+                "record_hashes": records.iter().map(|r| r.hash()).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+/// A bad file: which check failed, why, and what staff should do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub kind: FileKind,
+    pub check: &'static str,
+    pub reason: String,
+    pub action: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Usable(Recognised),
+    /// Not complete yet (still being written?): look again; quarantined if it stays so.
+    NotYet(Problem),
+    Bad(Problem),
+}
+
+const ACTION_REEXPORT: &str = "Re-export the file from the scanner or PACS into the case folder.";
+const ACTION_UNSUPPORTED: &str =
+    "Remove the file from the share; only CT DICOM, SVS/pyramidal TIFF slides and the clinical file belong there.";
+const ACTION_CLINICAL: &str =
+    "Correct the clinical file (see docs/CLINICAL.md) and save it again into the case folder.";
+const ACTION_SLIDE: &str = "Export the slide as Aperio SVS or tiled pyramidal TIFF into the case folder.";
+const ACTION_SUPPORT: &str = "Call support with the quarantine record; the file exceeds the appliance's limits.";
+
+fn problem(kind: FileKind, check: &'static str, reason: impl Into<String>, action: &'static str) -> Problem {
+    Problem { kind, check, reason: reason.into(), action }
+}
+
+/// Recognise an open file by its content.
+pub fn recognise(file: &File, limits: &Limits) -> Outcome {
+    let len = match file.metadata() {
+        Ok(m) => m.len(),
+        Err(e) => {
+            return Outcome::NotYet(problem(
+                FileKind::Unknown,
+                "file.readable",
+                format!("cannot stat: {e}"),
+                ACTION_REEXPORT,
+            ));
+        }
+    };
+    if len == 0 {
+        return Outcome::NotYet(problem(
+            FileKind::Unknown,
+            "file.non_empty",
+            "the file is empty (0 bytes)",
+            ACTION_REEXPORT,
+        ));
+    }
+    let mut head = [0u8; 4096];
+    let n = match dicom::read_prefix(file, &mut head) {
+        Ok(n) => n,
+        Err(e) => {
+            return Outcome::NotYet(problem(
+                FileKind::Unknown,
+                "file.readable",
+                format!("cannot read: {e}"),
+                ACTION_REEXPORT,
+            ));
+        }
+    };
+    let head = &head[..n];
+    if head.iter().all(|b| *b == 0) {
+        return Outcome::NotYet(problem(
+            FileKind::Unknown,
+            "file.written",
+            format!("the first {n} bytes are all zero: allocated but not yet written"),
+            ACTION_REEXPORT,
+        ));
+    }
+    if slide::sniff_tiff(head).is_some() {
+        return recognise_slide(file, limits);
+    }
+    if dicom::sniff_dicom(head).is_some() {
+        return recognise_dicom(file, limits);
+    }
+    if clinical::sniff_clinical(head).is_some() {
+        return recognise_clinical(file, len, limits);
+    }
+    Outcome::Bad(problem(
+        FileKind::Unknown,
+        "file.recognised",
+        "unsupported file: its content is not DICOM, TIFF/SVS or a schema-v1 clinical file",
+        ACTION_UNSUPPORTED,
+    ))
+}
+
+fn recognise_dicom(file: &File, limits: &Limits) -> Outcome {
+    let k = FileKind::Dicom;
+    let header = match dicom::read_header_file(file, limits) {
+        Ok(h) => h,
+        Err(e @ DicomError::OverLimit { .. }) => {
+            return Outcome::Bad(problem(k, "dicom.limits", e.to_string(), ACTION_SUPPORT));
+        }
+        Err(e @ DicomError::NotDicom) => {
+            return Outcome::Bad(problem(k, "dicom.header", e.to_string(), ACTION_REEXPORT));
+        }
+        // A header that does not parse may still be arriving.
+        Err(e) => return Outcome::NotYet(problem(k, "dicom.header", e.to_string(), ACTION_REEXPORT)),
+    };
+    let sop = header.sop_class_uid.as_deref().unwrap_or("");
+    if sop == "1.2.840.10008.5.1.4.1.1.77.1.6" {
+        return Outcome::Bad(problem(
+            FileKind::Slide,
+            "slide.format",
+            "DICOM whole-slide image (VL Whole Slide Microscopy): not supported yet",
+            ACTION_SLIDE,
+        ));
+    }
+    if header.rows.is_some()
+        && let Err(e) = dicom::check_pixel_data_file(file, &header, limits)
+    {
+        return match e {
+            DicomError::OverLimit { .. } => Outcome::Bad(problem(k, "dicom.limits", e.to_string(), ACTION_SUPPORT)),
+            _ => Outcome::NotYet(problem(k, "dicom.pixel_data_complete", e.to_string(), ACTION_REEXPORT)),
+        };
+    }
+    let modality = header.modality.as_deref().unwrap_or("");
+    let role = if sop == sop_class::SEGMENTATION
+        || sop == sop_class::RT_STRUCTURE_SET
+        || modality == "SEG"
+        || modality == "RTSTRUCT"
+    {
+        DicomRole::RegionOfInterest
+    } else if modality == "CT" || sop == sop_class::CT_IMAGE || sop == sop_class::ENHANCED_CT_IMAGE {
+        DicomRole::CtImage
+    } else {
+        DicomRole::NotUsed
+    };
+    Outcome::Usable(Recognised::Dicom { header: Box::new(header), role })
+}
+
+fn recognise_slide(file: &File, limits: &Limits) -> Outcome {
+    let k = FileKind::Slide;
+    let f = match file.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Outcome::NotYet(problem(k, "file.readable", e.to_string(), ACTION_REEXPORT)),
+    };
+    match slide::tiff::read_slide_header_file(f, limits) {
+        Ok(h) => Outcome::Usable(Recognised::Slide(Box::new(h))),
+        Err(e @ SlideError::OverLimit { .. }) => {
+            Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT))
+        }
+        Err(e @ SlideError::NoPyramid) => Outcome::Bad(problem(k, "slide.pyramid", e.to_string(), ACTION_SLIDE)),
+        Err(e @ (SlideError::Incomplete(_) | SlideError::Io(_))) => {
+            Outcome::NotYet(problem(k, "slide.tiles_complete", e.to_string(), ACTION_REEXPORT))
+        }
+        Err(e) => Outcome::NotYet(problem(k, "slide.structure", e.to_string(), ACTION_REEXPORT)),
+    }
+}
+
+fn recognise_clinical(file: &File, len: u64, limits: &Limits) -> Outcome {
+    let k = FileKind::Clinical;
+    if len > limits.max_clinical_bytes {
+        return Outcome::Bad(problem(
+            k,
+            "clinical.limits",
+            format!("clinical file has {len} bytes, above the limit {}", limits.max_clinical_bytes),
+            ACTION_CLINICAL,
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    let mut r = file;
+    use std::io::Seek;
+    if let Err(e) = r.seek(std::io::SeekFrom::Start(0)).and_then(|_| r.take(len).read_to_end(&mut bytes)) {
+        return Outcome::NotYet(problem(k, "file.readable", e.to_string(), ACTION_CLINICAL));
+    }
+    match clinical::parse_clinical(&bytes) {
+        Ok((format, records)) => Outcome::Usable(Recognised::Clinical { format, records }),
+        Err(e) => {
+            let truncated_json = e.problems.iter().any(|p| p.message.contains("EOF while parsing"));
+            let p = problem(k, "clinical.schema_v1", e.to_string(), ACTION_CLINICAL);
+            if truncated_json { Outcome::NotYet(p) } else { Outcome::Bad(p) }
+        }
+    }
+}

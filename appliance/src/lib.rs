@@ -1,0 +1,16 @@
+//! crlm-appliance: the crlm-edge service and the `crlm` command-line tool.
+//!
+//! - [`config`]: the TOML configuration and its environment overrides.
+//! - [`ingest`]: the watched share, recognition, cases, quarantine.
+//! - [`state`]: the SQLite state database.
+//! - [`service`]: `crlm run`, the long-running service.
+//! - [`demo`]: `crlm demo`, the whole path on a generated case.
+//!
+//! See docs/ARCHITECTURE.md for the data path and which module owns each step.
+
+pub mod config;
+pub mod demo;
+pub mod fsutil;
+pub mod ingest;
+pub mod service;
+pub mod state;

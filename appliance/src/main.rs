@@ -1,0 +1,227 @@
+//! `crlm`: the crlm-edge command-line tool and service. Errors are reported here, at the edge,
+//! with exit status 1 (78 for a configuration error, so systemd does not restart in a loop).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use crlm_appliance::config::{Config, DEFAULT_TOML};
+use crlm_appliance::{demo, ingest, service, state};
+use crlm_drivers::journal::{self, LogTarget};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit status for an invalid configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// The device's configuration file, used when no --config is given and it exists.
+const DEVICE_CONFIG: &str = "/etc/crlm/crlm.toml";
+
+#[derive(Parser)]
+#[command(name = "crlm", version, about = "crlm-edge: CRLM risk appliance for the prospective validation study")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service: watch the share, assemble cases, quarantine bad input.
+    Run {
+        /// Configuration file (default: $CRLM_CONFIG, else /etc/crlm/crlm.toml if present, else built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Show the whole path on a generated sample case (or on your own exports with --share).
+    Demo {
+        /// Process this folder of exports instead of a generated case.
+        #[arg(long)]
+        share: Option<PathBuf>,
+        /// Work folder for the demo's share and state.
+        #[arg(long, default_value = "crlm-demo")]
+        work: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_seconds: u64,
+    },
+    /// Check or print the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Say what the appliance sees in a file or folder, changing nothing.
+    Inspect {
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List cases from the state database.
+    Cases {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a configuration file (with CRLM_* environment overrides applied).
+    Check { file: PathBuf },
+    /// Print the annotated default configuration.
+    Default,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("crlm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit
+        .or_else(|| std::env::var_os("CRLM_CONFIG").map(PathBuf::from))
+        .or_else(|| Path::new(DEVICE_CONFIG).is_file().then(|| PathBuf::from(DEVICE_CONFIG)))
+}
+
+fn load_config(file: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(file).map_err(|e| {
+        eprintln!("crlm: invalid configuration:");
+        for p in &e.problems {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn init_logging(cfg: &Config) {
+    let target = match cfg.log.target.as_str() {
+        "journal" => LogTarget::Journal,
+        "stderr" => LogTarget::Stderr,
+        _ => LogTarget::Auto,
+    };
+    if let Err(e) = journal::init(&cfg.log.level, target) {
+        eprintln!("crlm: logging: {e}; continuing with stderr");
+        let _ = journal::init(&cfg.log.level, LogTarget::Stderr);
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Config { action: ConfigAction::Default } => {
+            print!("{DEFAULT_TOML}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config { action: ConfigAction::Check { file } } => match load_config(Some(&file)) {
+            Ok(cfg) => {
+                println!("{}: valid", file.display());
+                println!("  share.path = {}", cfg.share.path.display());
+                println!("  state.path = {}", cfg.state.path.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        Command::Run { config } => {
+            let path = config_path(config);
+            let cfg = match load_config(path.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            init_logging(&cfg);
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!(stage = "service", "stop signal received; finishing the scan in flight");
+                    let _ = stop_tx.send(true);
+                });
+                let watchdog: Arc<dyn crlm_drivers::watchdog::Watchdog> =
+                    Arc::from(crlm_drivers::watchdog::from_environment());
+                service::run(cfg, watchdog, stop_rx, |_| {}).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { share, work, timeout_seconds } => {
+            let cfg = Config {
+                log: crlm_appliance::config::LogConfig { level: "warn".into(), target: "stderr".into() },
+                ..Config::default()
+            };
+            init_logging(&cfg);
+            println!(
+                "crlm demo: the appliance's path on {}",
+                if share.is_some() { "your exports" } else { "a generated case" }
+            );
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            let rows = rt.block_on(demo::run(demo::DemoOptions {
+                work,
+                share,
+                timeout: std::time::Duration::from_secs(timeout_seconds),
+            }))?;
+            let closed_ok =
+                rows.iter().any(|r| r.state == state::case_state::COMPLETE || r.state == state::case_state::PARTIAL);
+            if closed_ok {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("crlm demo: no case became complete or partial; see the reasons above");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Inspect { path, json } => {
+            let items = ingest::inspect::inspect(&path, &crlm_models::limits::Limits::default())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&items)?);
+            } else {
+                for i in &items {
+                    println!("{}\t{}\t{}", i.kind.as_str(), i.verdict, i.path);
+                    for p in &i.problems {
+                        println!("\t  problem: {p}");
+                    }
+                }
+            }
+            let any_rejected = items.iter().any(|i| i.verdict != "usable");
+            Ok(if any_rejected { ExitCode::from(3) } else { ExitCode::SUCCESS })
+        }
+        Command::Cases { config, json } => {
+            let path = config_path(config);
+            let cfg = match load_config(path.as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let db_path = cfg.database_path();
+            if !db_path.exists() {
+                anyhow::bail!(
+                    "no state database at {} (has `crlm run` started with this configuration?)",
+                    db_path.display()
+                );
+            }
+            let db =
+                state::StateDb::open_read_only(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+            let rows = db.cases()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                demo::print_cases(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

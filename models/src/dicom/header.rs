@@ -1,0 +1,268 @@
+//! Reading the header of a DICOM file: Part 10 with or without preamble, or a raw data set.
+
+use super::{DicomError, Encoding, ts};
+use crate::limits::Limits;
+use dicom_dictionary_std::tags;
+use dicom_object::{InMemDicomObject, OpenFileOptions, file::ReadPreamble};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// How the bytes start: decides how the file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DicomLayout {
+    /// 128-byte preamble + "DICM" + file meta group.
+    Part10,
+    /// File meta group without the preamble.
+    MetaWithoutPreamble,
+    /// A bare data set (no meta group); implicit or explicit VR little endian.
+    RawDataset { explicit_vr: bool },
+}
+
+/// Decide from the first bytes whether this is DICOM, and which layout. `None` if not DICOM.
+pub fn sniff_dicom(head: &[u8]) -> Option<DicomLayout> {
+    if head.len() >= 132 && &head[128..132] == b"DICM" {
+        return Some(DicomLayout::Part10);
+    }
+    if head.len() < 12 {
+        return None;
+    }
+    let group = u16::from_le_bytes([head[0], head[1]]);
+    let vr_like = head[4].is_ascii_uppercase() && head[5].is_ascii_uppercase();
+    if group == 0x0002 && vr_like {
+        return Some(DicomLayout::MetaWithoutPreamble);
+    }
+    // A raw data set starts with a low group (0008 usually) and ascending tags.
+    if group == 0x0008 {
+        if vr_like {
+            return Some(DicomLayout::RawDataset { explicit_vr: true });
+        }
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len < 0x1_0000 {
+            return Some(DicomLayout::RawDataset { explicit_vr: false });
+        }
+    }
+    None
+}
+
+/// The header values ingest and series selection need, under their DICOM keywords.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DicomHeader {
+    pub transfer_syntax_uid: String,
+    #[serde(rename = "PatientID")]
+    pub patient_id: Option<String>,
+    #[serde(rename = "StudyInstanceUID")]
+    pub study_instance_uid: Option<String>,
+    #[serde(rename = "SeriesInstanceUID")]
+    pub series_instance_uid: Option<String>,
+    #[serde(rename = "SOPInstanceUID")]
+    pub sop_instance_uid: Option<String>,
+    #[serde(rename = "SOPClassUID")]
+    pub sop_class_uid: Option<String>,
+    pub modality: Option<String>,
+    pub image_type: Vec<String>,
+    pub series_description: Option<String>,
+    pub series_number: Option<u32>,
+    pub contrast_bolus_agent: Option<String>,
+    pub slice_thickness: Option<f64>,
+    pub image_position_patient: Option<[f64; 3]>,
+    pub image_orientation_patient: Option<[f64; 6]>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub rows: Option<u16>,
+    pub columns: Option<u16>,
+    pub number_of_frames: Option<u32>,
+    pub samples_per_pixel: Option<u16>,
+    pub bits_allocated: Option<u16>,
+    pub acquisition_date: Option<String>,
+    pub acquisition_time: Option<String>,
+    pub study_date: Option<String>,
+    pub manufacturer: Option<String>,
+    #[serde(skip)]
+    pub layout: Option<DicomLayout>,
+}
+
+impl DicomHeader {
+    /// Decoded pixel data size implied by the header (native encoding), checked against limits.
+    pub fn expected_native_bytes(&self, limits: &Limits) -> Result<Option<u64>, DicomError> {
+        let (Some(rows), Some(cols)) = (self.rows, self.columns) else {
+            return Ok(None);
+        };
+        let frames = u64::from(self.number_of_frames.unwrap_or(1).max(1));
+        if frames > u64::from(limits.max_dicom_frames) {
+            return Err(DicomError::OverLimit {
+                what: "NumberOfFrames",
+                value: frames,
+                limit: u64::from(limits.max_dicom_frames),
+            });
+        }
+        let spp = u64::from(self.samples_per_pixel.unwrap_or(1).max(1));
+        let bits = u64::from(self.bits_allocated.unwrap_or(16).max(1));
+        let bits_total = u64::from(rows) * u64::from(cols) * frames * spp * bits;
+        let bytes = bits_total.div_ceil(8);
+        if bytes > limits.max_dicom_pixel_bytes {
+            return Err(DicomError::OverLimit {
+                what: "decoded pixel data bytes",
+                value: bytes,
+                limit: limits.max_dicom_pixel_bytes,
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Whether the pixel data is encapsulated (compressed fragments) rather than native.
+    pub fn is_encapsulated(&self) -> bool {
+        !matches!(
+            self.transfer_syntax_uid.as_str(),
+            ts::IMPLICIT_VR_LE | ts::EXPLICIT_VR_LE | ts::EXPLICIT_VR_BE | ts::DEFLATED_EXPLICIT_VR_LE
+        )
+    }
+
+    pub(crate) fn encoding(&self) -> Encoding {
+        Encoding::for_transfer_syntax(&self.transfer_syntax_uid)
+    }
+}
+
+/// Read the header of a DICOM file (everything before Pixel Data). Never reads pixel data,
+/// except for raw data sets without a meta group, which are parsed whole after a size check.
+pub fn read_header(path: &Path, limits: &Limits) -> Result<DicomHeader, DicomError> {
+    read_header_file(&std::fs::File::open(path)?, limits)
+}
+
+/// As [`read_header`], from a file the caller opened (ingest opens files beneath the share).
+pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, DicomError> {
+    let mut head = [0u8; 256];
+    let n = read_prefix(file, &mut head)?;
+    let layout = sniff_dicom(&head[..n]).ok_or(DicomError::NotDicom)?;
+    let mut reader = file;
+    let mut header = match layout {
+        DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
+            // dicom-object's reader expects "DICM" then the meta group.
+            let obj = if layout == DicomLayout::Part10 {
+                reader.seek(SeekFrom::Start(128))?;
+                OpenFileOptions::new()
+                    .read_preamble(ReadPreamble::Never)
+                    .read_until(tags::PIXEL_DATA)
+                    .from_reader(BufReader::new(reader))
+            } else {
+                reader.seek(SeekFrom::Start(0))?;
+                OpenFileOptions::new()
+                    .read_preamble(ReadPreamble::Never)
+                    .read_until(tags::PIXEL_DATA)
+                    .from_reader(BufReader::new(std::io::Cursor::new(*b"DICM").chain(reader)))
+            }
+            .map_err(|e| DicomError::Parse(e.to_string()))?;
+            let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+            let mut h = extract(&obj);
+            h.transfer_syntax_uid = ts_uid;
+            h
+        }
+        DicomLayout::RawDataset { explicit_vr } => {
+            let size = file.metadata()?.len();
+            let cap = limits.max_dicom_pixel_bytes.saturating_add(16 << 20);
+            if size > cap {
+                return Err(DicomError::OverLimit { what: "raw DICOM file bytes", value: size, limit: cap });
+            }
+            let ts_uid = if explicit_vr { ts::EXPLICIT_VR_LE } else { ts::IMPLICIT_VR_LE };
+            let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+            let ts = dicom_encoding::TransferSyntaxIndex::get(&registry, ts_uid)
+                .ok_or_else(|| DicomError::Parse(format!("transfer syntax {ts_uid} unknown")))?;
+            reader.seek(SeekFrom::Start(0))?;
+            let obj = InMemDicomObject::read_dataset_with_ts(BufReader::new(reader), ts)
+                .map_err(|e| DicomError::Parse(e.to_string()))?;
+            let mut h = extract(&obj);
+            h.transfer_syntax_uid = ts_uid.to_string();
+            h
+        }
+    };
+    header.layout = Some(layout);
+    // Check claimed sizes now, so nothing later allocates from an absurd header.
+    header.expected_native_bytes(limits)?;
+    Ok(header)
+}
+
+/// Read the first bytes of a file without moving its cursor.
+pub fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut n = 0;
+    while n < buf.len() {
+        let k = file.read_at(&mut buf[n..], n as u64)?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    Ok(n)
+}
+
+fn extract(obj: &InMemDicomObject) -> DicomHeader {
+    let s = |tag| text(obj, tag);
+    DicomHeader {
+        transfer_syntax_uid: String::new(),
+        patient_id: s(tags::PATIENT_ID),
+        study_instance_uid: s(tags::STUDY_INSTANCE_UID),
+        series_instance_uid: s(tags::SERIES_INSTANCE_UID),
+        sop_instance_uid: s(tags::SOP_INSTANCE_UID),
+        sop_class_uid: s(tags::SOP_CLASS_UID),
+        modality: s(tags::MODALITY),
+        image_type: multi_text(obj, tags::IMAGE_TYPE),
+        series_description: s(tags::SERIES_DESCRIPTION),
+        series_number: int(obj, tags::SERIES_NUMBER),
+        contrast_bolus_agent: s(tags::CONTRAST_BOLUS_AGENT),
+        slice_thickness: floats(obj, tags::SLICE_THICKNESS).and_then(|v| v.first().copied()),
+        image_position_patient: floats(obj, tags::IMAGE_POSITION_PATIENT)
+            .and_then(|v| <[f64; 3]>::try_from(v.as_slice()).ok()),
+        image_orientation_patient: floats(obj, tags::IMAGE_ORIENTATION_PATIENT)
+            .and_then(|v| <[f64; 6]>::try_from(v.as_slice()).ok()),
+        pixel_spacing: floats(obj, tags::PIXEL_SPACING).and_then(|v| <[f64; 2]>::try_from(v.as_slice()).ok()),
+        rows: int(obj, tags::ROWS),
+        columns: int(obj, tags::COLUMNS),
+        number_of_frames: int(obj, tags::NUMBER_OF_FRAMES),
+        samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL),
+        bits_allocated: int(obj, tags::BITS_ALLOCATED),
+        acquisition_date: s(tags::ACQUISITION_DATE),
+        acquisition_time: s(tags::ACQUISITION_TIME),
+        study_date: s(tags::STUDY_DATE),
+        manufacturer: s(tags::MANUFACTURER),
+        layout: None,
+    }
+}
+
+fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    let v = obj.element_opt(tag).ok().flatten()?.to_str().ok()?;
+    let t = v.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+fn multi_text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<String> {
+    text(obj, tag).map(|s| s.split('\\').map(|p| p.trim().to_ascii_uppercase()).collect()).unwrap_or_default()
+}
+
+fn floats(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
+    let v = obj.element_opt(tag).ok().flatten()?.to_multi_float64().ok()?;
+    (!v.is_empty() && v.iter().all(|x| x.is_finite())).then_some(v)
+}
+
+fn int<T: num_like::FromI64>(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<T> {
+    let v = obj.element_opt(tag).ok().flatten()?.to_int::<i64>().ok()?;
+    T::from_i64(v)
+}
+
+mod num_like {
+    /// Range-checked conversion from i64 (a negative or oversized Rows is treated as absent).
+    pub trait FromI64: Sized {
+        fn from_i64(v: i64) -> Option<Self>;
+    }
+    impl FromI64 for u16 {
+        fn from_i64(v: i64) -> Option<Self> {
+            u16::try_from(v).ok()
+        }
+    }
+    impl FromI64 for u32 {
+        fn from_i64(v: i64) -> Option<Self> {
+            u32::try_from(v).ok()
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! crlm-models: everything that turns scanner exports into model inputs.
+//!
+//! - [`dicom`]: DICOM header reading, completeness checks and a series writer (fixtures, demo).
+//! - [`slide`]: TIFF/BigTIFF/SVS header reading, completeness checks and a pyramidal TIFF writer.
+//! - [`clinical`]: the clinical-data file, schema v1 (JSON object or CSV rows).
+//! - [`synth`]: a synthetic case generator (CT series, slide, clinical file) for tests and the demo.
+//! - [`limits`]: size limits checked before anything is allocated.
+//!
+//! The model itself (CRLM-Net, model packages, backends) lands here too; see docs/ARCHITECTURE.md.
+
+pub mod clinical;
+pub mod dicom;
+pub mod limits;
+pub mod slide;
+pub mod synth;
+
+/// SHA-256 of a byte slice as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

@@ -1,0 +1,31 @@
+//! Whole-slide images: TIFF/BigTIFF/Aperio SVS headers and a pyramidal TIFF writer.
+//!
+//! [`tiff::read_slide_header`] walks the IFD chain by hand with every count bounded, and checks
+//! that every tile's offset and byte count lie inside the file and are non-zero: a slide still
+//! being copied (or allocated at full length by Windows `CopyFile`) is not accepted.
+//! Associated images (label, macro) are recognised so that they are never decoded into results:
+//! they carry patient identifiers.
+
+pub mod tiff;
+pub mod writer;
+
+pub use tiff::{SlideFormat, SlideHeader, SlideLevel, read_slide_header, read_slide_header_file, sniff_tiff};
+pub use writer::{SlideSpec, write_pyramidal_tiff};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlideError {
+    #[error("I/O error reading slide: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a TIFF file (no II*/MM* or BigTIFF signature)")]
+    NotTiff,
+    #[error("broken TIFF structure: {0}; the file is damaged or still being written, re-export it")]
+    Broken(String),
+    #[error("slide claims {what} = {value}, above the limit {limit}; refusing before allocating memory")]
+    OverLimit { what: &'static str, value: u64, limit: u64 },
+    #[error("slide data is incomplete: {0}")]
+    Incomplete(String),
+    #[error("slide has no tiled pyramid level (strip-only TIFFs are not whole-slide images)")]
+    NoPyramid,
+    #[error("could not encode slide: {0}")]
+    Encode(String),
+}
