@@ -151,11 +151,12 @@ pub fn recognise(file: &File, limits: &Limits) -> Outcome {
             ACTION_REEXPORT,
         ));
     }
-    if slide::sniff_tiff(head).is_some() {
-        return recognise_slide(file, limits);
-    }
+    // DICOM first: a Part 10 preamble may itself hold a TIFF header (dual-personality files).
     if dicom::sniff_dicom(head).is_some() {
         return recognise_dicom(file, limits);
+    }
+    if slide::sniff_tiff(head).is_some() {
+        return recognise_slide(file, limits);
     }
     if clinical::sniff_clinical(head).is_some() {
         return recognise_clinical(file, len, limits);
@@ -179,6 +180,9 @@ fn recognise_dicom(file: &File, limits: &Limits) -> Outcome {
             return Outcome::Bad(problem(k, "dicom.header", e.to_string(), ACTION_REEXPORT));
         }
         // A header that does not parse may still be arriving.
+        Err(e @ DicomError::Incomplete(_)) => {
+            return Outcome::NotYet(problem(k, "dicom.complete", e.to_string(), ACTION_REEXPORT));
+        }
         Err(e) => return Outcome::NotYet(problem(k, "dicom.header", e.to_string(), ACTION_REEXPORT)),
     };
     let sop = header.sop_class_uid.as_deref().unwrap_or("");
@@ -195,7 +199,7 @@ fn recognise_dicom(file: &File, limits: &Limits) -> Outcome {
     {
         return match e {
             DicomError::OverLimit { .. } => Outcome::Bad(problem(k, "dicom.limits", e.to_string(), ACTION_SUPPORT)),
-            _ => Outcome::NotYet(problem(k, "dicom.pixel_data_complete", e.to_string(), ACTION_REEXPORT)),
+            _ => Outcome::NotYet(problem(k, "dicom.complete", e.to_string(), ACTION_REEXPORT)),
         };
     }
     let modality = header.modality.as_deref().unwrap_or("");
@@ -225,6 +229,9 @@ fn recognise_slide(file: &File, limits: &Limits) -> Outcome {
             Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT))
         }
         Err(e @ SlideError::NoPyramid) => Outcome::Bad(problem(k, "slide.pyramid", e.to_string(), ACTION_SLIDE)),
+        Err(e @ SlideError::UnsupportedCompression(_)) => {
+            Outcome::Bad(problem(k, "slide.compression", e.to_string(), ACTION_SLIDE))
+        }
         Err(e @ (SlideError::Incomplete(_) | SlideError::Io(_))) => {
             Outcome::NotYet(problem(k, "slide.tiles_complete", e.to_string(), ACTION_REEXPORT))
         }

@@ -53,6 +53,7 @@ pub fn check_pixel_data_file(
     let scan_len = file_len.min(MAX_HEADER_SCAN);
     let mut buf = Vec::with_capacity(usize::try_from(scan_len.min(1 << 20)).unwrap_or(1 << 20));
     let mut offset_done: u64 = 0;
+    let mut short_candidate: Option<u32> = None;
     // Read the head in growing chunks until a plausible Pixel Data element header is found.
     let mut chunk = 256 * 1024u64;
     loop {
@@ -66,6 +67,15 @@ pub fn check_pixel_data_file(
         while let Some(pos) = find(&buf[i..], &pattern) {
             let p = i + pos;
             match parse_candidate(&buf, p, enc.explicit_vr, enc.big_endian) {
+                // A nested image (an icon in a sequence) has its own, shorter Pixel Data: skip it.
+                Some((_, value_len))
+                    if value_len != u32::MAX
+                        && !header.is_encapsulated()
+                        && expected.is_some_and(|e| u64::from(value_len) < e) =>
+                {
+                    short_candidate.get_or_insert(value_len);
+                    i = p + 1;
+                }
                 Some((hdr_len, value_len)) => {
                     let value_offset = p as u64 + hdr_len as u64;
                     return finish(&mut file, file_len, value_offset, value_len, expected, header, enc.big_endian);
@@ -81,6 +91,11 @@ pub fn check_pixel_data_file(
             break;
         }
         chunk *= 2;
+    }
+    if let (Some(len), Some(exp)) = (short_candidate, expected) {
+        return Err(DicomError::Incomplete(format!(
+            "Pixel Data declares {len} bytes but Rows x Columns x frames x bits need {exp}"
+        )));
     }
     if header.rows.is_none() {
         return Err(DicomError::Incomplete("the file has no image (no Rows/Columns and no Pixel Data)".into()));

@@ -17,8 +17,8 @@ pub enum DicomLayout {
     Part10,
     /// File meta group without the preamble.
     MetaWithoutPreamble,
-    /// A bare data set (no meta group); implicit or explicit VR little endian.
-    RawDataset { explicit_vr: bool },
+    /// A bare data set (no meta group): implicit VR LE, explicit VR LE or explicit VR BE.
+    RawDataset { explicit_vr: bool, big_endian: bool },
 }
 
 /// Decide from the first bytes whether this is DICOM, and which layout. `None` if not DICOM.
@@ -37,12 +37,15 @@ pub fn sniff_dicom(head: &[u8]) -> Option<DicomLayout> {
     // A raw data set starts with a low group (0008 usually) and ascending tags.
     if group == 0x0008 {
         if vr_like {
-            return Some(DicomLayout::RawDataset { explicit_vr: true });
+            return Some(DicomLayout::RawDataset { explicit_vr: true, big_endian: false });
         }
         let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len < 0x1_0000 {
-            return Some(DicomLayout::RawDataset { explicit_vr: false });
+            return Some(DicomLayout::RawDataset { explicit_vr: false, big_endian: false });
         }
+    }
+    if u16::from_be_bytes([head[0], head[1]]) == 0x0008 && vr_like {
+        return Some(DicomLayout::RawDataset { explicit_vr: true, big_endian: true });
     }
     None
 }
@@ -51,6 +54,7 @@ pub fn sniff_dicom(head: &[u8]) -> Option<DicomLayout> {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct DicomHeader {
+    #[serde(rename = "TransferSyntaxUID")]
     pub transfer_syntax_uid: String,
     #[serde(rename = "PatientID")]
     pub patient_id: Option<String>,
@@ -75,6 +79,7 @@ pub struct DicomHeader {
     pub columns: Option<u16>,
     pub number_of_frames: Option<u32>,
     pub samples_per_pixel: Option<u16>,
+    pub photometric_interpretation: Option<String>,
     pub bits_allocated: Option<u16>,
     pub acquisition_date: Option<String>,
     pub acquisition_time: Option<String>,
@@ -98,7 +103,11 @@ impl DicomHeader {
                 limit: u64::from(limits.max_dicom_frames),
             });
         }
-        let spp = u64::from(self.samples_per_pixel.unwrap_or(1).max(1));
+        let mut spp = u64::from(self.samples_per_pixel.unwrap_or(1).max(1));
+        // 4:2:2 YCbCr stores two samples per pixel on average.
+        if self.photometric_interpretation.as_deref().is_some_and(|p| p.ends_with("_422")) {
+            spp = 2;
+        }
         let bits = u64::from(self.bits_allocated.unwrap_or(16).max(1));
         let bits_total = u64::from(rows) * u64::from(cols) * frames * spp * bits;
         let bytes = bits_total.div_ceil(8);
@@ -136,6 +145,7 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
     let mut head = [0u8; 256];
     let n = read_prefix(file, &mut head)?;
     let layout = sniff_dicom(&head[..n]).ok_or(DicomError::NotDicom)?;
+    guard_lengths(file, layout, limits)?;
     let mut reader = file;
     let mut header = match layout {
         DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
@@ -152,35 +162,129 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
                     .read_preamble(ReadPreamble::Never)
                     .read_until(tags::PIXEL_DATA)
                     .from_reader(BufReader::new(std::io::Cursor::new(*b"DICM").chain(reader)))
+            };
+            match obj {
+                Ok(obj) => {
+                    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+                    let mut h = extract(&obj);
+                    h.transfer_syntax_uid = ts_uid;
+                    h
+                }
+                // Vendors write meta groups dicom-rs rejects (no group length, odd values):
+                // walk the meta group by hand and read the data set with its transfer syntax.
+                Err(e) => {
+                    let start = if layout == DicomLayout::Part10 { 132 } else { 0 };
+                    let (ts_uid, offset) = walk_meta_group(file, start)
+                        .ok_or_else(|| DicomError::Parse(format!("{e} (meta group unreadable)")))?;
+                    read_dataset_at(file, offset, &ts_uid, limits)?
+                }
             }
-            .map_err(|e| DicomError::Parse(e.to_string()))?;
-            let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-            let mut h = extract(&obj);
-            h.transfer_syntax_uid = ts_uid;
-            h
         }
-        DicomLayout::RawDataset { explicit_vr } => {
-            let size = file.metadata()?.len();
-            let cap = limits.max_dicom_pixel_bytes.saturating_add(16 << 20);
-            if size > cap {
-                return Err(DicomError::OverLimit { what: "raw DICOM file bytes", value: size, limit: cap });
-            }
-            let ts_uid = if explicit_vr { ts::EXPLICIT_VR_LE } else { ts::IMPLICIT_VR_LE };
-            let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-            let ts = dicom_encoding::TransferSyntaxIndex::get(&registry, ts_uid)
-                .ok_or_else(|| DicomError::Parse(format!("transfer syntax {ts_uid} unknown")))?;
-            reader.seek(SeekFrom::Start(0))?;
-            let obj = InMemDicomObject::read_dataset_with_ts(BufReader::new(reader), ts)
-                .map_err(|e| DicomError::Parse(e.to_string()))?;
-            let mut h = extract(&obj);
-            h.transfer_syntax_uid = ts_uid.to_string();
-            h
+        DicomLayout::RawDataset { explicit_vr, big_endian } => {
+            let ts_uid = match (explicit_vr, big_endian) {
+                (false, _) => ts::IMPLICIT_VR_LE,
+                (true, false) => ts::EXPLICIT_VR_LE,
+                (true, true) => ts::EXPLICIT_VR_BE,
+            };
+            read_dataset_at(file, 0, ts_uid, limits)?
         }
     };
     header.layout = Some(layout);
     // Check claimed sizes now, so nothing later allocates from an absurd header.
     header.expected_native_bytes(limits)?;
     Ok(header)
+}
+
+/// Refuse declared lengths beyond the data before dicom-rs allocates them (see [`super::guard`]).
+fn guard_lengths(file: &File, layout: DicomLayout, limits: &Limits) -> Result<(), DicomError> {
+    let (ts_uid, offset) = match layout {
+        DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
+            let start = if layout == DicomLayout::Part10 { 132 } else { 0 };
+            walk_meta_group(file, start)
+                .ok_or_else(|| DicomError::Parse("file meta group unreadable or without a transfer syntax".into()))?
+        }
+        DicomLayout::RawDataset { explicit_vr, big_endian } => {
+            let ts = match (explicit_vr, big_endian) {
+                (false, _) => ts::IMPLICIT_VR_LE,
+                (true, false) => ts::EXPLICIT_VR_LE,
+                (true, true) => ts::EXPLICIT_VR_BE,
+            };
+            (ts.to_string(), 0)
+        }
+    };
+    if ts_uid == ts::DEFLATED_EXPLICIT_VR_LE {
+        // Inflate with a cap (a deflate bomb stops at the limit), then walk the inflated bytes.
+        let cap = limits.max_dicom_pixel_bytes.saturating_add(16 << 20);
+        let mut reader = file;
+        reader.seek(SeekFrom::Start(offset))?;
+        let mut inflated = Vec::new();
+        let n = flate2::read::DeflateDecoder::new(BufReader::new(reader)).take(cap + 1).read_to_end(&mut inflated)?;
+        if n as u64 > cap {
+            return Err(DicomError::OverLimit { what: "inflated data set bytes", value: n as u64, limit: cap });
+        }
+        return super::guard::check_lengths(inflated.as_slice(), 0, true, false);
+    }
+    let enc = super::Encoding::for_transfer_syntax(&ts_uid);
+    super::guard::check_lengths(file, offset, enc.explicit_vr, enc.big_endian)
+}
+
+/// Parse a whole data set starting at `offset` with the given transfer syntax (after a size check:
+/// this path reads pixel data too).
+fn read_dataset_at(file: &File, offset: u64, ts_uid: &str, limits: &Limits) -> Result<DicomHeader, DicomError> {
+    let size = file.metadata()?.len();
+    let cap = limits.max_dicom_pixel_bytes.saturating_add(16 << 20);
+    if size > cap {
+        return Err(DicomError::OverLimit {
+            what: "DICOM file bytes without a readable meta group",
+            value: size,
+            limit: cap,
+        });
+    }
+    let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    let ts = dicom_encoding::TransferSyntaxIndex::get(&registry, ts_uid)
+        .ok_or_else(|| DicomError::Parse(format!("transfer syntax {ts_uid} is not supported")))?;
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    let obj = InMemDicomObject::read_dataset_with_ts(BufReader::new(reader), ts)
+        .map_err(|e| DicomError::Parse(e.to_string()))?;
+    let mut h = extract(&obj);
+    h.transfer_syntax_uid = ts_uid.to_string();
+    Ok(h)
+}
+
+/// Walk the (explicit VR little endian) file meta group from `start`; returns the transfer
+/// syntax UID and the offset where the data set begins.
+fn walk_meta_group(file: &File, start: u64) -> Option<(String, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut pos = start;
+    let mut ts_uid = None;
+    for _ in 0..64 {
+        let mut h = [0u8; 8];
+        file.read_exact_at(&mut h, pos).ok()?;
+        let group = u16::from_le_bytes([h[0], h[1]]);
+        if group != 0x0002 {
+            break;
+        }
+        let element = u16::from_le_bytes([h[2], h[3]]);
+        let vr = &h[4..6];
+        let (hdr, len) = if matches!(vr, b"OB" | b"OW" | b"OF" | b"SQ" | b"UT" | b"UN") {
+            let mut l = [0u8; 4];
+            file.read_exact_at(&mut l, pos + 8).ok()?;
+            (12u64, u64::from(u32::from_le_bytes(l)))
+        } else {
+            (8u64, u64::from(u16::from_le_bytes([h[6], h[7]])))
+        };
+        if len > 1024 {
+            return None;
+        }
+        if element == 0x0010 {
+            let mut v = vec![0u8; len as usize];
+            file.read_exact_at(&mut v, pos + hdr).ok()?;
+            ts_uid = Some(String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string());
+        }
+        pos += hdr + len;
+    }
+    Some((ts_uid?, pos))
 }
 
 /// Read the first bytes of a file without moving its cursor.
@@ -221,6 +325,7 @@ fn extract(obj: &InMemDicomObject) -> DicomHeader {
         columns: int(obj, tags::COLUMNS),
         number_of_frames: int(obj, tags::NUMBER_OF_FRAMES),
         samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL),
+        photometric_interpretation: s(tags::PHOTOMETRIC_INTERPRETATION),
         bits_allocated: int(obj, tags::BITS_ALLOCATED),
         acquisition_date: s(tags::ACQUISITION_DATE),
         acquisition_time: s(tags::ACQUISITION_TIME),

@@ -5,6 +5,7 @@
 //! element header (and fragment items) against the file length, without reading the pixels.
 
 pub mod completeness;
+pub mod guard;
 pub mod header;
 pub mod writer;
 

@@ -26,6 +26,8 @@ pub enum SlideError {
     Incomplete(String),
     #[error("slide has no tiled pyramid level (strip-only TIFFs are not whole-slide images)")]
     NoPyramid,
+    #[error("slide compression {0} is not supported (JPEG, JPEG 2000, LZW, Deflate or none are)")]
+    UnsupportedCompression(u16),
     #[error("could not encode slide: {0}")]
     Encode(String),
 }

@@ -279,6 +279,9 @@ fn check_data_inside(ifd: &Ifd, len: u64, ifd_off: u64) -> Result<(), SlideError
     Ok(())
 }
 
+/// None, LZW, JPEG, Adobe Deflate, Deflate, Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000.
+const SUPPORTED_COMPRESSION: [u16; 8] = [1, 5, 7, 8, 32946, 33003, 33005, 34712];
+
 fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<SlideHeader, SlideError> {
     let first_desc = ifds[0].description.clone().unwrap_or_default();
     let aperio = first_desc.starts_with("Aperio");
@@ -311,6 +314,9 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<SlideHeade
                     limit: limits.max_slide_dimension,
                 });
             }
+        }
+        if !SUPPORTED_COMPRESSION.contains(&ifd.compression) {
+            return Err(SlideError::UnsupportedCompression(ifd.compression));
         }
         let across = ifd.width.div_ceil(u64::from(ifd.tile_w));
         let down = ifd.height.div_ceil(u64::from(ifd.tile_h));

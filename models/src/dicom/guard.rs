@@ -1,0 +1,258 @@
+//! A length guard run before dicom-rs parses a file. dicom-rs allocates a value's declared length
+//! before reading it, so a few-KB file claiming a 4 GB element costs gigabytes (seen: 1.2 GB RSS
+//! for a 4 KB file). The guard walks every element header (into sequences and items, with
+//! implicit VR inside undefined-length UN, over encapsulated fragments) and refuses any declared
+//! length that runs past the end of the data. Only headers are read; values are skipped.
+
+use super::DicomError;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Random access to the bytes being checked.
+pub trait ByteSource {
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> bool;
+}
+
+impl ByteSource for File {
+    fn size(&self) -> u64 {
+        self.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> bool {
+        self.read_exact_at(buf, pos).is_ok()
+    }
+}
+
+impl ByteSource for [u8] {
+    fn size(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> bool {
+        let Ok(p) = usize::try_from(pos) else { return false };
+        match self.get(p..p + buf.len()) {
+            Some(s) => {
+                buf.copy_from_slice(s);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Most element headers walked in one file (bounds the time a hostile file can cost).
+const MAX_ELEMENTS: u32 = 2_000_000;
+/// Deepest nesting of undefined-length sequences and items.
+const MAX_DEPTH: usize = 64;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Frame {
+    /// An undefined-length sequence; `implicit` tells how its items' elements are encoded.
+    Sequence {
+        implicit: bool,
+    },
+    Item {
+        implicit: bool,
+    },
+    Fragments,
+}
+
+/// Walk the data set from `start` to the end of `src`. `explicit` and `big_endian` describe the
+/// transfer syntax.
+pub fn check_lengths(
+    src: &(impl ByteSource + ?Sized),
+    start: u64,
+    explicit: bool,
+    big_endian: bool,
+) -> Result<(), DicomError> {
+    let end = src.size();
+    let mut pos = start;
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut count = 0u32;
+    let too_long = |pos: u64, len: u64| {
+        DicomError::Incomplete(format!(
+            "element at byte {pos} declares {len} bytes but only {} remain (truncated, still copying, or a hostile length)",
+            end.saturating_sub(pos)
+        ))
+    };
+    while pos < end {
+        count += 1;
+        if count > MAX_ELEMENTS {
+            return Err(DicomError::OverLimit {
+                what: "DICOM elements",
+                value: u64::from(count),
+                limit: u64::from(MAX_ELEMENTS),
+            });
+        }
+        let mut h = [0u8; 8];
+        if !src.read_at(&mut h, pos) {
+            // Fewer than 8 bytes left: trailing padding is tolerated only at top level.
+            if stack.is_empty() {
+                return Ok(());
+            }
+            return Err(DicomError::Incomplete(format!("data ends inside a sequence at byte {pos}")));
+        }
+        let u16_at =
+            |b: &[u8]| if big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) };
+        let u32_at = |b: &[u8]| {
+            if big_endian {
+                u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+            } else {
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+            }
+        };
+        let (group, element) = (u16_at(&h[0..2]), u16_at(&h[2..4]));
+        let implicit_here = match stack.iter().rev().find_map(|f| match f {
+            Frame::Sequence { implicit } | Frame::Item { implicit } => Some(*implicit),
+            Frame::Fragments => None,
+        }) {
+            Some(i) => i || !explicit,
+            None => !explicit,
+        };
+        // Items and delimiters: always tag + 4-byte length.
+        if group == 0xFFFE {
+            let len = u32_at(&h[4..8]);
+            match element {
+                0xE000 => {
+                    let in_fragments = stack.last() == Some(&Frame::Fragments);
+                    if len == u32::MAX {
+                        if in_fragments {
+                            return Err(DicomError::Parse(format!("undefined-length fragment at byte {pos}")));
+                        }
+                        if stack.len() >= MAX_DEPTH {
+                            return Err(DicomError::OverLimit {
+                                what: "sequence nesting",
+                                value: stack.len() as u64,
+                                limit: MAX_DEPTH as u64,
+                            });
+                        }
+                        stack.push(Frame::Item { implicit: implicit_here });
+                        pos += 8;
+                    } else {
+                        let len = u64::from(len);
+                        if pos + 8 + len > end {
+                            return Err(too_long(pos, len));
+                        }
+                        // Fragment bytes are skipped; a defined-length item's elements are walked.
+                        pos += 8 + if in_fragments { len } else { 0 };
+                    }
+                }
+                0xE00D => {
+                    if matches!(stack.last(), Some(Frame::Item { .. })) {
+                        stack.pop();
+                    }
+                    pos += 8;
+                }
+                0xE0DD => {
+                    if matches!(stack.last(), Some(Frame::Sequence { .. } | Frame::Fragments)) {
+                        stack.pop();
+                    }
+                    pos += 8;
+                }
+                _ => return Err(DicomError::Parse(format!("unknown item tag (FFFE,{element:04X}) at byte {pos}"))),
+            }
+            continue;
+        }
+        let (hdr, len, vr): (u64, u32, [u8; 2]) = if implicit_here {
+            (8, u32_at(&h[4..8]), *b"  ")
+        } else {
+            let vr = [h[4], h[5]];
+            if !(vr[0].is_ascii_uppercase() && vr[1].is_ascii_uppercase()) {
+                return Err(DicomError::Parse(format!("invalid VR bytes {:02X}{:02X} at byte {pos}", vr[0], vr[1])));
+            }
+            if matches!(
+                &vr,
+                b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+            ) {
+                let mut l = [0u8; 4];
+                if !src.read_at(&mut l, pos + 8) {
+                    return Err(DicomError::Incomplete(format!("element header at byte {pos} is cut off")));
+                }
+                (12, u32_at(&l), vr)
+            } else {
+                (8, u32::from(u16_at(&h[6..8])), vr)
+            }
+        };
+        let is_pixel_data = group == 0x7FE0 && element == 0x0010;
+        if len == u32::MAX && &vr == b"UN" && explicit {
+            // dicom-rs 0.10 reads these into gigabytes of memory (seen: 3.6 GB for 674 bytes).
+            return Err(DicomError::Parse(format!(
+                "element ({group:04X},{element:04X}) at byte {pos} is a sequence of unknown VR (UN) with undefined length, which this appliance cannot read safely"
+            )));
+        }
+        if len == u32::MAX {
+            if stack.len() >= MAX_DEPTH {
+                return Err(DicomError::OverLimit {
+                    what: "sequence nesting",
+                    value: stack.len() as u64,
+                    limit: MAX_DEPTH as u64,
+                });
+            }
+            let frame = if is_pixel_data {
+                Frame::Fragments
+            } else {
+                // Contents of an undefined-length UN are implicit VR little endian.
+                Frame::Sequence { implicit: implicit_here || &vr == b"UN" }
+            };
+            stack.push(frame);
+            pos += hdr;
+            continue;
+        }
+        let len = u64::from(len);
+        if pos + hdr + len > end {
+            return Err(too_long(pos, len));
+        }
+        // A defined-length sequence's items are walked (their elements are parsed too);
+        // in implicit VR a sequence is recognised by its value starting with an item tag.
+        let descend = &vr == b"SQ" || (implicit_here && len >= 8 && starts_with_item(src, pos + hdr, big_endian));
+        pos += hdr + if descend { 0 } else { len };
+    }
+    Ok(())
+}
+
+fn starts_with_item(src: &(impl ByteSource + ?Sized), pos: u64, big_endian: bool) -> bool {
+    let mut t = [0u8; 4];
+    src.read_at(&mut t, pos) && if big_endian { t == [0xFF, 0xFE, 0xE0, 0x00] } else { t == [0xFE, 0xFF, 0x00, 0xE0] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut v = tag.0.to_le_bytes().to_vec();
+        v.extend_from_slice(&tag.1.to_le_bytes());
+        v.extend_from_slice(vr);
+        v.extend_from_slice(&(value.len() as u16).to_le_bytes());
+        v.extend_from_slice(value);
+        v
+    }
+
+    #[test]
+    fn a_tiny_data_set_claiming_gigabytes_is_refused() {
+        let mut d = el((0x0008, 0x0060), b"CS", b"CT");
+        d.extend_from_slice(&[0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0x7F]);
+        let err = check_lengths(d.as_slice(), 0, true, false).unwrap_err();
+        assert!(err.to_string().contains("declares 2147483647 bytes"), "{err}");
+    }
+
+    #[test]
+    fn nested_sequences_and_fragments_walk_cleanly() {
+        let mut d = el((0x0008, 0x0060), b"CS", b"CT");
+        // (0008,1115) SQ undefined length, one undefined-length item with one element.
+        d.extend_from_slice(&[0x08, 0x00, 0x15, 0x11, b'S', b'Q', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        d.extend(el((0x0008, 0x1150), b"UI", b"1.2"));
+        d.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        d.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        // Encapsulated pixel data: empty offset table, one 4-byte fragment, delimiter.
+        d.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        d.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 4, 0, 0, 0, 0xFF, 0xD8, 0xFF, 0xD9]);
+        d.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        check_lengths(d.as_slice(), 0, true, false).unwrap();
+        // A fragment claiming more than remains is caught.
+        let n = d.len();
+        d[n - 16] = 0xFF;
+        assert!(check_lengths(d.as_slice(), 0, true, false).is_err());
+    }
+}
