@@ -25,7 +25,49 @@ pub struct Config {
     pub eligibility: EligibilityConfig,
     pub quarantine: QuarantineConfig,
     pub limits: Limits,
+    pub display: DisplayConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DisplayConfig {
+    /// "png", "framebuffer", "spi" or "none".
+    pub driver: String,
+    /// png: the file (empty: <state>/display.png); framebuffer: the device (/dev/fb0);
+    /// spi: the spidev device (/dev/spidev0.0).
+    pub path: PathBuf,
+    /// WIDTHxHEIGHT; for a framebuffer, used only when the device cannot report its geometry.
+    pub size: String,
+    /// "blinded" (the study default: no risk or group is ever shown) or "open".
+    pub mode: crate::panel::state::ResultMode,
+    /// File-backed framebuffers only: "rgb565", "xrgb8888" or "xbgr8888".
+    pub pixel_format: String,
+    /// The name shown on the status screen.
+    pub device_name: String,
+    /// How long a problem stays on screen after it happened.
+    pub problem_seconds: f64,
+    /// SPI panels: the GPIO character device and the data/command and reset lines.
+    pub gpio_chip: PathBuf,
+    pub spi_dc_line: u32,
+    pub spi_reset_line: u32,
+}
+
+impl Default for DisplayConfig {
+    fn default() -> Self {
+        DisplayConfig {
+            driver: "png".into(),
+            path: PathBuf::new(),
+            size: "480x320".into(),
+            mode: crate::panel::state::ResultMode::Blinded,
+            pixel_format: "rgb565".into(),
+            device_name: "crlm-edge".into(),
+            problem_seconds: 60.0,
+            gpio_chip: "/dev/gpiochip0".into(),
+            spi_dc_line: 24,
+            spi_reset_line: 25,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -261,6 +303,25 @@ impl Config {
         if e.max_ct_before_surgery_days < 0 {
             p.push("eligibility.max_ct_before_surgery_days must be 0 or more".into());
         }
+        let d = &self.display;
+        if !["png", "framebuffer", "spi", "none"].contains(&d.driver.as_str()) {
+            p.push(format!(
+                "display.driver = \"{}\": allowed values are \"png\", \"framebuffer\", \"spi\", \"none\"",
+                d.driver
+            ));
+        }
+        if let Err(e) = parse_size(&d.size) {
+            p.push(format!("display.size: {e}"));
+        }
+        if !["rgb565", "xrgb8888", "xbgr8888"].contains(&d.pixel_format.as_str()) {
+            p.push(format!(
+                "display.pixel_format = \"{}\": allowed values are \"rgb565\", \"xrgb8888\", \"xbgr8888\"",
+                d.pixel_format
+            ));
+        }
+        if !(d.problem_seconds.is_finite() && d.problem_seconds >= 0.0) {
+            p.push(format!("display.problem_seconds = {}: must be 0 or more", d.problem_seconds));
+        }
         if !["auto", "journal", "stderr"].contains(&self.log.target.as_str()) {
             p.push(format!(
                 "log.target = \"{}\": allowed values are \"auto\", \"journal\", \"stderr\"",
@@ -281,9 +342,32 @@ impl Config {
         }
     }
 
+    /// Where the PNG display writes (display.path, or <state>/display.png).
+    pub fn display_path(&self) -> PathBuf {
+        if !self.display.path.as_os_str().is_empty() {
+            return self.display.path.clone();
+        }
+        match self.display.driver.as_str() {
+            "framebuffer" => "/dev/fb0".into(),
+            "spi" => "/dev/spidev0.0".into(),
+            _ => self.state.path.join("display.png"),
+        }
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.state.path.join("crlm.sqlite")
     }
+}
+
+/// Parse `WIDTHxHEIGHT` (e.g. `480x320`).
+pub fn parse_size(s: &str) -> Result<embedded_graphics::prelude::Size, ConfigError> {
+    let bad = || ConfigError::one(format!("size `{s}`: expected WIDTHxHEIGHT such as 480x320, 800x480 or 1024x600"));
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    let (w, h): (u32, u32) = (w.trim().parse().map_err(|_| bad())?, h.trim().parse().map_err(|_| bad())?);
+    if !(160..=4096).contains(&w) || !(120..=4096).contains(&h) {
+        return Err(bad());
+    }
+    Ok(embedded_graphics::prelude::Size::new(w, h))
 }
 
 fn tracing_subscriber_filter_ok(level: &str) -> Result<(), ()> {

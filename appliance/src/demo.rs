@@ -114,10 +114,11 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     print_cases(&rows);
     println!();
     println!("Where to look:");
+    println!("  front panel      {}  (blinded study mode)", cfg.display_path().display());
     println!("  state database   {}", db_path.display());
     println!("  quarantine       {}", cfg.quarantine_dir().display());
     println!("  cases            crlm cases --json   (with CRLM_STATE__PATH={})", state.display());
-    println!("Prediction, ledger, display and MQTT stages are not built yet: cases stop at `complete`.");
+    println!("Prediction, ledger and MQTT stages are not built yet: cases stop at `complete`.");
     Ok(rows)
 }
 

@@ -5,6 +5,7 @@
 //! - [`state`]: the SQLite state database.
 //! - [`service`]: `crlm run`, the long-running service.
 //! - [`demo`]: `crlm demo`, the whole path on a generated case.
+//! - [`panel`]: the front panel's state, screens and service task.
 //!
 //! See docs/ARCHITECTURE.md for the data path and which module owns each step.
 
@@ -12,5 +13,6 @@ pub mod config;
 pub mod demo;
 pub mod fsutil;
 pub mod ingest;
+pub mod panel;
 pub mod service;
 pub mod state;

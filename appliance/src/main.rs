@@ -53,12 +53,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Front-panel tools.
+    Display {
+        #[command(subcommand)]
+        action: DisplayAction,
+    },
     /// List cases from the state database.
     Cases {
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DisplayAction {
+    /// Render one screen to a PNG file.
+    Render {
+        /// status, ingest, processing, result or problem.
+        #[arg(long)]
+        screen: String,
+        /// Panel state as JSON (see docs/DISPLAY.md); or --example.
+        #[arg(long, conflicts_with = "example")]
+        state: Option<PathBuf>,
+        /// Use the built-in example state.
+        #[arg(long)]
+        example: bool,
+        #[arg(long)]
+        out: PathBuf,
+        /// WIDTHxHEIGHT.
+        #[arg(long, default_value = "480x320")]
+        size: String,
+        /// open or blinded (the study default).
+        #[arg(long, default_value = "blinded")]
+        mode: String,
     },
 }
 
@@ -184,6 +213,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let any_rejected = items.iter().any(|i| i.verdict != "usable");
             Ok(if any_rejected { ExitCode::from(3) } else { ExitCode::SUCCESS })
+        }
+        Command::Display { action: DisplayAction::Render { screen, state, example, out, size, mode } } => {
+            use crlm_appliance::panel::{state::PanelState, state::ResultMode, ui};
+            let screen = ui::Screen::parse(&screen).with_context(|| {
+                format!("unknown screen `{screen}`: use status, ingest, processing, result or problem")
+            })?;
+            let size = crlm_appliance::config::parse_size(&size)?;
+            let mode = match mode.as_str() {
+                "open" => ResultMode::Open,
+                "blinded" => ResultMode::Blinded,
+                other => anyhow::bail!("unknown mode `{other}`: use open or blinded"),
+            };
+            let st: PanelState = match (state, example) {
+                (Some(p), _) => {
+                    serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+                        .with_context(|| format!("{} is not a panel state (see docs/DISPLAY.md)", p.display()))?
+                }
+                (None, true) => PanelState::example(),
+                (None, false) => anyhow::bail!("give --state FILE or --example"),
+            };
+            let png = crlm_appliance::panel::task::render_png(screen, &st, mode, size)?;
+            std::fs::write(&out, png).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{} ({}x{}, {}) -> {}",
+                screen.name(),
+                size.width,
+                size.height,
+                if mode == ResultMode::Open { "open" } else { "blinded" },
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Cases { config, json } => {
             let path = config_path(config);

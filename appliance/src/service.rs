@@ -31,6 +31,11 @@ pub async fn run(
         .await
         .map_err(|e| ServiceError::Join(e.to_string()))??;
     let progress = ingestor.progress.clone();
+    // The panel runs on its own task; the scan loop only publishes the newest state.
+    let (panel_tx, panel_rx) = watch::channel(crate::panel::feed::build(ingestor.database(), &cfg));
+    let panel = crate::panel::task::open_display(&cfg);
+    let panel_task = tokio::spawn(crate::panel::task::run_panel(panel, cfg.display.mode, panel_rx, 4.0));
+    panel_tx.send_modify(|_| {}); // draw the first frame now
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     let _watcher = if cfg.share.inotify { start_inotify(&cfg, wake_tx) } else { None };
     tracing::info!(
@@ -47,9 +52,11 @@ pub async fn run(
     let mut last_progress = (progress.load(Ordering::Relaxed), Instant::now());
     loop {
         // One scan on a blocking thread; keep the watchdog fed only while it makes progress.
+        let panel_cfg = cfg.clone();
         let mut job = tokio::task::spawn_blocking(move || {
             let r = ingestor.scan_once();
-            (ingestor, r)
+            let panel_state = crate::panel::feed::build(ingestor.database(), &panel_cfg);
+            (ingestor, r.map(|rep| (rep, panel_state)))
         });
         let (back, result) = loop {
             tokio::select! {
@@ -68,7 +75,12 @@ pub async fn run(
         };
         ingestor = back;
         match result {
-            Ok(report) => {
+            Ok((report, panel_state)) => {
+                panel_tx.send_if_modified(|old| {
+                    let changed = *old != panel_state;
+                    *old = panel_state;
+                    changed
+                });
                 for c in &report.case_changes {
                     tracing::info!(stage = "case", case = %c.case, state = %c.state, reasons = c.reasons.len(), "case {}", c.state);
                 }
@@ -99,6 +111,8 @@ pub async fn run(
         }
     }
     watchdog.stopping();
+    drop(panel_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), panel_task).await;
     tracing::info!(stage = "service", "crlm stopped cleanly");
     Ok(())
 }

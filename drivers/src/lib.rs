@@ -6,7 +6,11 @@
 //! - [`journal`]: logging — structured records to the systemd journal when the service runs
 //!   under systemd, readable text on stderr elsewhere.
 //!
-//! The display and board-health drivers land here too (see docs/ARCHITECTURE.md).
+//! - [`display`]: front-panel displays — PNG file, Linux framebuffer, SPI panels (feature `spi`).
+//!
+//! The board-health drivers land here too (see docs/ARCHITECTURE.md).
 
+pub mod display;
+pub mod health;
 pub mod journal;
 pub mod watchdog;

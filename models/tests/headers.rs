@@ -32,13 +32,18 @@ fn dicom_series_headers_round_trip_in_both_vr_encodings() {
 }
 
 #[test]
-fn truncated_dicom_pixel_data_is_incomplete_but_header_reads() {
+fn truncated_dicom_is_incomplete_before_any_allocation() {
     let dir = tempfile::tempdir().unwrap();
     let spec = CtSeriesSpec::axial("PID-2", "1.2.4", "1.2.4.1", 1);
     let files = write_ct_series(dir.path(), &spec).unwrap();
     let len = std::fs::metadata(&files[0]).unwrap().len();
-    truncate(&files[0], len - 100);
     let h = read_header(&files[0], &Limits::default()).unwrap();
+    truncate(&files[0], len - 100);
+    // The length guard sees the pixel data element run past the end of the file.
+    let err = read_header(&files[0], &Limits::default()).unwrap_err();
+    assert!(matches!(err, crlm_models::dicom::DicomError::Incomplete(_)), "{err}");
+    assert!(err.to_string().contains("declares 8192 bytes but only 8104 remain"), "{err}");
+    // The pixel-data check on its own says the same from the header read before truncation.
     let err = check_pixel_data(&files[0], &h, &Limits::default()).unwrap_err();
     assert!(err.to_string().contains("truncated or still copying"), "{err}");
 }

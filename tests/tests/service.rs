@@ -141,3 +141,52 @@ fn cases_command_says_what_to_do_without_a_database() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has `crlm run` started"));
 }
+
+/// The running service drives the panel: the default PNG display shows the status at the
+/// configured size, and a file-backed framebuffer receives RGB565 frames.
+#[test]
+fn the_service_draws_the_panel_on_png_and_framebuffer_displays() {
+    let site = Site::new(0.3);
+    write_sample_case(&site.share.join("case-p"), &SampleCase::new("PANEL-1")).unwrap();
+    let mut child = site.start(0);
+    site.wait_cases(Duration::from_secs(30), |c| c.len() == 1 && c[0]["state"] == "complete");
+    let png = site.state.join("display.png");
+    let start = Instant::now();
+    while !png.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no display.png");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let bytes = std::fs::read(&png).unwrap();
+    let (w, h, _) = crlm_drivers::display::png::decode_png(&bytes).unwrap();
+    assert_eq!((w, h), (480, 320));
+
+    let fb = site.dir.path().join("fb0");
+    std::fs::write(&fb, b"").unwrap();
+    let mut child = site
+        .command(&["run"])
+        .env("CRLM_DISPLAY__DRIVER", "framebuffer")
+        .env("CRLM_DISPLAY__PATH", &fb)
+        .env("CRLM_DISPLAY__SIZE", "800x480")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let frame = loop {
+        let b = std::fs::read(&fb).unwrap();
+        if b.len() == 800 * 480 * 2 && b.iter().any(|x| *x != 0) {
+            break b;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "framebuffer not drawn ({} bytes)", b.len());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    // The status screen's background colour (14, 20, 30) in RGB565 fills the middle.
+    let px = |x: usize, y: usize| u16::from_le_bytes([frame[(y * 800 + x) * 2], frame[(y * 800 + x) * 2 + 1]]);
+    use embedded_graphics::pixelcolor::raw::{RawData, RawU16};
+    use embedded_graphics::pixelcolor::{Rgb565, Rgb888};
+    let bg = RawU16::from(Rgb565::from(Rgb888::new(14, 20, 30))).into_inner();
+    assert_eq!(px(700, 300), bg);
+}
