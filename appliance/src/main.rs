@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// CT tools.
+    Ct {
+        #[command(subcommand)]
+        action: CtAction,
+    },
     /// Front-panel tools.
     Display {
         #[command(subcommand)]
@@ -62,6 +67,23 @@ enum Command {
     Cases {
         #[arg(long)]
         config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtAction {
+    /// Decode a CT series into a Hounsfield-unit volume and write NIfTI-1 (.nii or .nii.gz).
+    Volume {
+        /// Folder holding the series (other files are ignored).
+        series_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// SeriesInstanceUID, when the folder holds several CT series.
+        #[arg(long)]
+        series: Option<String>,
+        /// Print the geometry report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -213,6 +235,71 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let any_rejected = items.iter().any(|i| i.verdict != "usable");
             Ok(if any_rejected { ExitCode::from(3) } else { ExitCode::SUCCESS })
+        }
+        Command::Ct { action: CtAction::Volume { series_dir, out, series, json } } => {
+            let limits = crlm_models::limits::Limits::default();
+            let items = ingest::inspect::inspect(&series_dir, &limits)?;
+            let mut groups: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
+            for i in items
+                .iter()
+                .filter(|i| i.verdict == "usable" && i.details.get("role").and_then(|r| r.as_str()) == Some("ct_image"))
+            {
+                let uid = i
+                    .details
+                    .get("SeriesInstanceUID")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("(no SeriesInstanceUID)")
+                    .to_string();
+                groups.entry(uid).or_default().push(PathBuf::from(&i.path));
+            }
+            let files = match (series, groups.len()) {
+                (_, 0) => anyhow::bail!(
+                    "no usable CT images in {} (see `crlm inspect {}`)",
+                    series_dir.display(),
+                    series_dir.display()
+                ),
+                (Some(uid), _) => {
+                    groups.remove(&uid).with_context(|| format!("no series {uid} in {}", series_dir.display()))?
+                }
+                (None, 1) => groups.into_values().next().unwrap_or_default(),
+                (None, _) => {
+                    let list: Vec<String> = groups.iter().map(|(k, v)| format!("  {k} ({} images)", v.len())).collect();
+                    anyhow::bail!(
+                        "{} holds several CT series; choose one with --series:\n{}",
+                        series_dir.display(),
+                        list.join("\n")
+                    );
+                }
+            };
+            let vol = crlm_models::ct::load_series(&files, &limits)?;
+            crlm_models::ct::write_nifti(&vol, &out)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "out": out, "dims": [vol.columns, vol.rows, vol.slices], "spacing_mm": vol.spacing,
+                        "origin_lps": vol.origin, "direction_lps": vol.direction, "report": vol.report,
+                    }))?
+                );
+            } else {
+                println!(
+                    "{}: {}x{}x{} voxels, spacing {:.3} x {:.3} x {:.3} mm, origin (LPS) {:.2}, {:.2}, {:.2}",
+                    out.display(),
+                    vol.columns,
+                    vol.rows,
+                    vol.slices,
+                    vol.spacing[0],
+                    vol.spacing[1],
+                    vol.spacing[2],
+                    vol.origin[0],
+                    vol.origin[1],
+                    vol.origin[2]
+                );
+                for w in &vol.report.warnings {
+                    println!("  warning: {w}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Display { action: DisplayAction::Render { screen, state, example, out, size, mode } } => {
             use crlm_appliance::panel::{state::PanelState, state::ResultMode, ui};

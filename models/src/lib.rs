@@ -9,6 +9,7 @@
 //! The model itself (CRLM-Net, model packages, backends) lands here too; see docs/ARCHITECTURE.md.
 
 pub mod clinical;
+pub mod ct;
 pub mod dicom;
 pub mod limits;
 pub mod slide;

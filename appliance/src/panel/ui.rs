@@ -199,7 +199,10 @@ where
         self.rect(0, foot_y, w, foot_h as u32, palette::BAR)?;
         let disk =
             st.disk_free_bytes.map(|b| format!("{:.1} GB free", b as f64 / 1e9)).unwrap_or_else(|| "disk ?".into());
-        let broker = if st.broker.is_empty() { "not configured" } else { st.broker.as_str() };
+        let broker = match st.broker.as_str() {
+            "" | "not configured" => "none",
+            b => b,
+        };
         let footer = format!("Broker {broker} | Outbox {} | {disk}", st.outbox_depth);
         self.text(&footer, pad, foot_y + pad / 4 + 1, body, palette::DIM, self.width() - 2 * pad)?;
         Ok(top + pad)
