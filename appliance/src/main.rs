@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write synthetic test data with the project's own writers.
+    Synth {
+        #[command(subcommand)]
+        action: SynthAction,
+    },
     /// CT tools.
     Ct {
         #[command(subcommand)]
@@ -69,6 +74,29 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SynthAction {
+    /// A sample case folder: contrast CT series, pyramidal slide, clinical file.
+    Case {
+        dir: PathBuf,
+        #[arg(long, default_value = "SYNTH-0001")]
+        patient_id: String,
+        #[arg(long, default_value_t = 24)]
+        slices: u32,
+    },
+    /// A CT series of the given size (benchmarks): `--size 512 --slices 300`.
+    Ct {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        slices: u32,
+        #[arg(long, default_value_t = 512)]
+        size: u16,
+        /// explicit or implicit (VR little endian).
+        #[arg(long, default_value = "explicit")]
+        syntax: String,
     },
 }
 
@@ -236,23 +264,51 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let any_rejected = items.iter().any(|i| i.verdict != "usable");
             Ok(if any_rejected { ExitCode::from(3) } else { ExitCode::SUCCESS })
         }
+        Command::Synth { action: SynthAction::Case { dir, patient_id, slices } } => {
+            let case = crlm_models::synth::SampleCase { slices, ..crlm_models::synth::SampleCase::new(&patient_id) };
+            let files = crlm_models::synth::write_sample_case(&dir, &case)?;
+            println!("{}: {} files", dir.display(), files.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth { action: SynthAction::Ct { dir, slices, size, syntax } } => {
+            use crlm_models::dicom::{CtSeriesSpec, ts};
+            let mut spec =
+                CtSeriesSpec::axial("SYNTH-CT", "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", slices);
+            spec.rows = size;
+            spec.columns = size;
+            spec.hu = crlm_models::dicom::writer::texture_hu;
+            spec.transfer_syntax = match syntax.as_str() {
+                "explicit" => ts::EXPLICIT_VR_LE,
+                "implicit" => ts::IMPLICIT_VR_LE,
+                other => anyhow::bail!("unknown syntax `{other}`: use explicit or implicit"),
+            };
+            let files = crlm_models::dicom::write_ct_series(&dir, &spec)?;
+            println!("{}: {} slices of {size}x{size}", dir.display(), files.len());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ct { action: CtAction::Volume { series_dir, out, series, json } } => {
             let limits = crlm_models::limits::Limits::default();
-            let items = ingest::inspect::inspect(&series_dir, &limits)?;
-            let mut groups: std::collections::BTreeMap<String, Vec<PathBuf>> = Default::default();
-            for i in items
-                .iter()
-                .filter(|i| i.verdict == "usable" && i.details.get("role").and_then(|r| r.as_str()) == Some("ct_image"))
-            {
-                let uid = i
-                    .details
-                    .get("SeriesInstanceUID")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("(no SeriesInstanceUID)")
-                    .to_string();
-                groups.entry(uid).or_default().push(PathBuf::from(&i.path));
+            // Every DICOM file under the folder (headers only, guarded), grouped by series.
+            let mut groups: std::collections::BTreeMap<String, Vec<(PathBuf, crlm_models::dicom::DicomHeader)>> =
+                Default::default();
+            let mut stack = vec![series_dir.clone()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+                    let entry = entry?;
+                    let ft = entry.file_type()?;
+                    if ft.is_dir() {
+                        stack.push(entry.path());
+                    } else if ft.is_file()
+                        && let Ok(h) = crlm_models::dicom::read_header(&entry.path(), &limits)
+                        && h.modality.as_deref() == Some("CT")
+                        && h.rows.is_some()
+                    {
+                        let uid = h.series_instance_uid.clone().unwrap_or_else(|| "(no SeriesInstanceUID)".into());
+                        groups.entry(uid).or_default().push((entry.path(), h));
+                    }
+                }
             }
-            let files = match (series, groups.len()) {
+            let members = match (series, groups.len()) {
                 (_, 0) => anyhow::bail!(
                     "no usable CT images in {} (see `crlm inspect {}`)",
                     series_dir.display(),
@@ -271,7 +327,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             };
-            let vol = crlm_models::ct::load_series(&files, &limits)?;
+            let (files, headers): (Vec<PathBuf>, Vec<_>) = members.into_iter().unzip();
+            let vol = crlm_models::ct::volume::load_series_with_headers(&files, &headers, &limits)?;
             crlm_models::ct::write_nifti(&vol, &out)?;
             if json {
                 println!(

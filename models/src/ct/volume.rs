@@ -1,14 +1,22 @@
 //! Loading a CT series into a HU volume with its geometry.
+//!
+//! Geometry comes from the (guarded) headers alone: slices are sorted and checked before any
+//! pixel is decoded, the volume is allocated once, and each slice is decoded straight into its
+//! place, in parallel. Native little-endian pixel data is read directly from its proven offset
+//! (no intermediate copies); compressed syntaxes go through dicom-pixeldata.
 
 use super::CtError;
-use crate::dicom::{self, DicomLayout, ts};
+use crate::dicom::{self, DicomHeader, DicomLayout, ts};
 use crate::limits::Limits;
-use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, OpenFileOptions, file::ReadPreamble};
 use dicom_pixeldata::{ConvertOptions, ModalityLutOption, PixelDecoder};
 use serde::Serialize;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::BufReader;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+/// Padding voxels in a slice and their HU value.
+type Padding = (usize, Option<f32>);
 
 /// Most voxels in one volume (512 x 512 x 2048), checked before the volume is allocated.
 pub const MAX_VOXELS: u64 = 512 * 512 * 2048;
@@ -55,20 +63,6 @@ pub struct CtVolume {
     pub report: GeometryReport,
 }
 
-struct Slice {
-    path: PathBuf,
-    sop: String,
-    position: [f64; 3],
-    orientation: [f64; 6],
-    rows: usize,
-    columns: usize,
-    spacing: [f64; 2],
-    hu: Vec<f32>,
-    padding_voxels: usize,
-    padding_hu: Option<f32>,
-    thickness: Option<f64>,
-}
-
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
@@ -84,176 +78,89 @@ fn norm(a: [f64; 3]) -> [f64; 3] {
 
 /// Load the CT images among `files` (one series) into a volume.
 pub fn load_series(files: &[PathBuf], limits: &Limits) -> Result<CtVolume, CtError> {
-    if files.is_empty() {
-        return Err(CtError::Geometry("no files".into()));
-    }
-    // Headers first (guarded, cheap): check the claimed size before decoding anything.
     let mut headers = Vec::with_capacity(files.len());
     for f in files {
         let h =
             dicom::read_header(f, limits).map_err(|e| CtError::Dicom { file: f.display().to_string(), source: e })?;
         headers.push(h);
     }
-    let (rows, cols) = (headers[0].rows.unwrap_or(0) as u64, headers[0].columns.unwrap_or(0) as u64);
-    let frames: u64 = headers.iter().map(|h| u64::from(h.number_of_frames.unwrap_or(1).max(1))).sum();
-    let voxels = rows * cols * frames;
-    if voxels > MAX_VOXELS {
-        return Err(CtError::TooLarge { voxels, limit: MAX_VOXELS });
+    load_series_with_headers(files, &headers, limits)
+}
+
+/// As [`load_series`], with the headers already read (guarded) by the caller.
+pub fn load_series_with_headers(
+    files: &[PathBuf],
+    headers: &[DicomHeader],
+    limits: &Limits,
+) -> Result<CtVolume, CtError> {
+    if files.is_empty() || files.len() != headers.len() {
+        return Err(CtError::Geometry("no files".into()));
     }
-    let mut slices = Vec::with_capacity(files.len());
-    for (f, h) in files.iter().zip(&headers) {
+    let geo = |m: String| CtError::Geometry(m);
+    let first = &headers[0];
+    let (rows, columns) = (usize::from(first.rows.unwrap_or(0)), usize::from(first.columns.unwrap_or(0)));
+    if rows == 0 || columns == 0 {
+        return Err(geo(format!("{}: no Rows/Columns", files[0].display())));
+    }
+    let o = first
+        .image_orientation_patient
+        .ok_or_else(|| geo(format!("{}: no ImageOrientationPatient", files[0].display())))?;
+    let ps = first.pixel_spacing.unwrap_or([1.0, 1.0]);
+    for (f, h) in files.iter().zip(headers) {
         if h.number_of_frames.unwrap_or(1) > 1 {
-            return Err(CtError::Geometry(format!(
+            return Err(geo(format!(
                 "{}: multi-frame (Enhanced) CT is not supported yet; export the series as single-frame CT images",
                 f.display()
             )));
         }
-        slices.push(decode_slice(f, h.layout)?);
-    }
-    assemble(slices)
-}
-
-/// Open the whole object (after the header guard) and decode its pixels to HU.
-fn decode_slice(path: &Path, layout: Option<DicomLayout>) -> Result<Slice, CtError> {
-    let file_s = path.display().to_string();
-    let derr = |m: String| CtError::Decode { file: file_s.clone(), message: m };
-    let obj = match layout {
-        Some(DicomLayout::Part10) => OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Always)
-            .open_file(path)
-            .map_err(|e| derr(e.to_string()))?,
-        Some(DicomLayout::MetaWithoutPreamble) => OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Never)
-            .open_file(path)
-            .map_err(|e| derr(e.to_string()))?,
-        Some(DicomLayout::RawDataset { explicit_vr, big_endian }) => {
-            let ts_uid = match (explicit_vr, big_endian) {
-                (false, _) => ts::IMPLICIT_VR_LE,
-                (true, false) => ts::EXPLICIT_VR_LE,
-                (true, true) => ts::EXPLICIT_VR_BE,
-            };
-            let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-            let tsx = dicom_encoding::TransferSyntaxIndex::get(&registry, ts_uid)
-                .ok_or_else(|| derr("unknown transfer syntax".into()))?;
-            let mut f = std::fs::File::open(path)?;
-            f.seek(SeekFrom::Start(0))?;
-            let ds = InMemDicomObject::read_dataset_with_ts(BufReader::new(f), tsx).map_err(|e| derr(e.to_string()))?;
-            let sop_class = text(&ds, tags::SOP_CLASS_UID).unwrap_or_else(|| crate::dicom::sop_class::CT_IMAGE.into());
-            let sop = text(&ds, tags::SOP_INSTANCE_UID).unwrap_or_else(|| "2.25.1".into());
-            ds.with_meta(
-                FileMetaTableBuilder::new()
-                    .transfer_syntax(ts_uid)
-                    .media_storage_sop_class_uid(sop_class)
-                    .media_storage_sop_instance_uid(sop),
-            )
-            .map_err(|e| derr(e.to_string()))?
-        }
-        None => return Err(derr("not DICOM".into())),
-    };
-    let ts_uid = obj.meta().transfer_syntax().to_string();
-    let decoded = obj.decode_pixel_data().map_err(|e| {
-        let hint = match ts_uid.as_str() {
-            "1.2.840.10008.1.2.4.51" => {
-                " (12-bit JPEG Extended: no Rust decoder handles it; ask for a lossless or JPEG 2000 export)"
-            }
-            "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS: build crlm with feature `jpeg-ls`)",
-            _ => "",
-        };
-        derr(format!("{e} [transfer syntax {ts_uid}]{hint}"))
-    })?;
-    let stored: Vec<f64> = decoded
-        .to_vec_with_options::<f64>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        .map_err(|e| derr(e.to_string()))?;
-    let num = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_multi_float64().ok());
-    let slope = num(tags::RESCALE_SLOPE).and_then(|v| v.first().copied()).unwrap_or(1.0);
-    let intercept = num(tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()).unwrap_or(0.0);
-    let padding = obj.element_opt(tags::PIXEL_PADDING_VALUE).ok().flatten().and_then(|e| e.to_int::<i64>().ok());
-    // Padding (outside the scan field) keeps its rescaled value, as ITK/SimpleITK do; it is
-    // counted so the report says it is there, and the model's HU window clips it.
-    let padding_voxels = padding.map_or(0, |p| stored.iter().filter(|&&v| v == p as f64).count());
-    let padding_hu = padding.map(|p| (p as f64 * slope + intercept) as f32);
-    let hu: Vec<f32> = stored.iter().map(|&v| (v * slope + intercept) as f32).collect();
-    let position = num(tags::IMAGE_POSITION_PATIENT)
-        .and_then(|v| <[f64; 3]>::try_from(v.as_slice()).ok())
-        .ok_or_else(|| derr("no ImagePositionPatient".into()))?;
-    let orientation = num(tags::IMAGE_ORIENTATION_PATIENT)
-        .and_then(|v| <[f64; 6]>::try_from(v.as_slice()).ok())
-        .ok_or_else(|| derr("no ImageOrientationPatient".into()))?;
-    let spacing = num(tags::PIXEL_SPACING).and_then(|v| <[f64; 2]>::try_from(v.as_slice()).ok()).unwrap_or([1.0, 1.0]);
-    let rows = decoded.rows() as usize;
-    let columns = decoded.columns() as usize;
-    if decoded.samples_per_pixel() != 1 || hu.len() != rows * columns {
-        return Err(derr(format!("expected one grey sample per pixel, got {} samples", decoded.samples_per_pixel())));
-    }
-    Ok(Slice {
-        path: path.to_path_buf(),
-        sop: text(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
-        position,
-        orientation,
-        rows,
-        columns,
-        spacing,
-        hu,
-        padding_voxels,
-        padding_hu,
-        thickness: num(tags::SLICE_THICKNESS).and_then(|v| v.first().copied()).filter(|t| *t > 0.0),
-    })
-}
-
-fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
-    let v = obj.element_opt(tag).ok().flatten()?.to_str().ok()?;
-    let t = v.trim_matches(|c: char| c == '\0' || c.is_whitespace());
-    (!t.is_empty()).then(|| t.to_string())
-}
-
-fn assemble(mut slices: Vec<Slice>) -> Result<CtVolume, CtError> {
-    let first = &slices[0];
-    let (rows, columns, o) = (first.rows, first.columns, first.orientation);
-    for s in &slices {
-        if s.rows != rows || s.columns != columns {
-            return Err(CtError::Geometry(format!(
-                "mixed image sizes: {}x{} and {}x{} ({})",
-                columns,
-                rows,
-                s.columns,
-                s.rows,
-                s.path.display()
+        if usize::from(h.rows.unwrap_or(0)) != rows || usize::from(h.columns.unwrap_or(0)) != columns {
+            return Err(geo(format!(
+                "mixed image sizes: {columns}x{rows} and {}x{} ({})",
+                h.columns.unwrap_or(0),
+                h.rows.unwrap_or(0),
+                f.display()
             )));
         }
-        if s.orientation.iter().zip(o.iter()).any(|(a, b)| (a - b).abs() > 1e-4) {
-            return Err(CtError::Geometry(format!("mixed orientations within the series ({})", s.path.display())));
+        match h.image_orientation_patient {
+            Some(x) if x.iter().zip(o.iter()).all(|(a, b)| (a - b).abs() <= 1e-4) => {}
+            _ => return Err(geo(format!("mixed orientations within the series ({})", f.display()))),
         }
-        if (s.spacing[0] - first.spacing[0]).abs() > 1e-4 || (s.spacing[1] - first.spacing[1]).abs() > 1e-4 {
-            return Err(CtError::Geometry(format!("mixed pixel spacing within the series ({})", s.path.display())));
+        if h.pixel_spacing.unwrap_or([1.0, 1.0]).iter().zip(ps.iter()).any(|(a, b)| (a - b).abs() > 1e-4) {
+            return Err(geo(format!("mixed pixel spacing within the series ({})", f.display())));
         }
+        if h.image_position_patient.is_none() {
+            return Err(geo(format!("{}: no ImagePositionPatient", f.display())));
+        }
+    }
+    let voxels = (rows * columns) as u64 * files.len() as u64;
+    if voxels > MAX_VOXELS {
+        return Err(CtError::TooLarge { voxels, limit: MAX_VOXELS });
     }
     let r = norm([o[0], o[1], o[2]]);
     let c = norm([o[3], o[4], o[5]]);
     let n = norm(cross(r, c));
+    let pos = |i: usize| headers[i].image_position_patient.unwrap_or_default();
     // Sort along the normal: the only order that is geometry, whatever InstanceNumber says.
-    slices.sort_by(|a, b| dot(a.position, n).total_cmp(&dot(b.position, n)));
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by(|&a, &b| dot(pos(a), n).total_cmp(&dot(pos(b), n)));
     let mut report = GeometryReport::default();
-    let mut kept: Vec<Slice> = Vec::with_capacity(slices.len());
-    for (i, s) in slices.into_iter().enumerate() {
-        if let Some(prev) = kept.last()
-            && (dot(s.position, n) - dot(prev.position, n)).abs() < 1e-3
+    let mut kept: Vec<usize> = Vec::with_capacity(order.len());
+    for (i, &idx) in order.iter().enumerate() {
+        if let Some(&prev) = kept.last()
+            && (dot(pos(idx), n) - dot(pos(prev), n)).abs() < 1e-3
         {
-            if prev.hu != s.hu {
-                report.warnings.push(format!(
-                    "two different slices at the same position ({:.2} mm); the first is kept",
-                    dot(s.position, n)
-                ));
+            if headers[idx].sop_instance_uid != headers[prev].sop_instance_uid {
+                report
+                    .warnings
+                    .push(format!("two images at the same position ({:.2} mm); the first is kept", dot(pos(idx), n)));
             }
             report.duplicate_positions.push(i);
             continue;
         }
-        kept.push(s);
+        kept.push(idx);
     }
-    let slices = kept;
-    report.slices = slices.len();
-    report.padding_voxels = slices.iter().map(|s| s.padding_voxels).sum();
-    report.padding_hu = slices.iter().find_map(|s| s.padding_hu);
-    let d: Vec<f64> = slices.windows(2).map(|w| dot(w[1].position, n) - dot(w[0].position, n)).collect();
+    report.slices = kept.len();
+    let d: Vec<f64> = kept.windows(2).map(|w| dot(pos(w[1]), n) - dot(pos(w[0]), n)).collect();
     report.slice_gaps_mm = d.clone();
     let mut sorted = d.clone();
     sorted.sort_by(f64::total_cmp);
@@ -273,42 +180,151 @@ fn assemble(mut slices: Vec<Slice>) -> Result<CtVolume, CtError> {
     } else if !report.uniform_spacing {
         report.warnings.push("non-uniform slice spacing".into());
     }
-    // Mean step between origins: its angle to the normal is the gantry tilt.
-    let step = if slices.len() > 1 {
-        let (a, b) = (slices[0].position, slices[slices.len() - 1].position);
-        let k = (slices.len() - 1) as f64;
+    let step = if kept.len() > 1 {
+        let (a, b) = (pos(kept[0]), pos(kept[kept.len() - 1]));
+        let k = (kept.len() - 1) as f64;
         [(b[0] - a[0]) / k, (b[1] - a[1]) / k, (b[2] - a[2]) / k]
     } else {
         // One slice: its thickness is the only extent known (as ITK does).
-        let t = slices[0].thickness.unwrap_or(1.0);
+        let t = headers[kept[0]].slice_thickness.filter(|t| *t > 0.0).unwrap_or(1.0);
         [n[0] * t, n[1] * t, n[2] * t]
     };
-    let cos = (dot(norm(step), n)).clamp(-1.0, 1.0);
-    report.gantry_tilt_degrees = if slices.len() > 1 { cos.acos().to_degrees() } else { 0.0 };
+    report.gantry_tilt_degrees =
+        if kept.len() > 1 { dot(norm(step), n).clamp(-1.0, 1.0).acos().to_degrees() } else { 0.0 };
     if report.gantry_tilt_degrees > 0.1 {
         report.warnings.push(format!(
             "gantry tilt {:.1} degrees: the volume is sheared (the NIfTI sform keeps the true geometry)",
             report.gantry_tilt_degrees
         ));
     }
-    let slice_spacing = dot(step, n).abs();
-    let mut hu = Vec::with_capacity(rows * columns * slices.len());
-    for s in &slices {
-        hu.extend_from_slice(&s.hu);
+    // Allocate once; decode every slice into its place, in parallel.
+    let plane = rows * columns;
+    let mut hu = vec![0f32; plane * kept.len()];
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(kept.len()).max(1);
+    let per = kept.len().div_ceil(threads);
+    let results: Vec<Result<Vec<Padding>, CtError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = hu
+            .chunks_mut(plane * per)
+            .zip(kept.chunks(per))
+            .map(|(out, idxs)| {
+                s.spawn(move || {
+                    idxs.iter()
+                        .zip(out.chunks_mut(plane))
+                        .map(|(&i, dst)| decode_into(&files[i], &headers[i], dst, limits))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(CtError::Geometry("decoder thread panicked".into()))))
+            .collect()
+    });
+    for r in results {
+        for (padding_voxels, padding_hu) in r? {
+            report.padding_voxels += padding_voxels;
+            report.padding_hu = report.padding_hu.or(padding_hu);
+        }
     }
     Ok(CtVolume {
         columns,
         rows,
-        slices: slices.len(),
-        spacing: [slices[0].spacing[1], slices[0].spacing[0], slice_spacing],
-        origin: slices[0].position,
+        slices: kept.len(),
+        spacing: [ps[1], ps[0], dot(step, n).abs()],
+        origin: pos(kept[0]),
         direction: [r, c, n],
         slice_step: step,
         hu,
-        sop_instance_uids: slices.iter().map(|s| s.sop.clone()).collect(),
-        files: slices.iter().map(|s| s.path.clone()).collect(),
+        sop_instance_uids: kept.iter().map(|&i| headers[i].sop_instance_uid.clone().unwrap_or_default()).collect(),
+        files: kept.iter().map(|&i| files[i].clone()).collect(),
         report,
     })
+}
+
+/// Decode one slice into `dst` (rows x columns HU). Returns (padding voxels, padding HU).
+fn decode_into(path: &Path, h: &DicomHeader, dst: &mut [f32], limits: &Limits) -> Result<Padding, CtError> {
+    let file_s = path.display().to_string();
+    let derr = |m: String| CtError::Decode { file: file_s.clone(), message: m };
+    let slope = h.rescale_slope.unwrap_or(1.0);
+    let intercept = h.rescale_intercept.unwrap_or(0.0);
+    let native_le = matches!(h.transfer_syntax_uid.as_str(), ts::EXPLICIT_VR_LE | ts::IMPLICIT_VR_LE);
+    if native_le && h.bits_allocated == Some(16) && h.samples_per_pixel.unwrap_or(1) == 1 {
+        let f = std::fs::File::open(path)?;
+        let ext = dicom::check_pixel_data_file(&f, h, limits)
+            .map_err(|e| CtError::Dicom { file: file_s.clone(), source: e })?;
+        let mut bytes = vec![0u8; dst.len() * 2];
+        f.read_exact_at(&mut bytes, ext.value_offset)?;
+        let stored_bits = u32::from(h.bits_stored.unwrap_or(16).clamp(1, 16));
+        let signed = h.pixel_representation == Some(1);
+        let shift = 16 - stored_bits;
+        let (s, i) = (slope as f32, intercept as f32);
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+            let raw = u16::from_le_bytes([b[0], b[1]]);
+            // Only the stored bits count; sign-extend from the stored high bit when signed.
+            let v = if signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 };
+            *d = v * s + i;
+        }
+        return Ok(padding_of(h, dst, slope, intercept));
+    }
+    let obj = match h.layout {
+        Some(DicomLayout::Part10) => OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Always)
+            .open_file(path)
+            .map_err(|e| derr(e.to_string()))?,
+        Some(DicomLayout::MetaWithoutPreamble) => OpenFileOptions::new()
+            .read_preamble(ReadPreamble::Never)
+            .open_file(path)
+            .map_err(|e| derr(e.to_string()))?,
+        Some(DicomLayout::RawDataset { .. }) => {
+            let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+            let tsx = dicom_encoding::TransferSyntaxIndex::get(&registry, h.transfer_syntax_uid.as_str())
+                .ok_or_else(|| derr("unknown transfer syntax".into()))?;
+            let ds = InMemDicomObject::read_dataset_with_ts(BufReader::new(std::fs::File::open(path)?), tsx)
+                .map_err(|e| derr(e.to_string()))?;
+            ds.with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax(h.transfer_syntax_uid.as_str())
+                    .media_storage_sop_class_uid(
+                        h.sop_class_uid.clone().unwrap_or_else(|| dicom::sop_class::CT_IMAGE.into()),
+                    )
+                    .media_storage_sop_instance_uid(h.sop_instance_uid.clone().unwrap_or_else(|| "2.25.1".into())),
+            )
+            .map_err(|e| derr(e.to_string()))?
+        }
+        None => return Err(derr("not DICOM".into())),
+    };
+    let decoded = obj.decode_pixel_data().map_err(|e| {
+        let ts_uid = h.transfer_syntax_uid.as_str();
+        let hint = match ts_uid {
+            "1.2.840.10008.1.2.4.51" => {
+                " (12-bit JPEG Extended: no Rust decoder handles it; ask for a lossless or JPEG 2000 export)"
+            }
+            "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS: build crlm with feature `jpeg-ls`)",
+            _ => "",
+        };
+        derr(format!("{e} [transfer syntax {ts_uid}]{hint}"))
+    })?;
+    if decoded.samples_per_pixel() != 1 {
+        return Err(derr(format!("expected one grey sample per pixel, got {}", decoded.samples_per_pixel())));
+    }
+    let stored: Vec<f64> = decoded
+        .to_vec_with_options::<f64>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
+        .map_err(|e| derr(e.to_string()))?;
+    if stored.len() != dst.len() {
+        return Err(derr(format!("decoded {} samples, expected {}", stored.len(), dst.len())));
+    }
+    for (d, v) in dst.iter_mut().zip(&stored) {
+        *d = (v * slope + intercept) as f32;
+    }
+    Ok(padding_of(h, dst, slope, intercept))
+}
+
+/// Padding (PixelPaddingValue: outside the scan field) keeps its rescaled value, as ITK and
+/// SimpleITK do; it is counted so the report says it is there. The model's HU window clips it.
+fn padding_of(h: &DicomHeader, dst: &[f32], slope: f64, intercept: f64) -> Padding {
+    let Some(p) = h.pixel_padding_value else { return (0, None) };
+    let phu = (p as f64 * slope + intercept) as f32;
+    (dst.iter().filter(|v| **v == phu).count(), Some(phu))
 }
 
 impl CtVolume {

@@ -55,7 +55,8 @@ pub fn check_pixel_data_file(
     let mut offset_done: u64 = 0;
     let mut short_candidate: Option<u32> = None;
     // Read the head in growing chunks until a plausible Pixel Data element header is found.
-    let mut chunk = 256 * 1024u64;
+    // The Pixel Data header is usually within the first few KB: start small, grow if not.
+    let mut chunk = 16 * 1024u64;
     loop {
         let want = (offset_done + chunk).min(scan_len);
         let add = want - offset_done;

@@ -81,6 +81,11 @@ pub struct DicomHeader {
     pub samples_per_pixel: Option<u16>,
     pub photometric_interpretation: Option<String>,
     pub bits_allocated: Option<u16>,
+    pub bits_stored: Option<u16>,
+    pub pixel_representation: Option<u16>,
+    pub rescale_slope: Option<f64>,
+    pub rescale_intercept: Option<f64>,
+    pub pixel_padding_value: Option<i64>,
     pub acquisition_date: Option<String>,
     pub acquisition_time: Option<String>,
     pub study_date: Option<String>,
@@ -327,6 +332,11 @@ fn extract(obj: &InMemDicomObject) -> DicomHeader {
         samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL),
         photometric_interpretation: s(tags::PHOTOMETRIC_INTERPRETATION),
         bits_allocated: int(obj, tags::BITS_ALLOCATED),
+        bits_stored: int(obj, tags::BITS_STORED),
+        pixel_representation: int(obj, tags::PIXEL_REPRESENTATION),
+        rescale_slope: floats(obj, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()),
+        rescale_intercept: floats(obj, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()),
+        pixel_padding_value: int(obj, tags::PIXEL_PADDING_VALUE),
         acquisition_date: s(tags::ACQUISITION_DATE),
         acquisition_time: s(tags::ACQUISITION_TIME),
         study_date: s(tags::STUDY_DATE),
@@ -363,6 +373,11 @@ mod num_like {
     impl FromI64 for u16 {
         fn from_i64(v: i64) -> Option<Self> {
             u16::try_from(v).ok()
+        }
+    }
+    impl FromI64 for i64 {
+        fn from_i64(v: i64) -> Option<Self> {
+            Some(v)
         }
     }
     impl FromI64 for u32 {

@@ -96,6 +96,11 @@ pub fn phantom_hu(x: u32, y: u32, _z: u32) -> i16 {
     }
 }
 
+/// A size-independent texture (benchmarks): body-like values that vary with every coordinate.
+pub fn texture_hu(x: u32, y: u32, z: u32) -> i16 {
+    ((x.wrapping_mul(31) ^ y.wrapping_mul(17) ^ z.wrapping_mul(7)) % 1400) as i16 - 900
+}
+
 /// Deterministic DICOM UID under the 2.25 (UUID-derived) root.
 pub fn uid_from(seed: &str) -> String {
     let h = crate::sha256_hex(seed.as_bytes());
