@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         action: SynthAction,
     },
+    /// Whole-slide image tools.
+    Wsi {
+        #[command(subcommand)]
+        action: WsiAction,
+    },
     /// CT tools.
     Ct {
         #[command(subcommand)]
@@ -74,6 +79,32 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum WsiAction {
+    /// Levels, downsamples, resolution, scanner and associated images of a slide.
+    Info {
+        slide: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a region as PNG; x and y are level-0 pixels, as in OpenSlide's read_region.
+    Region {
+        slide: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        level: usize,
+        #[arg(long)]
+        x: i64,
+        #[arg(long)]
+        y: i64,
+        #[arg(long)]
+        width: u32,
+        #[arg(long)]
+        height: u32,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -263,6 +294,54 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let any_rejected = items.iter().any(|i| i.verdict != "usable");
             Ok(if any_rejected { ExitCode::from(3) } else { ExitCode::SUCCESS })
+        }
+        Command::Wsi { action: WsiAction::Info { slide, json } } => {
+            let h = crlm_models::slide::read_slide_header(&slide, &crlm_models::limits::Limits::default())
+                .with_context(|| format!("reading {}", slide.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&h)?);
+            } else {
+                println!("{}: {:?}{}", slide.display(), h.format, if h.big_tiff { " (BigTIFF)" } else { "" });
+                for (i, l) in h.levels.iter().enumerate() {
+                    println!(
+                        "  level {i}: {}x{} px, downsample {:.3}, tiles {}x{} ({}), compression {}",
+                        l.width, l.height, l.downsample, l.tile_width, l.tile_height, l.tiles, l.compression
+                    );
+                }
+                println!(
+                    "  microns per pixel: {}",
+                    h.microns_per_pixel.map(|m| format!("{m}")).unwrap_or_else(|| "unknown (configure it)".into())
+                );
+                println!(
+                    "  objective power: {}",
+                    h.objective_power.map(|m| format!("{m}x")).unwrap_or_else(|| "unknown".into())
+                );
+                println!("  scanner: {}", h.scanner.as_deref().unwrap_or("unknown"));
+                println!(
+                    "  associated images (never decoded): {}",
+                    if h.associated.is_empty() { "none".into() } else { h.associated.join(", ") }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wsi { action: WsiAction::Region { slide, level, x, y, width, height, out } } => {
+            let reader = crlm_models::slide::read::SlideReader::open(&slide, &crlm_models::limits::Limits::default())
+                .with_context(|| format!("reading {}", slide.display()))?;
+            let region = reader.read_region(level, x, y, width, height)?;
+            let mut bytes = Vec::new();
+            {
+                let mut enc = png::Encoder::new(&mut bytes, region.width, region.height);
+                enc.set_color(png::ColorType::Rgb);
+                enc.set_depth(png::BitDepth::Eight);
+                enc.write_header()?.write_image_data(&region.pixels)?;
+            }
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: level {level} region at ({x}, {y}) level-0, {width}x{height} -> {}",
+                slide.display(),
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Synth { action: SynthAction::Case { dir, patient_id, slices } } => {
             let case = crlm_models::synth::SampleCase { slices, ..crlm_models::synth::SampleCase::new(&patient_id) };

@@ -6,6 +6,7 @@
 //! Associated images (label, macro) are recognised so that they are never decoded into results:
 //! they carry patient identifiers.
 
+pub mod read;
 pub mod tiff;
 pub mod writer;
 

@@ -84,6 +84,28 @@ struct Ifd {
     tile_counts: Vec<u64>,
     strip_offsets: Vec<u64>,
     strip_counts: Vec<u64>,
+    photometric: u16,
+    samples_per_pixel: u16,
+    planar: u16,
+    predictor: u16,
+    jpeg_tables: Option<Vec<u8>>,
+}
+
+/// Where one pyramid level's tiles are and how they are encoded (for the tile reader).
+#[derive(Debug, Clone)]
+pub struct LevelData {
+    pub width: u64,
+    pub height: u64,
+    pub tile_width: u32,
+    pub tile_height: u32,
+    pub compression: u16,
+    pub photometric: u16,
+    pub samples_per_pixel: u16,
+    pub planar: u16,
+    pub predictor: u16,
+    pub jpeg_tables: Option<Vec<u8>>,
+    pub tile_offsets: Vec<u64>,
+    pub tile_counts: Vec<u64>,
 }
 
 impl Reader {
@@ -130,7 +152,12 @@ pub fn read_slide_header(path: &Path, limits: &Limits) -> Result<SlideHeader, Sl
 }
 
 /// As [`read_slide_header`], on a file the caller opened (ingest opens files beneath the share).
-pub fn read_slide_header_file(mut file: File, limits: &Limits) -> Result<SlideHeader, SlideError> {
+pub fn read_slide_header_file(file: File, limits: &Limits) -> Result<SlideHeader, SlideError> {
+    read_slide_layout(file, limits).map(|(h, _)| h)
+}
+
+/// The header and, per pyramid level, where its tiles are (for [`super::read::SlideReader`]).
+pub fn read_slide_layout(mut file: File, limits: &Limits) -> Result<(SlideHeader, Vec<LevelData>), SlideError> {
     let len = file.metadata()?.len();
     let mut head = [0u8; 16];
     file.seek(SeekFrom::Start(0))?;
@@ -179,7 +206,8 @@ fn read_ifd(r: &mut Reader, off: u64, limits: &Limits) -> Result<(Ifd, u64), Sli
         return Err(SlideError::Broken(format!("IFD at byte {off} claims {count} entries")));
     }
     let body = r.read_at(off + count_size, count * entry_size + next_size)?;
-    let mut ifd = Ifd { res_unit: 2, compression: 1, ..Default::default() };
+    let mut ifd =
+        Ifd { res_unit: 2, compression: 1, samples_per_pixel: 1, planar: 1, predictor: 1, ..Default::default() };
     for i in 0..count as usize {
         let e = &body[i * entry_size as usize..(i + 1) * entry_size as usize];
         let tag = r.u16(&e[0..2]);
@@ -187,8 +215,28 @@ fn read_ifd(r: &mut Reader, off: u64, limits: &Limits) -> Result<(Ifd, u64), Sli
         let (n, inline) = if r.big { (r.u64(&e[4..12]), &e[12..20]) } else { (u64::from(r.u32(&e[4..8])), &e[8..12]) };
         let Some(size) = type_size(typ) else { continue };
         let total = n.checked_mul(size).ok_or_else(|| SlideError::Broken(format!("tag {tag} count overflows")))?;
-        let wanted =
-            matches!(tag, 254 | 256 | 257 | 259 | 270 | 271 | 272 | 273 | 279 | 282 | 296 | 322 | 323 | 324 | 325);
+        let wanted = matches!(
+            tag,
+            254 | 256
+                | 257
+                | 259
+                | 262
+                | 270
+                | 271
+                | 272
+                | 273
+                | 277
+                | 279
+                | 282
+                | 284
+                | 296
+                | 317
+                | 322
+                | 323
+                | 324
+                | 325
+                | 347
+        );
         if !wanted {
             continue;
         }
@@ -199,8 +247,8 @@ fn read_ifd(r: &mut Reader, off: u64, limits: &Limits) -> Result<(Ifd, u64), Sli
                 limit: limits.max_slide_tiles,
             });
         }
-        if tag == 270 && total > (1 << 20) {
-            continue; // an absurd description is ignored rather than read
+        if (tag == 270 || tag == 347) && total > (1 << 20) {
+            continue; // an absurd description or table is ignored rather than read
         }
         let data = if total <= inline.len() as u64 {
             inline[..total as usize].to_vec()
@@ -239,6 +287,11 @@ fn read_ifd(r: &mut Reader, off: u64, limits: &Limits) -> Result<(Ifd, u64), Sli
                 }
             }
             296 => ifd.res_unit = ints().first().copied().unwrap_or(2) as u16,
+            262 => ifd.photometric = ints().first().copied().unwrap_or(0) as u16,
+            277 => ifd.samples_per_pixel = ints().first().copied().unwrap_or(1) as u16,
+            284 => ifd.planar = ints().first().copied().unwrap_or(1) as u16,
+            317 => ifd.predictor = ints().first().copied().unwrap_or(1) as u16,
+            347 => ifd.jpeg_tables = Some(data.clone()),
             322 => ifd.tile_w = ints().first().copied().unwrap_or(0) as u32,
             323 => ifd.tile_h = ints().first().copied().unwrap_or(0) as u32,
             324 => ifd.tile_offsets = ints(),
@@ -282,10 +335,11 @@ fn check_data_inside(ifd: &Ifd, len: u64, ifd_off: u64) -> Result<(), SlideError
 /// None, LZW, JPEG, Adobe Deflate, Deflate, Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000.
 const SUPPORTED_COMPRESSION: [u16; 8] = [1, 5, 7, 8, 32946, 33003, 33005, 34712];
 
-fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<SlideHeader, SlideError> {
+fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<(SlideHeader, Vec<LevelData>), SlideError> {
     let first_desc = ifds[0].description.clone().unwrap_or_default();
     let aperio = first_desc.starts_with("Aperio");
     let mut levels = Vec::new();
+    let mut level_data = Vec::new();
     let mut associated = Vec::new();
     for (i, ifd) in ifds.iter().enumerate() {
         let desc = ifd.description.as_deref().unwrap_or("").to_ascii_lowercase();
@@ -336,6 +390,20 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<SlideHeade
             associated.push("associated".into());
             continue;
         }
+        level_data.push(LevelData {
+            width: ifd.width,
+            height: ifd.height,
+            tile_width: ifd.tile_w,
+            tile_height: ifd.tile_h,
+            compression: ifd.compression,
+            photometric: ifd.photometric,
+            samples_per_pixel: ifd.samples_per_pixel,
+            planar: ifd.planar,
+            predictor: ifd.predictor,
+            jpeg_tables: ifd.jpeg_tables.clone(),
+            tile_offsets: ifd.tile_offsets.clone(),
+            tile_counts: ifd.tile_counts.clone(),
+        });
         levels.push(SlideLevel {
             width: ifd.width,
             height: ifd.height,
@@ -378,7 +446,7 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<SlideHeade
         }
         _ => None,
     };
-    Ok(SlideHeader {
+    let header = SlideHeader {
         format: if aperio { SlideFormat::AperioSvs } else { SlideFormat::GenericTiff },
         big_tiff: big,
         levels,
@@ -386,5 +454,6 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<SlideHeade
         microns_per_pixel: mpp,
         objective_power,
         scanner,
-    })
+    };
+    Ok((header, level_data))
 }

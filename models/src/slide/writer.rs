@@ -19,6 +19,8 @@ pub struct SlideSpec {
     /// Add a label image (stripped, uncompressed), as scanners do; it carries identifiers.
     pub label_text: Option<String>,
     pub jpeg_quality: u8,
+    /// JPEG tiles (the scanner default) or uncompressed (exact pixels, for tests).
+    pub uncompressed: bool,
     /// RGB at level-0 pixel (x, y).
     pub pixel: fn(u32, u32) -> [u8; 3],
 }
@@ -34,6 +36,7 @@ impl SlideSpec {
             aperio: true,
             label_text: Some("PATIENT LABEL".into()),
             jpeg_quality: 90,
+            uncompressed: false,
             pixel: he_like_pixel,
         }
     }
@@ -99,12 +102,17 @@ pub fn write_pyramidal_tiff(path: &Path, spec: &SlideSpec) -> Result<(), SlideEr
                         rgb[i..i + 3].copy_from_slice(&p);
                     }
                 }
-                let mut jpeg = Vec::new();
-                let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, spec.jpeg_quality);
-                enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
-                let side = u16::try_from(spec.tile).map_err(|_| SlideError::Encode("tile too large".into()))?;
-                enc.encode(&rgb, side, side, jpeg_encoder::ColorType::Rgb)
-                    .map_err(|e| SlideError::Encode(e.to_string()))?;
+                let jpeg = if spec.uncompressed {
+                    rgb.clone()
+                } else {
+                    let mut jpeg = Vec::new();
+                    let mut enc = jpeg_encoder::Encoder::new(&mut jpeg, spec.jpeg_quality);
+                    enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_1_1);
+                    let side = u16::try_from(spec.tile).map_err(|_| SlideError::Encode("tile too large".into()))?;
+                    enc.encode(&rgb, side, side, jpeg_encoder::ColorType::Rgb)
+                        .map_err(|e| SlideError::Encode(e.to_string()))?;
+                    jpeg
+                };
                 offsets.push(out.len() as u32);
                 counts.push(jpeg.len() as u32);
                 out.extend_from_slice(&jpeg);
@@ -115,8 +123,8 @@ pub fn write_pyramidal_tiff(path: &Path, spec: &SlideSpec) -> Result<(), SlideEr
             long(256, &[w]),
             long(257, &[h]),
             short(258, &[8, 8, 8]),
-            short(259, &[7]),
-            short(262, &[6]),
+            short(259, &[if spec.uncompressed { 1 } else { 7 }]),
+            short(262, &[if spec.uncompressed { 2 } else { 6 }]),
             short(277, &[3]),
             short(284, &[1]),
             short(322, &[spec.tile as u16]),

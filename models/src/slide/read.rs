@@ -1,0 +1,182 @@
+//! Reading slide pixels: tiles of a pyramid level, and regions in level-0 coordinates like
+//! OpenSlide's `read_region`. JPEG tiles (with the level's shared JPEGTables spliced in; YCbCr
+//! or RGB as the photometric tag says), uncompressed, LZW and Deflate (with the horizontal
+//! predictor). JPEG 2000 tiles are refused with a clear error for now. Associated images are
+//! never read here.
+
+use super::SlideError;
+use super::tiff::{LevelData, SlideHeader, read_slide_layout};
+use crate::limits::Limits;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Largest region one call may return (pixels), checked before allocating.
+pub const MAX_REGION_PIXELS: u64 = 64 << 20;
+
+pub struct SlideReader {
+    file: File,
+    pub header: SlideHeader,
+    levels: Vec<LevelData>,
+}
+
+/// An RGB image, rows top to bottom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl SlideReader {
+    pub fn open(path: &Path, limits: &Limits) -> Result<Self, SlideError> {
+        let file = File::open(path)?;
+        let (header, levels) = read_slide_layout(file.try_clone()?, limits)?;
+        Ok(SlideReader { file, header, levels })
+    }
+
+    pub fn level_count(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Decode tile (tx, ty) of `level` to RGB (tile_width x tile_height, edge tiles included whole).
+    pub fn read_tile(&self, level: usize, tx: u32, ty: u32) -> Result<Rgb, SlideError> {
+        let l = self.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
+        let across = l.width.div_ceil(u64::from(l.tile_width)) as u32;
+        let idx = (ty as usize) * across as usize + tx as usize;
+        let (off, len) = match (l.tile_offsets.get(idx), l.tile_counts.get(idx)) {
+            (Some(o), Some(c)) => (*o, *c),
+            _ => return Err(SlideError::Broken(format!("tile {tx},{ty} of level {level} does not exist"))),
+        };
+        let mut raw = vec![0u8; usize::try_from(len).map_err(|_| SlideError::Broken("tile too large".into()))?];
+        self.file.read_exact_at(&mut raw, off)?;
+        decode_tile(l, &raw)
+    }
+
+    /// RGB pixels of a `width` x `height` region of `level` whose top-left corner is (x, y) in
+    /// level-0 pixels, as OpenSlide's read_region. Pixels outside the level are white.
+    pub fn read_region(&self, level: usize, x: i64, y: i64, width: u32, height: u32) -> Result<Rgb, SlideError> {
+        let l = self.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
+        let px = u64::from(width) * u64::from(height);
+        if px > MAX_REGION_PIXELS {
+            return Err(SlideError::OverLimit { what: "region pixels", value: px, limit: MAX_REGION_PIXELS });
+        }
+        let ds = self.header.levels[level].downsample;
+        let (lx, ly) = ((x as f64 / ds).floor() as i64, (y as f64 / ds).floor() as i64);
+        let mut out = Rgb { width, height, pixels: vec![255u8; px as usize * 3] };
+        let (tw, th) = (i64::from(l.tile_width), i64::from(l.tile_height));
+        let (lw, lh) = (l.width as i64, l.height as i64);
+        let (x0, y0) = (lx.max(0), ly.max(0));
+        let (x1, y1) = ((lx + i64::from(width)).min(lw), (ly + i64::from(height)).min(lh));
+        if x0 >= x1 || y0 >= y1 {
+            return Ok(out);
+        }
+        for ty in (y0 / th)..=((y1 - 1) / th) {
+            for tx in (x0 / tw)..=((x1 - 1) / tw) {
+                let tile = self.read_tile(level, tx as u32, ty as u32)?;
+                // Copy the overlap of this tile and the region.
+                let (sx0, sy0) = ((tx * tw).max(x0), (ty * th).max(y0));
+                let (sx1, sy1) = (((tx + 1) * tw).min(x1), ((ty + 1) * th).min(y1));
+                for yy in sy0..sy1 {
+                    let src = (((yy - ty * th) * tw + (sx0 - tx * tw)) * 3) as usize;
+                    let dst = (((yy - ly) * i64::from(width) + (sx0 - lx)) * 3) as usize;
+                    let n = ((sx1 - sx0) * 3) as usize;
+                    out.pixels[dst..dst + n].copy_from_slice(&tile.pixels[src..src + n]);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
+    let (w, h) = (l.tile_width, l.tile_height);
+    let n = w as usize * h as usize;
+    let bad = |m: String| SlideError::Broken(m);
+    let rgb = match l.compression {
+        7 => {
+            // Abbreviated tile stream: splice the level's tables (without their EOI) before the
+            // tile's data (without its SOI).
+            let stream = match &l.jpeg_tables {
+                Some(t) if t.len() >= 4 && raw.len() >= 2 => {
+                    let mut s = t[..t.len() - 2].to_vec();
+                    s.extend_from_slice(&raw[2..]);
+                    s
+                }
+                _ => raw.to_vec(),
+            };
+            let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(stream));
+            // RGB tiles are taken as they are; YCbCr tiles are converted below with libjpeg's
+            // own integer formula, so colours match what OpenSlide (libjpeg) shows. `RGB`
+            // interleaves the components without converting them (`None` writes them planar).
+            let ycbcr = l.photometric != 2;
+            d.set_color_transform(jpeg_decoder::ColorTransform::RGB);
+            let mut px = d.decode().map_err(|e| bad(format!("JPEG tile: {e}")))?;
+            let info = d.info().ok_or_else(|| bad("JPEG tile without header".into()))?;
+            match info.pixel_format {
+                jpeg_decoder::PixelFormat::RGB24 => {
+                    if ycbcr {
+                        ycc_to_rgb_libjpeg(&mut px);
+                    }
+                    px
+                }
+                jpeg_decoder::PixelFormat::L8 => px.iter().flat_map(|v| [*v, *v, *v]).collect(),
+                other => return Err(bad(format!("JPEG tile pixel format {other:?} is not supported"))),
+            }
+        }
+        1 => raw.to_vec(),
+        5 => {
+            let mut d = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+            d.decode(raw).map_err(|e| bad(format!("LZW tile: {e}")))?
+        }
+        8 | 32946 => {
+            use std::io::Read;
+            let mut v = Vec::with_capacity(n * 3);
+            flate2::read::ZlibDecoder::new(raw)
+                .take((n * 4) as u64)
+                .read_to_end(&mut v)
+                .map_err(|e| bad(format!("Deflate tile: {e}")))?;
+            v
+        }
+        33003 | 33005 | 34712 => {
+            return Err(SlideError::UnsupportedCompression(l.compression));
+        }
+        c => return Err(SlideError::UnsupportedCompression(c)),
+    };
+    let spp = usize::from(l.samples_per_pixel.max(1));
+    if l.planar != 1 || !(spp == 3 || spp == 4 || l.compression == 7) {
+        return Err(bad(format!("{spp} samples per pixel, planar configuration {} not supported", l.planar)));
+    }
+    let mut rgb = if l.compression == 7 { rgb } else { rgb.chunks(spp).flat_map(|p| [p[0], p[1], p[2]]).collect() };
+    if l.predictor == 2 && l.compression != 7 {
+        // Horizontal differencing, per channel, per row.
+        for row in rgb.chunks_mut(w as usize * 3) {
+            for i in 3..row.len() {
+                row[i] = row[i].wrapping_add(row[i - 3]);
+            }
+        }
+    }
+    if rgb.len() < n * 3 {
+        return Err(bad(format!("tile decoded to {} bytes, {} expected", rgb.len(), n * 3)));
+    }
+    rgb.truncate(n * 3);
+    Ok(Rgb { width: w, height: h, pixels: rgb })
+}
+
+/// YCbCr to RGB exactly as libjpeg's jdcolor.c does it (16-bit fixed point, same rounding).
+fn ycc_to_rgb_libjpeg(px: &mut [u8]) {
+    const SCALEBITS: i32 = 16;
+    const ONE_HALF: i32 = 1 << (SCALEBITS - 1);
+    const fn fix(x: f64) -> i32 {
+        (x * (1 << SCALEBITS) as f64 + 0.5) as i32
+    }
+    for p in px.chunks_exact_mut(3) {
+        let (y, cb, cr) = (i32::from(p[0]), i32::from(p[1]) - 128, i32::from(p[2]) - 128);
+        let r = y + ((fix(1.40200) * cr + ONE_HALF) >> SCALEBITS);
+        let g = y + ((-fix(0.34414) * cb + ONE_HALF - fix(0.71414) * cr) >> SCALEBITS);
+        let b = y + ((fix(1.77200) * cb + ONE_HALF) >> SCALEBITS);
+        p[0] = r.clamp(0, 255) as u8;
+        p[1] = g.clamp(0, 255) as u8;
+        p[2] = b.clamp(0, 255) as u8;
+    }
+}

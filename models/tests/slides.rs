@@ -1,0 +1,67 @@
+//! Slide pixels from pyramidal TIFFs written by the project's own writer, checked against the
+//! pixel function they were written from.
+
+use crlm_models::limits::Limits;
+use crlm_models::slide::read::SlideReader;
+use crlm_models::slide::writer::he_like_pixel;
+use crlm_models::slide::{SlideSpec, write_pyramidal_tiff};
+
+fn slide(uncompressed: bool) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.tif");
+    let spec = SlideSpec { uncompressed, label_text: None, ..SlideSpec::small(700, 520) };
+    write_pyramidal_tiff(&p, &spec).unwrap();
+    (dir, p)
+}
+
+#[test]
+fn uncompressed_regions_are_exact_across_tile_edges_and_levels() {
+    let (_d, p) = slide(true);
+    let r = SlideReader::open(&p, &Limits::default()).unwrap();
+    // Straddles four 256-px tiles.
+    let reg = r.read_region(0, 230, 240, 60, 50).unwrap();
+    for y in 0..50u32 {
+        for x in 0..60u32 {
+            let i = ((y * 60 + x) * 3) as usize;
+            assert_eq!(&reg.pixels[i..i + 3], &he_like_pixel(230 + x, 240 + y), "pixel {x},{y}");
+        }
+    }
+    // Level 1 is every second level-0 pixel; (x, y) are level-0 coordinates, as in OpenSlide.
+    let reg = r.read_region(1, 400, 100, 30, 20).unwrap();
+    for y in 0..20u32 {
+        for x in 0..30u32 {
+            let i = ((y * 30 + x) * 3) as usize;
+            assert_eq!(&reg.pixels[i..i + 3], &he_like_pixel((200 + x) * 2, (50 + y) * 2), "level-1 pixel {x},{y}");
+        }
+    }
+    // Beyond the slide: white.
+    let reg = r.read_region(0, 690, 510, 20, 20).unwrap();
+    assert_eq!(&reg.pixels[(19 * 20 + 19) * 3..], &[255, 255, 255]);
+}
+
+#[test]
+fn jpeg_regions_are_close_to_the_source() {
+    let (_d, p) = slide(false);
+    let r = SlideReader::open(&p, &Limits::default()).unwrap();
+    let reg = r.read_region(0, 100, 100, 200, 150).unwrap();
+    let mut total = 0u64;
+    for y in 0..150u32 {
+        for x in 0..200u32 {
+            let i = ((y * 200 + x) * 3) as usize;
+            let src = he_like_pixel(100 + x, 100 + y);
+            for (got, want) in reg.pixels[i..i + 3].iter().zip(src) {
+                total += u64::from(got.abs_diff(want));
+            }
+        }
+    }
+    let mean = total as f64 / (200.0 * 150.0 * 3.0);
+    assert!(mean < 4.0, "mean abs error {mean}");
+}
+
+#[test]
+fn huge_regions_are_refused_before_allocation() {
+    let (_d, p) = slide(true);
+    let r = SlideReader::open(&p, &Limits::default()).unwrap();
+    let err = r.read_region(0, 0, 0, 100_000, 100_000).unwrap_err();
+    assert!(err.to_string().contains("above the limit"), "{err}");
+}
