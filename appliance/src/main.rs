@@ -90,6 +90,27 @@ enum WsiAction {
         #[arg(long)]
         json: bool,
     },
+    /// Write the tissue mask (computed on a low-resolution level) as PNG.
+    Tissue {
+        slide: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List tissue tiles in level-0 pixels (row-major, deterministic).
+    Tiles {
+        slide: PathBuf,
+        /// Microns per pixel of the tiles.
+        #[arg(long, default_value_t = 0.5)]
+        mpp: f64,
+        /// Tile edge in pixels at that resolution.
+        #[arg(long, default_value_t = 224)]
+        size: u32,
+        /// Least tissue fraction of a kept tile.
+        #[arg(long, default_value_t = 0.5)]
+        min_tissue: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a region as PNG; x and y are level-0 pixels, as in OpenSlide's read_region.
     Region {
         slide: PathBuf,
@@ -321,6 +342,54 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     "  associated images (never decoded): {}",
                     if h.associated.is_empty() { "none".into() } else { h.associated.join(", ") }
                 );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wsi { action: WsiAction::Tissue { slide, out } } => {
+            let reader = crlm_models::slide::read::SlideReader::open(&slide, &crlm_models::limits::Limits::default())
+                .with_context(|| format!("reading {}", slide.display()))?;
+            let m = crlm_models::slide::tissue::tissue_mask(&reader)?;
+            let grey: Vec<u8> = m.mask.iter().map(|v| v * 255).collect();
+            let mut bytes = Vec::new();
+            {
+                let mut enc = png::Encoder::new(&mut bytes, m.width, m.height);
+                enc.set_color(png::ColorType::Grayscale);
+                enc.set_depth(png::BitDepth::Eight);
+                enc.write_header()?.write_image_data(&grey)?;
+            }
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "{}: mask on level {} ({}x{}), {:.1}% tissue, Otsu threshold {} -> {}",
+                slide.display(),
+                m.level,
+                m.width,
+                m.height,
+                m.tissue_fraction() * 100.0,
+                m.otsu_threshold,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wsi { action: WsiAction::Tiles { slide, mpp, size, min_tissue, json } } => {
+            let reader = crlm_models::slide::read::SlideReader::open(&slide, &crlm_models::limits::Limits::default())
+                .with_context(|| format!("reading {}", slide.display()))?;
+            let m = crlm_models::slide::tissue::tissue_mask(&reader)?;
+            let tiles = crlm_models::slide::tissue::tile_grid(&reader, &m, mpp, size, min_tissue)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tiles)?);
+            } else {
+                println!(
+                    "{}: {} tiles of {size} px at {mpp} um/px ({} level-0 px each)",
+                    slide.display(),
+                    tiles.len(),
+                    tiles.first().map_or(0, |t| t.size)
+                );
+                for t in tiles.iter().take(20) {
+                    println!("  x {:>7} y {:>7} tissue {:.2}", t.x, t.y, t.tissue);
+                }
+                if tiles.len() > 20 {
+                    println!("  ... ({} more; --json lists all)", tiles.len() - 20);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -65,3 +65,34 @@ fn huge_regions_are_refused_before_allocation() {
     let err = r.read_region(0, 0, 0, 100_000, 100_000).unwrap_err();
     assert!(err.to_string().contains("above the limit"), "{err}");
 }
+
+#[test]
+fn tissue_mask_agrees_with_the_known_tissue_and_tiles_are_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("s.svs");
+    write_pyramidal_tiff(&p, &SlideSpec { label_text: None, ..SlideSpec::small(1600, 1200) }).unwrap();
+    let r = SlideReader::open(&p, &Limits::default()).unwrap();
+    let m = crlm_models::slide::tissue::tissue_mask(&r).unwrap();
+    // Ground truth: the writer's pixel function is glass exactly where it returns the glass colour.
+    let glass = he_like_pixel(0, 0);
+    assert_eq!(glass, [242, 240, 244]);
+    let mut agree = 0usize;
+    for y in 0..m.height {
+        for x in 0..m.width {
+            let (x0, y0) = ((f64::from(x) * m.downsample) as u32, (f64::from(y) * m.downsample) as u32);
+            let truth = he_like_pixel(x0, y0) != glass;
+            agree += usize::from(truth == (m.mask[(y * m.width + x) as usize] == 1));
+        }
+    }
+    let rate = agree as f64 / (m.width * m.height) as f64;
+    assert!(rate > 0.95, "mask agrees with the truth on {:.1}% of pixels", rate * 100.0);
+    let tiles = crlm_models::slide::tissue::tile_grid(&r, &m, 0.5, 128, 0.5).unwrap();
+    assert!(!tiles.is_empty());
+    assert!(tiles.iter().all(|t| t.tissue >= 0.5 && t.size == 128));
+    let again = crlm_models::slide::tissue::tile_grid(&r, &m, 0.5, 128, 0.5).unwrap();
+    assert_eq!(tiles, again);
+    // Row-major order.
+    assert!(tiles.windows(2).all(|w| (w[0].y, w[0].x) < (w[1].y, w[1].x)));
+    // At 1.0 um/px the tiles cover twice the level-0 pixels.
+    assert_eq!(crlm_models::slide::tissue::tile_grid(&r, &m, 1.0, 128, 0.5).unwrap()[0].size, 256);
+}

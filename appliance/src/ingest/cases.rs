@@ -401,7 +401,9 @@ fn evaluate_case(
         ing.db.conn.query_row("SELECT reasons FROM cases WHERE id=?1", params![case.id], |r| r.get(0))?;
     let mut all: Vec<String> = serde_json::from_str(&earlier).unwrap_or_default();
     all.append(&mut reasons);
-    if state == case_state::INELIGIBLE || state == case_state::QUARANTINED {
+    // A case-level quarantine record first (deterministic name: a rerun rewrites it), then the
+    // closing state and its quarantine row in one transaction.
+    let quarantine_row = if state == case_state::INELIGIBLE || state == case_state::QUARANTINED {
         let id = format!("case-{}-{state}", case.id);
         let (check, action) = if state == case_state::INELIGIBLE {
             (
@@ -416,7 +418,7 @@ fn evaluate_case(
         };
         let rec = super::quarantine::QuarantineRecord {
             version: super::quarantine::RECORD_VERSION,
-            id: id.clone(),
+            id,
             created_at: crate::state::rfc3339(now),
             file: None,
             case: Some(pseudonym.clone()),
@@ -431,40 +433,30 @@ fn evaluate_case(
             .quarantine
             .record(&ing.share_root, rec)
             .map_err(|e| IngestError::Quarantine { path: ing.quarantine.dir.display().to_string(), source: e })?;
-        let tx = ing.db.conn.transaction()?;
+        Some((check, action, record_file))
+    } else {
+        None
+    };
+    let tx = ing.db.conn.transaction()?;
+    if let Some((check, action, record_file)) = &quarantine_row {
         tx.execute(
             "INSERT INTO quarantine(case_id, check_name, reason, action, record_file, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![case.id, check, all.join("; "), action, record_file.display().to_string(), now],
         )?;
-        close(
-            &tx,
-            case.id,
-            state,
-            &modalities,
-            &all,
-            &series_json,
-            clinical_hash.as_deref(),
-            &pseudonym,
-            patient_id.as_deref(),
-            now,
-        )?;
-        tx.commit()?;
-    } else {
-        let tx = ing.db.conn.transaction()?;
-        close(
-            &tx,
-            case.id,
-            state,
-            &modalities,
-            &all,
-            &series_json,
-            clinical_hash.as_deref(),
-            &pseudonym,
-            patient_id.as_deref(),
-            now,
-        )?;
-        tx.commit()?;
     }
+    close(
+        &tx,
+        case.id,
+        state,
+        &modalities,
+        &all,
+        &series_json,
+        clinical_hash.as_deref(),
+        &pseudonym,
+        patient_id.as_deref(),
+        now,
+    )?;
+    tx.commit()?;
     tracing::info!(stage = "case", case = %pseudonym, state, "case closed");
     Ok(Some(CaseChange { case: pseudonym, state: state.to_string(), reasons: all }))
 }

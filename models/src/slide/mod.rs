@@ -8,6 +8,7 @@
 
 pub mod read;
 pub mod tiff;
+pub mod tissue;
 pub mod writer;
 
 pub use tiff::{SlideFormat, SlideHeader, SlideLevel, read_slide_header, read_slide_header_file, sniff_tiff};
