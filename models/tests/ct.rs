@@ -225,3 +225,64 @@ fn nema_ct_lossless_syntaxes_decode_to_the_uncompressed_reference() {
         }
     }
 }
+
+mod preprocessing {
+    use super::*;
+    use crlm_models::ct::preprocess::{CtPreprocessSpec, RoiSource, body_box, preprocess};
+
+    fn ramp(x: u32, _y: u32, z: u32) -> i16 {
+        (x * 10 + z * 3) as i16 - 300
+    }
+
+    #[test]
+    fn resampling_reproduces_a_linear_field_exactly_and_normalises_to_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = series(dir.path(), 10, |s| {
+            s.hu = ramp;
+            s.pixel_spacing = [1.0, 1.0];
+            s.slice_spacing = 2.0;
+        });
+        let v = load_series(&files, &Limits::default()).unwrap();
+        // Whole volume as ROI, 2 mm in-plane, 4 mm between slices: every other voxel, every other slice.
+        let roi = crlm_models::ct::preprocess::IndexBox { min: [0, 0, 0], max: [19, 15, 9] };
+        let spec = CtPreprocessSpec { spacing_mm: [2.0, 2.0, 4.0], shape: [10, 8, 5], hu_window: [-400.0, 400.0] };
+        let t = preprocess(&v, &spec, Some(roi));
+        assert_eq!(t.shape, [10, 8, 5]);
+        assert_eq!(t.data.len(), 10 * 8 * 5);
+        assert_eq!(t.roi, RoiSource::Segmentation);
+        for k in 0..5 {
+            for i in 0..10 {
+                // Output voxel i sits at volume x = 9.5 + (i - 4.5) * 2 = 2i + 0.5; z = 4.5 + (k - 2) * 2.
+                let (x, z) = (2.0 * i as f64 + 0.5, 4.5 + (k as f64 - 2.0) * 2.0);
+                let hu = (x * 10.0 + z * 3.0 - 300.0) as f32;
+                let want = ((hu.clamp(-400.0, 400.0) + 400.0) / 800.0).clamp(0.0, 1.0);
+                let got = t.data[(k * 8 + 3) * 10 + i];
+                assert!((got - want).abs() < 1e-5, "voxel {i},{k}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_body_box_finds_the_phantom_and_outside_is_air() {
+        let dir = tempfile::tempdir().unwrap();
+        // The default phantom: a water cylinder of radius 28 px centred at (32, 32) in a 64 x 64 image.
+        let files = series(dir.path(), 6, |s| {
+            s.rows = 64;
+            s.columns = 64;
+            s.hu = crlm_models::dicom::writer::phantom_hu;
+        });
+        let v = load_series(&files, &Limits::default()).unwrap();
+        let b = body_box(&v).unwrap();
+        // Water where (x - 32)^2 + (y - 32)^2 <= 28^2: x and y from 4 to 60.
+        assert_eq!((b.min[0], b.max[0]), (4, 60));
+        assert_eq!((b.min[1], b.max[1]), (4, 60));
+        // A box larger than the scan: its edges are air (0 after the window).
+        let spec = CtPreprocessSpec { spacing_mm: [1.0, 1.0, 1.0], shape: [120, 120, 4], hu_window: [-100.0, 200.0] };
+        let t = preprocess(&v, &spec, None);
+        assert_eq!(t.roi, RoiSource::Body);
+        assert_eq!(t.data[0], 0.0);
+        // The centre is water (40 HU) or contrast liver (110 HU), both inside the window.
+        let c = t.data[(2 * 120 + 60) * 120 + 60];
+        assert!(c > 0.3 && c < 1.0, "{c}");
+    }
+}

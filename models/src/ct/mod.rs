@@ -5,8 +5,11 @@
 //! openjp2; JPEG-LS with feature `jpeg-ls`), applies Rescale Slope/Intercept per slice, sorts slices by their position along the slice normal computed from
 //! ImageOrientationPatient (never by InstanceNumber), and reports gaps, non-uniform spacing,
 //! duplicates, gantry tilt and padding (left at its rescaled value, as SimpleITK does). [`nifti::write_nifti`] writes the volume with qform and sform.
+//! [`preprocess::preprocess`] samples the model's box (shape, spacing, HU window) around the
+//! region of interest.
 
 pub mod nifti;
+pub mod preprocess;
 pub mod volume;
 
 pub use nifti::write_nifti;
