@@ -111,6 +111,18 @@ enum WsiAction {
         #[arg(long)]
         json: bool,
     },
+    /// Read and decode regions (default: every native tile of level 0) and report throughput.
+    Bench {
+        slide: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Region edge in pixels (default: the level's tile size).
+        #[arg(long)]
+        size: Option<u32>,
+        /// A JSON file of [[x, y], ...] level-0 origins (default: the native tile grid).
+        #[arg(long)]
+        origins: Option<PathBuf>,
+    },
     /// Write a region as PNG; x and y are level-0 pixels, as in OpenSlide's read_region.
     Region {
         slide: PathBuf,
@@ -391,6 +403,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("  ... ({} more; --json lists all)", tiles.len() - 20);
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wsi { action: WsiAction::Bench { slide, threads, size, origins } } => {
+            let reader = crlm_models::slide::read::SlideReader::open(&slide, &crlm_models::limits::Limits::default())
+                .with_context(|| format!("reading {}", slide.display()))?;
+            let l0 = reader.header.levels.first().context("the slide has no level")?;
+            let size = size.unwrap_or(l0.tile_width);
+            let origins: Vec<(i64, i64)> = match origins {
+                Some(p) => {
+                    serde_json::from_slice(&std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?)?
+                }
+                None => (0..l0.height / u64::from(size))
+                    .flat_map(|ty| {
+                        (0..l0.width / u64::from(size))
+                            .map(move |tx| ((tx * u64::from(size)) as i64, (ty * u64::from(size)) as i64))
+                    })
+                    .collect(),
+            };
+            let start = std::time::Instant::now();
+            let mut checksum = 0u64;
+            reader.read_regions_parallel(0, &origins, size, threads, |_, rgb| {
+                checksum = checksum.wrapping_add(rgb.pixels.iter().step_by(97).map(|v| u64::from(*v)).sum::<u64>());
+                Ok(())
+            })?;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{} regions of {size} px on {threads} thread(s): {secs:.3} s, {:.0} regions/s (checksum {checksum})",
+                origins.len(),
+                origins.len() as f64 / secs
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Wsi { action: WsiAction::Region { slide, level, x, y, width, height, out } } => {

@@ -96,3 +96,22 @@ fn tissue_mask_agrees_with_the_known_tissue_and_tiles_are_deterministic() {
     // At 1.0 um/px the tiles cover twice the level-0 pixels.
     assert_eq!(crlm_models::slide::tissue::tile_grid(&r, &m, 1.0, 128, 0.5).unwrap()[0].size, 256);
 }
+
+#[test]
+fn parallel_region_reading_delivers_in_order_and_matches_sequential_reads() {
+    let (_d, p) = slide(false);
+    let r = SlideReader::open(&p, &Limits::default()).unwrap();
+    let origins: Vec<(i64, i64)> = (0..23).map(|i| ((i * 29) % 500, (i * 17) % 300)).collect();
+    let mut got = Vec::new();
+    r.read_regions_parallel(0, &origins, 96, 3, |i, rgb| {
+        got.push((i, rgb));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got.len(), origins.len());
+    for (n, (i, rgb)) in got.iter().enumerate() {
+        assert_eq!(*i, n, "delivered out of order");
+        let (x, y) = origins[n];
+        assert_eq!(rgb, &r.read_region(0, x, y, 96, 96).unwrap());
+    }
+}

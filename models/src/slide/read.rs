@@ -89,6 +89,41 @@ impl SlideReader {
     }
 }
 
+impl SlideReader {
+    /// Read square regions (level-0 `(x, y)`, `size` pixels, at `level`) on `threads` threads and
+    /// hand them to `sink` in input order. At most `threads x 4` regions are decoded ahead of the
+    /// sink, so memory stays bounded whatever the slide's size.
+    pub fn read_regions_parallel(
+        &self,
+        level: usize,
+        origins: &[(i64, i64)],
+        size: u32,
+        threads: usize,
+        mut sink: impl FnMut(usize, Rgb) -> Result<(), SlideError>,
+    ) -> Result<(), SlideError> {
+        let threads = threads.max(1);
+        let batch = threads * 4;
+        for (b, chunk) in origins.chunks(batch).enumerate() {
+            let mut out: Vec<Option<Result<Rgb, SlideError>>> = (0..chunk.len()).map(|_| None).collect();
+            std::thread::scope(|s| {
+                let per = chunk.len().div_ceil(threads);
+                for (slots, part) in out.chunks_mut(per).zip(chunk.chunks(per)) {
+                    s.spawn(move || {
+                        for (slot, (x, y)) in slots.iter_mut().zip(part) {
+                            *slot = Some(self.read_region(level, *x, *y, size, size));
+                        }
+                    });
+                }
+            });
+            for (i, r) in out.into_iter().enumerate() {
+                let r = r.unwrap_or_else(|| Err(SlideError::Broken("tile reader thread failed".into())))?;
+                sink(b * batch + i, r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
     let (w, h) = (l.tile_width, l.tile_height);
     let n = w as usize * h as usize;
