@@ -48,5 +48,7 @@ fn slide_regions_match_openslide() {
     // A real Aperio slide (RGB JPEG tiles with shared tables): within 2, across tile edges.
     if let Some(data) = shared_data() {
         compare(&data.join("wsi/svs/CMU-1-Small-Region.svs"), 2, &[]);
+        // A real Aperio JPEG 2000 slide (compression 33005): identical, at both levels.
+        compare(&data.join("wsi/svs/TCGA-CR-7395-01A-01-TS1.svs"), 0, &["0:1500:1200:600:400", "1:0:0:500:400"]);
     }
 }
