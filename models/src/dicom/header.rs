@@ -150,7 +150,8 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
     let mut head = [0u8; 256];
     let n = read_prefix(file, &mut head)?;
     let layout = sniff_dicom(&head[..n]).ok_or(DicomError::NotDicom)?;
-    guard_lengths(file, layout, limits)?;
+    // The guard walks the meta group; its transfer syntax and data-set offset serve the fallback.
+    let (meta_ts, dataset_offset) = guard_lengths(file, layout, limits)?;
     let mut reader = file;
     let mut header = match layout {
         DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
@@ -177,22 +178,10 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
                 }
                 // Vendors write meta groups dicom-rs rejects (no group length, odd values):
                 // walk the meta group by hand and read the data set with its transfer syntax.
-                Err(e) => {
-                    let start = if layout == DicomLayout::Part10 { 132 } else { 0 };
-                    let (ts_uid, offset) = walk_meta_group(file, start)
-                        .ok_or_else(|| DicomError::Parse(format!("{e} (meta group unreadable)")))?;
-                    read_dataset_at(file, offset, &ts_uid, limits)?
-                }
+                Err(_) => read_dataset_at(file, dataset_offset, &meta_ts, limits)?,
             }
         }
-        DicomLayout::RawDataset { explicit_vr, big_endian } => {
-            let ts_uid = match (explicit_vr, big_endian) {
-                (false, _) => ts::IMPLICIT_VR_LE,
-                (true, false) => ts::EXPLICIT_VR_LE,
-                (true, true) => ts::EXPLICIT_VR_BE,
-            };
-            read_dataset_at(file, 0, ts_uid, limits)?
-        }
+        DicomLayout::RawDataset { .. } => read_dataset_at(file, 0, &meta_ts, limits)?,
     };
     header.layout = Some(layout);
     // Check claimed sizes now, so nothing later allocates from an absurd header.
@@ -201,7 +190,8 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
 }
 
 /// Refuse declared lengths beyond the data before dicom-rs allocates them (see [`super::guard`]).
-fn guard_lengths(file: &File, layout: DicomLayout, limits: &Limits) -> Result<(), DicomError> {
+/// Returns the transfer syntax and the offset where the data set begins.
+fn guard_lengths(file: &File, layout: DicomLayout, limits: &Limits) -> Result<(String, u64), DicomError> {
     let (ts_uid, offset) = match layout {
         DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
             let start = if layout == DicomLayout::Part10 { 132 } else { 0 };
@@ -209,12 +199,7 @@ fn guard_lengths(file: &File, layout: DicomLayout, limits: &Limits) -> Result<()
                 .ok_or_else(|| DicomError::Parse("file meta group unreadable or without a transfer syntax".into()))?
         }
         DicomLayout::RawDataset { explicit_vr, big_endian } => {
-            let ts = match (explicit_vr, big_endian) {
-                (false, _) => ts::IMPLICIT_VR_LE,
-                (true, false) => ts::EXPLICIT_VR_LE,
-                (true, true) => ts::EXPLICIT_VR_BE,
-            };
-            (ts.to_string(), 0)
+            (raw_transfer_syntax(explicit_vr, big_endian).to_string(), 0)
         }
     };
     if ts_uid == ts::DEFLATED_EXPLICIT_VR_LE {
@@ -227,10 +212,21 @@ fn guard_lengths(file: &File, layout: DicomLayout, limits: &Limits) -> Result<()
         if n as u64 > cap {
             return Err(DicomError::OverLimit { what: "inflated data set bytes", value: n as u64, limit: cap });
         }
-        return super::guard::check_lengths(inflated.as_slice(), 0, true, false);
+        super::guard::check_lengths(inflated.as_slice(), 0, true, false)?;
+        return Ok((ts_uid, offset));
     }
     let enc = super::Encoding::for_transfer_syntax(&ts_uid);
-    super::guard::check_lengths(file, offset, enc.explicit_vr, enc.big_endian)
+    super::guard::check_lengths(file, offset, enc.explicit_vr, enc.big_endian)?;
+    Ok((ts_uid, offset))
+}
+
+/// The transfer syntax of a raw data set (no meta group) from its sniffed encoding.
+fn raw_transfer_syntax(explicit_vr: bool, big_endian: bool) -> &'static str {
+    match (explicit_vr, big_endian) {
+        (false, _) => ts::IMPLICIT_VR_LE,
+        (true, false) => ts::EXPLICIT_VR_LE,
+        (true, true) => ts::EXPLICIT_VR_BE,
+    }
 }
 
 /// Parse a whole data set starting at `offset` with the given transfer syntax (after a size check:
