@@ -362,13 +362,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading {}", slide.display()))?;
             let m = crlm_models::slide::tissue::tissue_mask(&reader)?;
             let grey: Vec<u8> = m.mask.iter().map(|v| v * 255).collect();
-            let mut bytes = Vec::new();
-            {
-                let mut enc = png::Encoder::new(&mut bytes, m.width, m.height);
-                enc.set_color(png::ColorType::Grayscale);
-                enc.set_depth(png::BitDepth::Eight);
-                enc.write_header()?.write_image_data(&grey)?;
-            }
+            let bytes = crlm_drivers::display::png::encode_8bit(m.width, m.height, true, &grey)?;
             std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "{}: mask on level {} ({}x{}), {:.1}% tissue, Otsu threshold {} -> {}",
@@ -439,13 +433,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let reader = crlm_models::slide::read::SlideReader::open(&slide, &crlm_models::limits::Limits::default())
                 .with_context(|| format!("reading {}", slide.display()))?;
             let region = reader.read_region(level, x, y, width, height)?;
-            let mut bytes = Vec::new();
-            {
-                let mut enc = png::Encoder::new(&mut bytes, region.width, region.height);
-                enc.set_color(png::ColorType::Rgb);
-                enc.set_depth(png::BitDepth::Eight);
-                enc.write_header()?.write_image_data(&region.pixels)?;
-            }
+            let bytes = crlm_drivers::display::png::encode_8bit(region.width, region.height, false, &region.pixels)?;
             std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
             println!(
                 "{}: level {level} region at ({x}, {y}) level-0, {width}x{height} -> {}",

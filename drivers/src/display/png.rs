@@ -21,14 +21,19 @@ impl PngDisplay {
 pub fn encode_png(frame: &Frame<Rgb888>) -> Result<Vec<u8>, DisplayError> {
     use embedded_graphics::prelude::OriginDimensions;
     let size = frame.size();
+    encode_8bit(size.width, size.height, false, &frame.to_rgb_bytes())
+}
+
+/// Encode packed 8-bit pixels as PNG: RGB (3 bytes a pixel), or grey (1 byte) when `grey`.
+pub fn encode_8bit(width: u32, height: u32, grey: bool, pixels: &[u8]) -> Result<Vec<u8>, DisplayError> {
     let mut out = Vec::new();
     {
-        let mut enc = ::png::Encoder::new(&mut out, size.width, size.height);
-        enc.set_color(::png::ColorType::Rgb);
+        let mut enc = ::png::Encoder::new(&mut out, width, height);
+        enc.set_color(if grey { ::png::ColorType::Grayscale } else { ::png::ColorType::Rgb });
         enc.set_depth(::png::BitDepth::Eight);
         enc.set_compression(::png::Compression::High);
         let mut w = enc.write_header().map_err(|e| DisplayError::Png(e.to_string()))?;
-        w.write_image_data(&frame.to_rgb_bytes()).map_err(|e| DisplayError::Png(e.to_string()))?;
+        w.write_image_data(pixels).map_err(|e| DisplayError::Png(e.to_string()))?;
     }
     Ok(out)
 }
