@@ -26,6 +26,7 @@ pub struct Config {
     pub quarantine: QuarantineConfig,
     pub limits: Limits,
     pub display: DisplayConfig,
+    pub model: ModelConfig,
     pub log: LogConfig,
 }
 
@@ -179,6 +180,18 @@ pub struct QuarantineConfig {
     pub mode: QuarantineMode,
     /// Empty: `<state.path>/quarantine`.
     pub path: PathBuf,
+}
+
+/// Which model package runs, and who may sign one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// A package folder or `.tar`; empty: the built-in demo package.
+    pub path: PathBuf,
+    /// Public key files (hex) trusted to sign packages.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Threads for reading slide tiles; 0: every core.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,10 +9,12 @@
 //!
 //! See docs/ARCHITECTURE.md for the data path and which module owns each step.
 
+pub mod cohort_export;
 pub mod config;
 pub mod demo;
 pub mod fsutil;
 pub mod ingest;
 pub mod panel;
+pub mod predict;
 pub mod service;
 pub mod state;

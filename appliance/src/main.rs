@@ -73,6 +73,27 @@ enum Command {
         #[command(subcommand)]
         action: DisplayAction,
     },
+    /// Predict one case folder (CT DICOM, slides, clinical file) without the service.
+    /// Exit status 0: predicted; 2: refused (not eligible, or modalities the package forbids).
+    Predict {
+        case_dir: PathBuf,
+        /// Model package folder or .tar (default: model.path from the configuration, else the built-in demo).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print the whole result document as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write the slide thumbnail with tile attention (pathologist QC; never on the study display).
+        #[arg(long)]
+        heatmap: Option<PathBuf>,
+    },
+    /// Model packages: inspect, verify, sign, make keys, pack, benchmark.
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
+    },
     /// List cases from the state database.
     Cases {
         #[arg(long)]
@@ -151,6 +172,32 @@ enum SynthAction {
         #[arg(long, default_value_t = 24)]
         slices: u32,
     },
+    /// A patient of the synthetic cohort (docs/MODEL.md) as a case folder.
+    Patient {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 0)]
+        index: u32,
+        /// Latent risk scores (CT, pathology, clinical); `high` = 1.5 each, `low` = -1.5 each.
+        #[arg(long)]
+        risk: Option<String>,
+        /// Leave out modalities: any of ct, slide, clinical (comma-separated).
+        #[arg(long, default_value = "")]
+        without: String,
+    },
+    /// The synthetic training cohort as model inputs (safetensors) for models/reference/train_demo.py.
+    Cohort {
+        #[arg(long)]
+        out: PathBuf,
+        /// model.toml whose input spec (CT grid, tiles, clinical encoding) to prepare for.
+        #[arg(long, default_value = "models/packages/demo/model.toml")]
+        spec: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value_t = 1300)]
+        patients: u32,
+    },
     /// A CT series of the given size (benchmarks): `--size 512 --slices 300`.
     Ct {
         dir: PathBuf,
@@ -161,6 +208,51 @@ enum SynthAction {
         /// explicit or implicit (VR little endian).
         #[arg(long, default_value = "explicit")]
         syntax: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelAction {
+    /// Name, version, hash, signer, inputs and allowed modalities of a package (verified first).
+    Info {
+        /// Package folder or .tar (default: the configured model, else the built-in demo).
+        package: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every hash, the signature and the signer's trust; exit 1 naming the file that fails.
+    Verify {
+        package: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write MANIFEST.sha256 and SIGNATURE.json for a package folder.
+    Sign {
+        package: PathBuf,
+        /// Signing key (hex seed file); see `crlm model keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        /// Create the key first when the file does not exist.
+        #[arg(long)]
+        generate_key: bool,
+    },
+    /// Create an Ed25519 key pair: KEY (private, mode 0600) and the public key beside it (extension .pub).
+    Keygen { key: PathBuf },
+    /// Write a verified package folder as a reproducible .tar.
+    Pack {
+        package: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Time the network on this machine: ms per CT volume, tiles per second for the tile encoder.
+    Bench {
+        package: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        tiles: usize,
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
     },
 }
 
@@ -252,6 +344,120 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+fn model_command(action: ModelAction) -> anyhow::Result<ExitCode> {
+    use crlm_models::package::{self, ModelPackage, PackageSource, TrustStore, signing};
+    let load = |pkg: Option<PathBuf>, config: Option<PathBuf>| -> anyhow::Result<Result<ModelPackage, ExitCode>> {
+        let cfg = match load_config(config_path(config).as_deref()) {
+            Ok(c) => c,
+            Err(code) => return Ok(Err(code)),
+        };
+        let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
+        let source = match pkg {
+            Some(p) => PackageSource::from_path(&p),
+            None if cfg.model.path.as_os_str().is_empty() => PackageSource::BuiltInDemo,
+            None => PackageSource::from_path(&cfg.model.path),
+        };
+        Ok(ModelPackage::load(&source, &trust).map_err(|e| {
+            eprintln!("crlm: {}: REFUSED: {e}", source.describe());
+            ExitCode::FAILURE
+        }))
+    };
+    match action {
+        ModelAction::Verify { package, config } => match load(package, config)? {
+            Ok(p) => {
+                println!(
+                    "{}: OK ({} files, sha256 {}, signed by {} [{:?}])",
+                    p.source.describe(),
+                    p.files.len(),
+                    p.sha256,
+                    p.signer_key_id,
+                    p.trust
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        ModelAction::Info { package, config, json } => match load(package, config)? {
+            Ok(p) => {
+                let s = &p.spec;
+                let doc = serde_json::json!({
+                    "source": p.source.describe(), "sha256": p.sha256, "signer_key_id": p.signer_key_id,
+                    "trust": p.trust, "backend": "candle", "device": "cpu", "spec": s,
+                    "notice": s.demo.then_some(crlm_appliance::predict::DEMO_NOTICE),
+                });
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                } else {
+                    if s.demo {
+                        println!("*** {} ***", crlm_appliance::predict::DEMO_NOTICE);
+                    }
+                    println!("{} {} ({})", s.name, s.version, s.architecture);
+                    println!("  sha256: {}", p.sha256);
+                    println!("  signed by: {} ({:?})", p.signer_key_id, p.trust);
+                    println!("  intended use: {}", s.intended_use);
+                    println!("  backend: candle on CPU");
+                    let subsets: Vec<String> = s
+                        .modalities
+                        .allowed
+                        .iter()
+                        .map(|m| m.iter().map(|x| x.name()).collect::<Vec<_>>().join("+"))
+                        .collect();
+                    println!("  allowed modality subsets: {}", subsets.join(", "));
+                    println!(
+                        "  CT: {:?} voxels of {:?} mm, HU window {:?}",
+                        s.ct.shape, s.ct.spacing_mm, s.ct.hu_window
+                    );
+                    println!(
+                        "  slide: {} px tiles at {} um/px, up to {} tiles ({:?})",
+                        s.slide.tile_px, s.slide.microns_per_pixel, s.slide.max_tiles, s.slide.sampling
+                    );
+                    println!("  clinical: {} features, {} columns", s.clinical.features.len(), s.clinical.width());
+                    println!("  decision threshold: {}; calibration: {:?}", s.decision.threshold, s.calibration);
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        ModelAction::Keygen { key } => {
+            let public = signing::write_new_key(&key)?;
+            println!(
+                "{}: private key (keep it secret); {}: public key {}",
+                key.display(),
+                key.with_extension("pub").display(),
+                signing::key_id(&public)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelAction::Sign { package, key, generate_key } => {
+            if generate_key && !key.exists() {
+                signing::write_new_key(&key)?;
+                println!("created key {} and {}", key.display(), key.with_extension("pub").display());
+            }
+            let k = signing::read_signing_key(&key)?;
+            let sha = package::sign_dir(&package, &k)?;
+            println!("{}: signed by {}; package sha256 {sha}", package.display(), signing::key_id(&k.verifying_key()));
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelAction::Pack { package, out } => match load(Some(package), None)? {
+            Ok(p) => {
+                // The files as they are on disk (signature included), after they verified.
+                package::pack_tar(&package::read_files(&p.source)?, &out)?;
+                println!("{}: package sha256 {}", out.display(), p.sha256);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+        ModelAction::Bench { package, tiles, repeat } => match load(package, None)? {
+            Ok(p) => {
+                let model = crlm_models::inference::Model::new(p)?;
+                print!("{}", crlm_appliance::predict::bench(&model, tiles, repeat)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(code) => Ok(code),
+        },
+    }
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Config { action: ConfigAction::Default } => {
@@ -275,7 +481,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             init_logging(&cfg);
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            rt.block_on(async move {
+            let result = rt.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
                     wait_for_signal().await;
@@ -285,8 +491,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 let watchdog: Arc<dyn crlm_drivers::watchdog::Watchdog> =
                     Arc::from(crlm_drivers::watchdog::from_environment());
                 service::run(cfg, watchdog, stop_rx, |_| {}).await
-            })?;
-            Ok(ExitCode::SUCCESS)
+            });
+            match result {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e @ service::ServiceError::Model(_)) => {
+                    // Not a crash: an operator must install a valid package. EX_CONFIG keeps systemd
+                    // from restarting in a loop.
+                    tracing::error!(stage = "model", error = %e, "not starting");
+                    eprintln!("crlm: {e}");
+                    Ok(ExitCode::from(EXIT_CONFIG))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
         Command::Demo { share, work, timeout_seconds } => {
             let cfg = Config {
@@ -448,13 +664,76 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: {} files", dir.display(), files.len());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Synth { action: SynthAction::Patient { dir, seed, index, risk, without } } => {
+            let z = match risk.as_deref() {
+                None => None,
+                Some("high") => Some([1.5; 3]),
+                Some("low") => Some([-1.5; 3]),
+                Some(list) => {
+                    let v: Vec<f64> = list.split(',').map(|x| x.trim().parse::<f64>()).collect::<Result<_, _>>()?;
+                    Some(
+                        <[f64; 3]>::try_from(v)
+                            .map_err(|_| anyhow::anyhow!("--risk wants high, low or three numbers"))?,
+                    )
+                }
+            };
+            let mut parts = crlm_models::cohort::CaseParts::default();
+            for w in without.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+                match w {
+                    "ct" => parts.ct = false,
+                    "slide" => parts.slide = false,
+                    "clinical" => parts.clinical = false,
+                    other => anyhow::bail!("--without: unknown modality `{other}` (ct, slide, clinical)"),
+                }
+            }
+            let p = crlm_models::cohort::patient(seed, index, z);
+            let files = crlm_models::cohort::write_case(&dir, &p, parts)?;
+            println!("{}: {} files; true 2-year risk {:.3}", dir.display(), files.len(), p.true_risk_2y);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Synth { action: SynthAction::Cohort { out, spec, seed, patients } } => {
+            let cfg = Config::default();
+            init_logging(&cfg);
+            let spec =
+                crlm_models::package::parse_spec(&std::fs::read(&spec).with_context(|| spec.display().to_string())?)?;
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let t = std::time::Instant::now();
+            crlm_appliance::cohort_export::export(
+                &spec,
+                &cfg,
+                &crlm_appliance::cohort_export::CohortOptions { seed, patients, threads },
+                &out,
+            )?;
+            println!("{}: {patients} patients in {:.0} s", out.display(), t.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict { case_dir, model, config, json, heatmap } => {
+            let cfg = match load_config(config_path(config).as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let model = crlm_appliance::predict::load_model(&cfg, model.as_deref())?;
+            let result = crlm_appliance::predict::predict_case(&case_dir, &model, &cfg)?;
+            if let Some(out) = &heatmap {
+                for p in crlm_appliance::predict::write_heatmaps(&result, out, &cfg)? {
+                    eprintln!("attention map: {}", p.display());
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&result.json)?);
+            } else {
+                print!("{}", crlm_appliance::predict::summary(&result.json));
+            }
+            Ok(if result.output.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Model { action } => model_command(action),
         Command::Synth { action: SynthAction::Ct { dir, slices, size, syntax } } => {
             use crlm_models::dicom::{CtSeriesSpec, ts};
             let mut spec =
                 CtSeriesSpec::axial("SYNTH-CT", "1.2.826.0.1.3680043.10.1", "1.2.826.0.1.3680043.10.1.1", slices);
             spec.rows = size;
             spec.columns = size;
-            spec.hu = crlm_models::dicom::writer::texture_hu;
+            spec.hu = std::sync::Arc::new(crlm_models::dicom::writer::texture_hu);
             spec.transfer_syntax = match syntax.as_str() {
                 "explicit" => ts::EXPLICIT_VR_LE,
                 "implicit" => ts::IMPLICIT_VR_LE,

@@ -17,6 +17,10 @@ pub enum ServiceError {
     Ingest(#[from] IngestError),
     #[error("ingest thread failed: {0}")]
     Join(String),
+    /// The configured model package failed verification (or does not build): the service does
+    /// not start, so nothing is ever predicted by an altered or unknown model.
+    #[error("model package refused: {0}")]
+    Model(#[from] crlm_models::inference::ModelError),
 }
 
 /// Run until `stop` turns true. `on_scan` sees every scan report (the demo prints progress).
@@ -26,13 +30,37 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     mut on_scan: impl FnMut(&ScanReport) + Send,
 ) -> Result<(), ServiceError> {
+    let model_cfg = cfg.clone();
+    let model = tokio::task::spawn_blocking(move || crate::predict::load_model(&model_cfg, None))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    let spec = &model.package.spec;
+    tracing::info!(
+        stage = "model",
+        name = %spec.name,
+        version = %spec.version,
+        sha256 = %model.package.sha256,
+        demo = spec.demo,
+        signer = %model.package.signer_key_id,
+        "model package verified"
+    );
+    let model_view = crate::panel::state::ModelView {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        sha256: model.package.sha256.clone(),
+        demo: spec.demo,
+    };
+    let with_model = move |mut st: crate::panel::state::PanelState| {
+        st.model = Some(model_view.clone());
+        st
+    };
     let open_cfg = cfg.clone();
     let mut ingestor = tokio::task::spawn_blocking(move || Ingestor::open(&open_cfg))
         .await
         .map_err(|e| ServiceError::Join(e.to_string()))??;
     let progress = ingestor.progress.clone();
     // The panel runs on its own task; the scan loop only publishes the newest state.
-    let (panel_tx, panel_rx) = watch::channel(crate::panel::feed::build(ingestor.database(), &cfg));
+    let (panel_tx, panel_rx) = watch::channel(with_model(crate::panel::feed::build(ingestor.database(), &cfg)));
     let panel = crate::panel::task::open_display(&cfg);
     let panel_task = tokio::spawn(crate::panel::task::run_panel(panel, cfg.display.mode, panel_rx, 4.0));
     panel_tx.send_modify(|_| {}); // draw the first frame now
@@ -53,9 +81,10 @@ pub async fn run(
     loop {
         // One scan on a blocking thread; keep the watchdog fed only while it makes progress.
         let panel_cfg = cfg.clone();
+        let with_model = with_model.clone();
         let mut job = tokio::task::spawn_blocking(move || {
             let r = ingestor.scan_once();
-            let panel_state = crate::panel::feed::build(ingestor.database(), &panel_cfg);
+            let panel_state = with_model(crate::panel::feed::build(ingestor.database(), &panel_cfg));
             (ingestor, r.map(|rep| (rep, panel_state)))
         });
         let (back, result) = loop {

@@ -50,6 +50,27 @@ const FIELDS: &[(&str, Kind)] = &[
     ("adjuvant_chemotherapy", Kind::Bool),
 ];
 
+/// What kind of value a schema-v1 field holds (for checking a package's encoding against it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    Id,
+    Number,
+    Enum(&'static [&'static str]),
+    Date,
+    Bool,
+}
+
+/// The kind of a schema-v1 field, `None` for a name the schema does not have.
+pub fn field_kind(name: &str) -> Option<FieldKind> {
+    FIELDS.iter().find(|(n, _)| *n == name).map(|(_, k)| match k {
+        Kind::Id => FieldKind::Id,
+        Kind::Age | Kind::Measure | Kind::Count => FieldKind::Number,
+        Kind::Enum(levels) => FieldKind::Enum(levels),
+        Kind::Date => FieldKind::Date,
+        Kind::Bool => FieldKind::Bool,
+    })
+}
+
 /// Names of every schema-v1 field, in documentation order.
 pub fn field_names() -> impl Iterator<Item = &'static str> {
     FIELDS.iter().map(|(n, _)| *n)

@@ -6,12 +6,21 @@
 //! - [`synth`]: a synthetic case generator (CT series, slide, clinical file) for tests and the demo.
 //! - [`limits`]: size limits checked before anything is allocated.
 //!
-//! The model itself (CRLM-Net, model packages, backends) lands here too; see docs/ARCHITECTURE.md.
+//! - [`cohort`]: the synthetic cohort with a planted risk signal (the demo model learns from it).
+//! - [`package`]: signed model packages (`model.toml`, weights, manifest, Ed25519 signature).
+//! - [`encode`]: clinical record -> the package's feature vector with missingness.
+//! - [`net`]: CRLM-Net v1 in candle.
+//! - [`inference`]: model inputs -> prediction (modality policy, calibration, risk group).
 
 pub mod clinical;
+pub mod cohort;
 pub mod ct;
 pub mod dicom;
+pub mod encode;
+pub mod inference;
 pub mod limits;
+pub mod net;
+pub mod package;
 pub mod slide;
 pub mod synth;
 

@@ -15,7 +15,7 @@ fn series(dir: &Path, slices: u32, f: impl FnOnce(&mut CtSeriesSpec)) -> Vec<Pat
     let mut spec = CtSeriesSpec::axial("P", "1.2.3", "1.2.3.4", slices);
     spec.rows = 16;
     spec.columns = 20;
-    spec.hu = hu_of;
+    spec.hu = std::sync::Arc::new(hu_of);
     f(&mut spec);
     write_ct_series(dir, &spec).unwrap()
 }
@@ -238,7 +238,7 @@ mod preprocessing {
     fn resampling_reproduces_a_linear_field_exactly_and_normalises_to_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let files = series(dir.path(), 10, |s| {
-            s.hu = ramp;
+            s.hu = std::sync::Arc::new(ramp);
             s.pixel_spacing = [1.0, 1.0];
             s.slice_spacing = 2.0;
         });
@@ -269,7 +269,7 @@ mod preprocessing {
         let files = series(dir.path(), 6, |s| {
             s.rows = 64;
             s.columns = 64;
-            s.hu = crlm_models::dicom::writer::phantom_hu;
+            s.hu = std::sync::Arc::new(crlm_models::dicom::writer::phantom_hu);
         });
         let v = load_series(&files, &Limits::default()).unwrap();
         let b = body_box(&v).unwrap();

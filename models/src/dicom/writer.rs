@@ -9,6 +9,9 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use std::path::{Path, PathBuf};
 
+/// Hounsfield units at (column, row, slice): shared so a generated patient can carry its own.
+pub type HuFn = std::sync::Arc<dyn Fn(u32, u32, u32) -> i16 + Send + Sync>;
+
 /// What series to write. Geometry is in patient coordinates (LPS), millimetres.
 #[derive(Clone)]
 pub struct CtSeriesSpec {
@@ -39,7 +42,7 @@ pub struct CtSeriesSpec {
     /// Write files in this order of slice index (tests shuffle; InstanceNumber follows it too).
     pub write_order: Option<Vec<u32>>,
     /// Hounsfield units at (column, row, slice).
-    pub hu: fn(u32, u32, u32) -> i16,
+    pub hu: HuFn,
 }
 
 impl CtSeriesSpec {
@@ -65,7 +68,7 @@ impl CtSeriesSpec {
             study_date: "20260301".into(),
             transfer_syntax: ts::EXPLICIT_VR_LE,
             write_order: None,
-            hu: phantom_hu,
+            hu: std::sync::Arc::new(phantom_hu),
         }
     }
 

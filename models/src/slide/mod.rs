@@ -7,6 +7,7 @@
 //! they carry patient identifiers.
 
 pub mod read;
+pub mod sample;
 pub mod tiff;
 pub mod tissue;
 pub mod writer;

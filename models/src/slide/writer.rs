@@ -5,6 +5,9 @@ use super::SlideError;
 use std::io::Write;
 use std::path::Path;
 
+/// RGB at level-0 pixel (x, y): shared so a generated patient can carry its own tissue.
+pub type PixelFn = std::sync::Arc<dyn Fn(u32, u32) -> [u8; 3] + Send + Sync>;
+
 /// What slide to write.
 #[derive(Clone)]
 pub struct SlideSpec {
@@ -22,7 +25,7 @@ pub struct SlideSpec {
     /// JPEG tiles (the scanner default) or uncompressed (exact pixels, for tests).
     pub uncompressed: bool,
     /// RGB at level-0 pixel (x, y).
-    pub pixel: fn(u32, u32) -> [u8; 3],
+    pub pixel: PixelFn,
 }
 
 impl SlideSpec {
@@ -37,7 +40,7 @@ impl SlideSpec {
             label_text: Some("PATIENT LABEL".into()),
             jpeg_quality: 90,
             uncompressed: false,
-            pixel: he_like_pixel,
+            pixel: std::sync::Arc::new(he_like_pixel),
         }
     }
 }

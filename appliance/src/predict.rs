@@ -1,0 +1,538 @@
+//! `crlm predict`: one case folder through the service's own recognition, series selection,
+//! eligibility, preprocessing and the model, without the service. Each modality ends `used`,
+//! `missing` or `refused` with a reason; the package decides whether the subset present may be
+//! predicted from.
+
+use crate::config::Config;
+use crate::ingest::eligibility;
+use crate::ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
+use crate::ingest::series::{choose_series, series_key};
+use crlm_models::clinical::ClinicalRecord;
+use crlm_models::ct::preprocess::preprocess;
+use crlm_models::ct::volume::load_series_with_headers;
+use crlm_models::dicom::DicomHeader;
+use crlm_models::encode::encode;
+use crlm_models::inference::{CaseInputs, ModalityInput, Model, ModelError, ModelOutput};
+use crlm_models::package::{ModelPackage, ModelSpec, PackageSource, TrustStore};
+use crlm_models::slide::read::SlideReader;
+use crlm_models::slide::sample::{ModelTiles, sample_tiles};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What every output of a demo package carries.
+pub const DEMO_NOTICE: &str = "DEMO - NOT FOR CLINICAL USE";
+/// Version of the `crlm predict --json` document.
+pub const PREDICT_FORMAT: u32 = 1;
+/// How many of the highest-attention tiles are reported.
+pub const TOP_TILES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Case(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Load the configured package (or `override_path`), verify it, and build the network.
+pub fn load_model(cfg: &Config, override_path: Option<&Path>) -> Result<Model, ModelError> {
+    let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
+    let source = match override_path {
+        Some(p) => PackageSource::from_path(p),
+        None if cfg.model.path.as_os_str().is_empty() => PackageSource::BuiltInDemo,
+        None => PackageSource::from_path(&cfg.model.path),
+    };
+    Model::new(ModelPackage::load(&source, &trust)?)
+}
+
+/// The files of a case folder, sorted by role.
+#[derive(Debug, Default)]
+pub struct CaseFiles {
+    pub ct_images: Vec<(PathBuf, DicomHeader)>,
+    pub slides: Vec<PathBuf>,
+    pub clinical: Vec<ClinicalRecord>,
+    pub warnings: Vec<String>,
+}
+
+fn rel(root: &Path, p: &Path) -> String {
+    p.strip_prefix(root).unwrap_or(p).display().to_string()
+}
+
+/// Recognise every regular file under `dir` by content (symlinks are not followed).
+pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
+    let mut out = CaseFiles::default();
+    let mut stack = vec![dir.to_path_buf()];
+    let mut paths = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let meta = std::fs::symlink_metadata(e.path())?;
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else if meta.is_file() {
+                paths.push(e.path());
+            }
+        }
+    }
+    paths.sort();
+    for p in paths {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('.') || name.ends_with(".done") || name == "READY" {
+            continue;
+        }
+        let file = std::fs::File::open(&p)?;
+        match recognise(&file, &cfg.limits) {
+            Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => out.ct_images.push((p, *header)),
+            Outcome::Usable(Recognised::Dicom { role: DicomRole::RegionOfInterest, .. }) => out.warnings.push(format!(
+                "{}: a segmentation; reading it is not supported yet, the body box is used",
+                rel(dir, &p)
+            )),
+            Outcome::Usable(Recognised::Dicom { .. }) => {}
+            Outcome::Usable(Recognised::Slide(_)) => out.slides.push(p),
+            Outcome::Usable(Recognised::Clinical { records, .. }) => out.clinical.extend(records),
+            Outcome::NotYet(pr) | Outcome::Bad(pr) => {
+                out.warnings.push(format!("{}: not used ({}: {})", rel(dir, &p), pr.check, pr.reason))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The result of `predict_case`: the JSON document, and the model's output when it predicted.
+pub struct CaseResult {
+    pub json: Value,
+    pub output: Option<ModelOutput>,
+    /// Tiles per slide (for the heatmap), in the order of the attention.
+    pub slides: Vec<(PathBuf, ModelTiles)>,
+}
+
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// A case folder turned into model inputs, with what the document reports about them.
+pub struct PreparedCase {
+    pub inputs: CaseInputs,
+    pub slides: Vec<(PathBuf, ModelTiles)>,
+    pub inputs_json: serde_json::Map<String, Value>,
+    pub eligibility: Value,
+    /// Set when the case must not be predicted (not eligible).
+    pub refusal: Option<String>,
+    pub warnings: Vec<String>,
+    pub timings_ms: Vec<(&'static str, f64)>,
+}
+
+/// Recognise, choose, load and preprocess a case folder as the package asks.
+pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<PreparedCase, PredictError> {
+    let threads = match cfg.model.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let t = Instant::now();
+    let files = gather(dir, cfg)?;
+    let gather_ms = ms(t);
+    let mut warnings = files.warnings.clone();
+    let mut inputs_json = serde_json::Map::new();
+
+    // CT: the service's series choice, the volume, the model grid.
+    let t = Instant::now();
+    let keyed: Vec<(String, DicomHeader)> =
+        files.ct_images.iter().map(|(p, h)| (series_key(h, &rel(dir, p.parent().unwrap_or(dir))), h.clone())).collect();
+    let mut ct_date = None;
+    let mut dicom_patient: Option<String> = None;
+    let ct: ModalityInput<_> = if keyed.is_empty() {
+        ModalityInput::Missing
+    } else {
+        let choice = choose_series(&keyed, &cfg.series);
+        match &choice.chosen {
+            None => ModalityInput::Refused(format!("no usable CT series: {}", choice.reason)),
+            Some(chosen) => {
+                let (paths, headers): (Vec<PathBuf>, Vec<DicomHeader>) = files
+                    .ct_images
+                    .iter()
+                    .zip(&keyed)
+                    .filter(|(_, (k, _))| *k == chosen.series)
+                    .map(|((p, h), _)| (p.clone(), h.clone()))
+                    .unzip();
+                dicom_patient = headers.first().and_then(|h| h.patient_id.clone());
+                ct_date = headers
+                    .first()
+                    .and_then(|h| h.acquisition_date.clone().or_else(|| h.study_date.clone()))
+                    .and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y%m%d").ok());
+                match load_series_with_headers(&paths, &headers, &cfg.limits) {
+                    Err(e) => ModalityInput::Refused(format!("CT series unusable: {e}")),
+                    Ok(vol) => {
+                        let tensor = preprocess(&vol, &spec.ct, None);
+                        warnings.extend(vol.report.warnings.iter().map(|w| format!("CT: {w}")));
+                        inputs_json.insert(
+                            "ct".into(),
+                            json!({
+                                "series_instance_uid": chosen.series,
+                                "series_description": chosen.description,
+                                "slices": vol.slices,
+                                "choice": choice.reason,
+                                "rejected_series": choice.rejected.len(),
+                                "roi": tensor.roi,
+                                "spacing_mm": vol.spacing,
+                                "model_shape": tensor.shape,
+                            }),
+                        );
+                        ModalityInput::Used(tensor)
+                    }
+                }
+            }
+        }
+    };
+    let ct_ms = ms(t);
+
+    // Clinical: one record for the patient; eligibility is checked, never assumed.
+    let t = Instant::now();
+    let mut eligibility_json = json!({"checked": false});
+    let record = match files.clinical.len() {
+        0 => None,
+        1 => files.clinical.first(),
+        n => match &dicom_patient {
+            Some(pid) => files.clinical.iter().find(|r| r.patient_id() == pid).or_else(|| {
+                warnings.push(format!("{n} clinical records and none for the CT's patient"));
+                None
+            }),
+            None => {
+                warnings.push(format!("{n} clinical records and no CT to tell which is this case's"));
+                None
+            }
+        },
+    };
+    if let (Some(r), Some(pid)) = (record, &dicom_patient)
+        && r.patient_id() != pid
+    {
+        return Err(PredictError::Case(
+            "the clinical record and the CT belong to different patients (PatientID differs); fix the case folder"
+                .into(),
+        ));
+    }
+    let clinical = match record {
+        None if files.clinical.is_empty() => ModalityInput::Missing,
+        None => ModalityInput::Refused("no clinical record matches this case's patient".into()),
+        Some(r) => {
+            let reasons = eligibility::check(r, ct_date, &cfg.eligibility);
+            eligibility_json =
+                json!({"checked": cfg.eligibility.enabled, "eligible": reasons.is_empty(), "reasons": reasons});
+            let e = encode(r, &spec.clinical);
+            inputs_json
+                .insert("clinical".into(), json!({"record_sha256": r.hash(), "missing_fields": e.missing_fields}));
+            ModalityInput::Used(e)
+        }
+    };
+    let clinical_ms = ms(t);
+    let refusal = (eligibility_json["eligible"] == json!(false)).then(|| {
+        let reasons: Vec<String> = serde_json::from_value(eligibility_json["reasons"].clone()).unwrap_or_default();
+        format!("not eligible for the study: {}", reasons.join("; "))
+    });
+
+    // Slides: the package's tiles, its tile budget shared over the case's slides.
+    let t = Instant::now();
+    let mut slides: Vec<(PathBuf, ModelTiles)> = Vec::new();
+    let mut slide_json = Vec::new();
+    let mut slide_problems = Vec::new();
+    let per_slide = (spec.slide.max_tiles / files.slides.len().max(1)).max(1);
+    for p in &files.slides {
+        let r = SlideReader::open(p, &cfg.limits).and_then(|r| sample_tiles(&r, &spec.slide, per_slide, threads));
+        match r {
+            Ok(m) if m.tiles.is_empty() => slide_problems.push(format!("{}: no tissue tiles", rel(dir, p))),
+            Ok(m) => {
+                slide_json.push(json!({
+                    "file": rel(dir, p), "tissue_tiles": m.tissue_tiles, "tiles_used": m.tiles.len(), "level": m.level,
+                }));
+                slides.push((p.clone(), m));
+            }
+            Err(e) => slide_problems.push(format!("{}: {e}", rel(dir, p))),
+        }
+    }
+    let slide_input = if files.slides.is_empty() {
+        ModalityInput::Missing
+    } else if slides.is_empty() {
+        ModalityInput::Refused(slide_problems.join("; "))
+    } else {
+        warnings.extend(slide_problems.iter().map(|w| format!("slide not used: {w}")));
+        ModalityInput::Used(slides.iter().map(|(_, m)| m.clone()).collect())
+    };
+    if !slide_json.is_empty() {
+        inputs_json.insert("slides".into(), Value::Array(slide_json));
+    }
+    let slide_ms = ms(t);
+
+    Ok(PreparedCase {
+        inputs: CaseInputs { ct, slides: slide_input, clinical },
+        slides,
+        inputs_json,
+        eligibility: eligibility_json,
+        refusal,
+        warnings,
+        timings_ms: vec![("gather", gather_ms), ("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)],
+    })
+}
+
+/// Run one case folder through preprocessing and the model. A refusal (not eligible, or a
+/// modality subset the package forbids) is a document with `status: refused`, not an error.
+pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResult, PredictError> {
+    let t_all = Instant::now();
+    let prepared = prepare_case(dir, &model.package.spec, cfg)?;
+    let PreparedCase {
+        inputs,
+        slides,
+        inputs_json,
+        eligibility: eligibility_json,
+        refusal: not_eligible,
+        warnings,
+        mut timings_ms,
+    } = prepared;
+    if let Some(reason) = not_eligible {
+        return Ok(refusal(model, reason, eligibility_json, warnings));
+    }
+    let modalities = json!({
+        "ct": status_json(inputs.ct.status()),
+        "slide": status_json(inputs.slides.status()),
+        "clinical": status_json(inputs.clinical.status()),
+    });
+    let t = Instant::now();
+    let output = match model.predict(&inputs) {
+        Ok(o) => o,
+        Err(e @ ModelError::ModalitiesNotAllowed { .. }) => {
+            let mut r = refusal(model, e.to_string(), eligibility_json, warnings);
+            r.json["modalities"] = modalities;
+            return Ok(r);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    timings_ms.push(("model", ms(t)));
+    timings_ms.push(("total", ms(t_all)));
+
+    let mut top: Vec<(usize, usize, f32)> = Vec::new();
+    if let Some(att) = &output.tile_attention {
+        let mut k = 0;
+        for (s, (_, m)) in slides.iter().enumerate() {
+            for i in 0..m.tiles.len() {
+                top.push((s, i, att.get(k).copied().unwrap_or(0.0)));
+                k += 1;
+            }
+        }
+        top.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        top.truncate(TOP_TILES);
+    }
+    let top_tiles: Vec<Value> = top
+        .iter()
+        .map(|(s, i, a)| {
+            let (p, m) = &slides[*s];
+            let tile = m.tiles[*i];
+            json!({"slide": rel(dir, p), "x": tile.x, "y": tile.y, "size": tile.size, "attention": a})
+        })
+        .collect();
+    let mut d = match model_header(model, "predicted") {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    d.insert("risk_2y".into(), json!(output.risk_2y));
+    d.insert("risk_group".into(), json!(output.risk_group));
+    d.insert("threshold".into(), json!(output.threshold));
+    d.insert("risk_2y_uncalibrated".into(), json!(output.risk_2y_uncalibrated));
+    d.insert("hazards".into(), json!(output.hazards));
+    d.insert(
+        "hazard_intervals_months".into(),
+        json!((0..output.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect::<Vec<_>>()),
+    );
+    d.insert("modalities".into(), modalities);
+    d.insert("eligibility".into(), eligibility_json);
+    d.insert("inputs".into(), Value::Object(inputs_json));
+    d.insert("top_tiles".into(), Value::Array(top_tiles));
+    d.insert("slice_attention".into(), json!(output.slice_attention));
+    d.insert(
+        "timings_ms".into(),
+        Value::Object(timings_ms.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
+    );
+    d.insert("warnings".into(), json!(warnings));
+    Ok(CaseResult { json: Value::Object(d), output: Some(output), slides })
+}
+
+fn status_json((status, reason): (&str, Option<&str>)) -> Value {
+    match reason {
+        Some(r) => json!({"status": status, "reason": r}),
+        None => json!({"status": status}),
+    }
+}
+
+/// The fields every document starts with: format, status, model identity, the demo notice.
+fn model_header(model: &Model, status: &str) -> Value {
+    let p = &model.package;
+    let mut v = json!({
+        "format": PREDICT_FORMAT,
+        "status": status,
+        "model": {
+            "name": p.spec.name,
+            "version": p.spec.version,
+            "sha256": p.sha256,
+            "demo": p.spec.demo,
+            "signer_key_id": p.signer_key_id,
+            "trust": p.trust,
+            "backend": "candle",
+            "device": "cpu",
+        },
+    });
+    if p.spec.demo {
+        v["notice"] = json!(DEMO_NOTICE);
+    }
+    v
+}
+
+fn refusal(model: &Model, reason: String, eligibility: Value, warnings: Vec<String>) -> CaseResult {
+    let mut v = model_header(model, "refused");
+    v["refusal"] = json!(reason);
+    v["eligibility"] = eligibility;
+    v["warnings"] = json!(warnings);
+    CaseResult { json: v, output: None, slides: Vec::new() }
+}
+
+/// A human summary of a result document.
+pub fn summary(doc: &Value) -> String {
+    let mut s = String::new();
+    if let Some(n) = doc["notice"].as_str() {
+        s.push_str(&format!("*** {n} ***\n"));
+    }
+    let m = &doc["model"];
+    let sha: String = m["sha256"].as_str().unwrap_or("?").chars().take(12).collect();
+    s.push_str(&format!(
+        "model: {} {} (sha256 {sha}...), candle on CPU\n",
+        m["name"].as_str().unwrap_or("?"),
+        m["version"].as_str().unwrap_or("?"),
+    ));
+    if doc["status"] == "refused" {
+        s.push_str(&format!("REFUSED: {}\n", doc["refusal"].as_str().unwrap_or("?")));
+    } else {
+        s.push_str(&format!(
+            "2-year liver-metastasis risk: {:.3}  group: {} (threshold {})\n",
+            doc["risk_2y"].as_f64().unwrap_or(f64::NAN),
+            doc["risk_group"].as_str().unwrap_or("?"),
+            doc["threshold"]
+        ));
+    }
+    if let Some(mods) = doc["modalities"].as_object() {
+        for (k, v) in mods {
+            s.push_str(&format!(
+                "  {k}: {}{}\n",
+                v["status"].as_str().unwrap_or("?"),
+                v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(ws) = doc["warnings"].as_array() {
+        for w in ws {
+            s.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
+        }
+    }
+    s
+}
+
+/// Render each slide's thumbnail with the tile attention laid over it (blue low, red high;
+/// normalised to the case's highest attention), for the pathologist's QC. Never shown on the
+/// study display. One PNG per slide: `out`, then `out-2.png`, ...
+pub fn write_heatmaps(result: &CaseResult, out: &Path, cfg: &Config) -> Result<Vec<PathBuf>, PredictError> {
+    let Some(att) = result.output.as_ref().and_then(|o| o.tile_attention.as_ref()) else {
+        return Err(PredictError::Case("no slide was used, so there is no attention map".into()));
+    };
+    let max = att.iter().copied().fold(f32::MIN_POSITIVE, f32::max);
+    let mut written = Vec::new();
+    let mut k = 0;
+    for (i, (path, tiles)) in result.slides.iter().enumerate() {
+        let reader = SlideReader::open(path, &cfg.limits).map_err(|e| PredictError::Case(e.to_string()))?;
+        let levels = &reader.header.levels;
+        let level = levels.iter().position(|l| l.width.max(l.height) <= 2048).unwrap_or(levels.len().saturating_sub(1));
+        let l = &levels[level];
+        let (w, h) = (l.width as u32, l.height as u32);
+        let mut rgb = reader.read_region(level, 0, 0, w, h).map_err(|e| PredictError::Case(e.to_string()))?;
+        for t in &tiles.tiles {
+            let a = att.get(k).copied().unwrap_or(0.0) / max;
+            k += 1;
+            let colour = heat(a);
+            let (x0, y0) = ((t.x as f64 / l.downsample) as u32, (t.y as f64 / l.downsample) as u32);
+            let side = ((t.size as f64 / l.downsample).round() as u32).max(1);
+            for y in y0..(y0 + side).min(h) {
+                for x in x0..(x0 + side).min(w) {
+                    let p = ((y * w + x) * 3) as usize;
+                    let edge = x == x0 || y == y0;
+                    for (c, v) in colour.iter().enumerate() {
+                        let base = f32::from(rgb.pixels[p + c]);
+                        let alpha = if edge { 0.8 } else { 0.45 };
+                        rgb.pixels[p + c] = (base * (1.0 - alpha) + f32::from(*v) * alpha).round() as u8;
+                    }
+                }
+            }
+        }
+        let png = crlm_drivers::display::png::encode_8bit(w, h, false, &rgb.pixels)
+            .map_err(|e| PredictError::Case(format!("heatmap PNG: {e}")))?;
+        let target = if i == 0 {
+            out.to_path_buf()
+        } else {
+            let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("heatmap");
+            out.with_file_name(format!("{stem}-{}.png", i + 1))
+        };
+        crate::fsutil::write_atomic(&target, &png, 0o644)?;
+        written.push(target);
+    }
+    Ok(written)
+}
+
+/// Blue (0) through yellow to red (1).
+fn heat(a: f32) -> [u8; 3] {
+    let a = a.clamp(0.0, 1.0);
+    if a < 0.5 {
+        let t = a * 2.0;
+        [(255.0 * t) as u8, (255.0 * t) as u8, (255.0 * (1.0 - t)) as u8]
+    } else {
+        let t = (a - 0.5) * 2.0;
+        [255, (255.0 * (1.0 - t)) as u8, 0]
+    }
+}
+
+/// Time the network on random-free, deterministic inputs: ms per CT volume (the CT branch and
+/// the whole model) and tiles per second through the tile encoder. Medians of `repeat` runs.
+pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, PredictError> {
+    use candle_core::Tensor;
+    let spec = &model.package.spec;
+    let [x, y, z] = spec.ct.shape;
+    let t = spec.slide.tile_px as usize;
+    let err = |e: candle_core::Error| PredictError::Case(e.to_string());
+    let dev = model.net().device().clone();
+    let ct: Vec<f32> = (0..x * y * z).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
+    let ct = Tensor::from_vec(ct, (z, y, x), &dev).map_err(err)?;
+    let px: Vec<f32> = (0..tiles * 3 * t * t).map(|i| ((i * 104_729) % 1000) as f32 / 500.0 - 1.0).collect();
+    let px = Tensor::from_vec(px, (tiles, 3, t, t), &dev).map_err(err)?;
+    let clin = Tensor::zeros((1, spec.clinical.width()), candle_core::DType::F32, &dev).map_err(err)?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |f: &mut dyn FnMut() -> Result<(), PredictError>| -> Result<f64, PredictError> {
+        f()?; // warm-up
+        let mut v = Vec::new();
+        for _ in 0..repeat.max(1) {
+            let s = Instant::now();
+            f()?;
+            v.push(s.elapsed().as_secs_f64() * 1000.0);
+        }
+        Ok(median(v))
+    };
+    let ct_only = crlm_models::net::NetInput { ct: Some(ct.clone()), tiles: None, clinical: Some(clin.clone()) };
+    let ct_ms = time(&mut || model.net().forward(&ct_only).map(|_| ()).map_err(err))?;
+    let tile_ms = time(&mut || model.net().embed_tiles(&px).map(|_| ()).map_err(err))?;
+    let all =
+        crlm_models::net::NetInput { ct: Some(ct.clone()), tiles: Some(px.clone()), clinical: Some(clin.clone()) };
+    let all_ms = time(&mut || model.net().forward(&all).map(|_| ()).map_err(err))?;
+    let threads = candle_core::utils::get_num_threads();
+    Ok(format!(
+        "candle CPU, {threads} threads, median of {repeat}\n  CT volume {:?} (+ clinical, fusion): {ct_ms:.1} ms\n  tile encoder: {tiles} tiles of {t} px in {tile_ms:.1} ms = {:.0} tiles/s\n  whole model, CT + {tiles} tiles + clinical: {all_ms:.1} ms\n",
+        spec.ct.shape,
+        tiles as f64 / (tile_ms / 1000.0)
+    ))
+}

@@ -1,0 +1,224 @@
+//! A verified package and CRLM-Net, ready to predict: the modality policy (which subsets the
+//! package allows), tensors from preprocessed inputs, calibration and the risk group at the
+//! package's locked threshold.
+
+use crate::ct::preprocess::CtTensor;
+use crate::encode::{EncodedClinical, check_encoding};
+use crate::net::{CrlmNet, NetInput};
+use crate::package::{Modality, ModelPackage};
+use crate::slide::sample::ModelTiles;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model package {0}")]
+    Package(#[from] crate::package::PackageError),
+    #[error("the package's clinical encoding does not fit schema v1: {0}")]
+    Encoding(String),
+    #[error("the weights do not fit CRLM-Net v1 as model.toml sizes it: {0}")]
+    Weights(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("the model package does not allow a prediction from {present}; it allows {allowed} ({why})")]
+    ModalitiesNotAllowed { present: String, allowed: String, why: String },
+}
+
+/// One modality of a case as it reaches the model.
+#[derive(Debug, Clone)]
+pub enum ModalityInput<T> {
+    Used(T),
+    /// Not in the case.
+    Missing,
+    /// In the case but unusable, with the reason.
+    Refused(String),
+}
+
+impl<T> ModalityInput<T> {
+    pub fn used(&self) -> Option<&T> {
+        match self {
+            ModalityInput::Used(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// `used`, `missing` or `refused`, and the reason.
+    pub fn status(&self) -> (&'static str, Option<&str>) {
+        match self {
+            ModalityInput::Used(_) => ("used", None),
+            ModalityInput::Missing => ("missing", None),
+            ModalityInput::Refused(r) => ("refused", Some(r)),
+        }
+    }
+}
+
+/// Everything the model reads for one case.
+#[derive(Debug, Clone)]
+pub struct CaseInputs {
+    pub ct: ModalityInput<CtTensor>,
+    /// Tiles of every slide of the case (the package's `max_tiles` over all of them).
+    pub slides: ModalityInput<Vec<ModelTiles>>,
+    pub clinical: ModalityInput<EncodedClinical>,
+}
+
+impl CaseInputs {
+    pub fn present(&self) -> Vec<Modality> {
+        let mut v = Vec::new();
+        if self.ct.used().is_some() {
+            v.push(Modality::Ct);
+        }
+        if self.slides.used().is_some() {
+            v.push(Modality::Slide);
+        }
+        if self.clinical.used().is_some() {
+            v.push(Modality::Clinical);
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskGroup {
+    High,
+    Low,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelOutput {
+    /// Calibrated probability of liver metastasis within 24 months.
+    pub risk_2y: f64,
+    pub risk_2y_uncalibrated: f64,
+    pub risk_group: RiskGroup,
+    pub threshold: f64,
+    pub hazards: Vec<f32>,
+    /// Attention over the CT's slices (model grid, z order).
+    pub slice_attention: Option<Vec<f32>>,
+    /// Attention over tiles, in the order of `CaseInputs::slides` then tiles.
+    pub tile_attention: Option<Vec<f32>>,
+}
+
+pub struct Model {
+    pub package: ModelPackage,
+    net: CrlmNet,
+}
+
+fn set_list(m: &[Modality]) -> String {
+    if m.is_empty() {
+        return "nothing".into();
+    }
+    format!("[{}]", m.iter().map(|x| x.name()).collect::<Vec<_>>().join(", "))
+}
+
+impl Model {
+    /// Build CRLM-Net from a verified package on the CPU.
+    pub fn new(package: ModelPackage) -> Result<Self, ModelError> {
+        let problems = check_encoding(&package.spec.clinical);
+        if !problems.is_empty() {
+            return Err(ModelError::Encoding(problems.join("; ")));
+        }
+        let width = package.spec.clinical.width();
+        let net = CrlmNet::from_safetensors(package.weights(), &package.spec.network, width, &Device::Cpu)
+            .map_err(|e| ModelError::Weights(format!("{}: {e}", package.spec.weights.file)))?;
+        Ok(Model { package, net })
+    }
+
+    pub fn net(&self) -> &CrlmNet {
+        &self.net
+    }
+
+    /// Normalised `[N, 3, T, T]` tensor of tiles (RGB u8, rows, interleaved).
+    pub fn tile_tensor(&self, tiles: &[&ModelTiles]) -> Result<Tensor, ModelError> {
+        let s = &self.package.spec;
+        let t = s.slide.tile_px as usize;
+        let n: usize = tiles.iter().map(|m| m.tiles.len()).sum();
+        let mut data = vec![0f32; n * 3 * t * t];
+        let mut k = 0;
+        for m in tiles {
+            if m.tile_px as usize != t {
+                return Err(ModelError::Input(format!("tiles of {} px, the package wants {t}", m.tile_px)));
+            }
+            for tile in m.pixels.chunks_exact(t * t * 3) {
+                let base = k * 3 * t * t;
+                for (i, px) in tile.chunks_exact(3).enumerate() {
+                    for c in 0..3 {
+                        data[base + c * t * t + i] =
+                            (f32::from(px[c]) / 255.0 - s.network.tile_mean[c]) / s.network.tile_std[c];
+                    }
+                }
+                k += 1;
+            }
+        }
+        Tensor::from_vec(data, (n, 3, t, t), self.net.device()).map_err(|e| ModelError::Inference(e.to_string()))
+    }
+
+    /// Predict, or refuse when the package does not allow the modalities present.
+    pub fn predict(&self, inputs: &CaseInputs) -> Result<ModelOutput, ModelError> {
+        let spec = &self.package.spec;
+        let present = inputs.present();
+        if !spec.modalities.allows(&present) {
+            let why = Modality::ALL
+                .iter()
+                .filter(|m| !present.contains(m))
+                .map(|m| {
+                    let st = match m {
+                        Modality::Ct => inputs.ct.status(),
+                        Modality::Slide => inputs.slides.status(),
+                        Modality::Clinical => inputs.clinical.status(),
+                    };
+                    format!("{} {}{}", m.name(), st.0, st.1.map(|r| format!(": {r}")).unwrap_or_default())
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let allowed = spec.modalities.allowed.iter().map(|s| set_list(s)).collect::<Vec<_>>().join(" or ");
+            return Err(ModelError::ModalitiesNotAllowed { present: set_list(&present), allowed, why });
+        }
+        let dev = self.net.device();
+        let err = |e: candle_core::Error| ModelError::Inference(e.to_string());
+        let ct = match inputs.ct.used() {
+            Some(c) => {
+                let [x, y, z] = c.shape;
+                if c.shape != spec.ct.shape {
+                    return Err(ModelError::Input(format!(
+                        "CT tensor {:?}, the package wants {:?}",
+                        c.shape, spec.ct.shape
+                    )));
+                }
+                Some(Tensor::from_slice(&c.data, (z, y, x), dev).map_err(err)?)
+            }
+            None => None,
+        };
+        let tiles = match inputs.slides.used() {
+            Some(m) => {
+                let refs: Vec<&ModelTiles> = m.iter().collect();
+                if refs.iter().all(|m| m.tiles.is_empty()) {
+                    return Err(ModelError::Input("no tissue tiles".into()));
+                }
+                Some(self.tile_tensor(&refs)?)
+            }
+            None => None,
+        };
+        let clinical = match inputs.clinical.used() {
+            Some(e) => {
+                if e.values.len() != spec.clinical.width() {
+                    return Err(ModelError::Input("clinical vector width differs from the package's".into()));
+                }
+                Some(Tensor::from_slice(&e.values, (1, e.values.len()), dev).map_err(err)?)
+            }
+            None => None,
+        };
+        let out = self.net.forward(&NetInput { ct, tiles, clinical }).map_err(err)?;
+        let risk = spec.calibration.apply(out.risk);
+        let threshold = spec.decision.threshold;
+        Ok(ModelOutput {
+            risk_2y: risk,
+            risk_2y_uncalibrated: out.risk,
+            risk_group: if risk >= threshold { RiskGroup::High } else { RiskGroup::Low },
+            threshold,
+            hazards: out.hazards,
+            slice_attention: out.slice_attention,
+            tile_attention: out.tile_attention,
+        })
+    }
+}

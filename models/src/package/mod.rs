@@ -1,0 +1,337 @@
+//! Model packages: a folder (or a `.tar` of it) holding `model.toml`, `weights.safetensors`, a
+//! SHA-256 manifest of every file and an Ed25519 signature over the manifest. A package is used
+//! only after every hash and the signature check out and the signer is trusted; the error names
+//! the file that failed. The demo package is built into the binary (the default model).
+
+pub mod signing;
+pub mod spec;
+
+pub use signing::{MANIFEST, SIGNATURE};
+pub use spec::{Modality, ModelSpec};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub const MODEL_TOML: &str = "model.toml";
+/// Largest package accepted (all files together), checked before reading.
+pub const MAX_PACKAGE_BYTES: u64 = 2 << 30;
+/// The built-in architecture.
+pub const ARCHITECTURE_V1: &str = "crlm-net-v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackageError {
+    #[error("model package I/O: {0}")]
+    Io(String),
+    #[error("model package layout: {0}")]
+    Layout(String),
+    #[error("{MANIFEST}: {0}")]
+    Manifest(String),
+    #[error("{0}: SHA-256 does not match the manifest (the file was altered)")]
+    HashMismatch(String),
+    #[error("signature: {0}")]
+    Signature(String),
+    #[error("key: {0}")]
+    Key(String),
+    #[error("{MODEL_TOML}: {0}")]
+    Spec(String),
+}
+
+/// Which keys may sign packages the appliance will run.
+#[derive(Debug, Clone, Default)]
+pub struct TrustStore {
+    /// The study's keys (from the configuration).
+    pub keys: Vec<VerifyingKey>,
+}
+
+impl TrustStore {
+    /// Read public keys (hex) from files.
+    pub fn from_files(paths: &[PathBuf]) -> Result<Self, PackageError> {
+        let mut keys = Vec::new();
+        for p in paths {
+            let text = std::fs::read_to_string(p).map_err(|e| PackageError::Io(format!("{}: {e}", p.display())))?;
+            keys.push(
+                signing::parse_public_key(&text).map_err(|e| PackageError::Key(format!("{}: {e}", p.display())))?,
+            );
+        }
+        Ok(TrustStore { keys })
+    }
+}
+
+/// Who vouches for a package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trust {
+    /// A key in the configured trust store.
+    Study,
+    /// The committed demo key (demo packages only).
+    Demo,
+}
+
+/// Where a package came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageSource {
+    Dir(PathBuf),
+    Tar(PathBuf),
+    /// The demo package built into the binary.
+    BuiltInDemo,
+}
+
+impl PackageSource {
+    /// A path: a `.tar` file or a folder.
+    pub fn from_path(path: &Path) -> Self {
+        if path.is_file() { PackageSource::Tar(path.to_path_buf()) } else { PackageSource::Dir(path.to_path_buf()) }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            PackageSource::Dir(p) | PackageSource::Tar(p) => p.display().to_string(),
+            PackageSource::BuiltInDemo => "built-in demo package".into(),
+        }
+    }
+}
+
+/// A verified package.
+#[derive(Debug, Clone)]
+pub struct ModelPackage {
+    pub spec: ModelSpec,
+    /// SHA-256 of the manifest: the model's identity.
+    pub sha256: String,
+    pub signer_key_id: String,
+    pub trust: Trust,
+    pub source: PackageSource,
+    /// Every file, by '/'-separated relative name.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl ModelPackage {
+    pub fn weights(&self) -> &[u8] {
+        self.files.get(&self.spec.weights.file).map(Vec::as_slice).unwrap_or_default()
+    }
+    /// Load and verify.
+    pub fn load(source: &PackageSource, trust: &TrustStore) -> Result<Self, PackageError> {
+        let files = read_files(source)?;
+        verify_files(files, source.clone(), trust)
+    }
+}
+
+/// The demo package's files, built in.
+fn built_in_demo() -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    m.insert(MODEL_TOML.into(), include_bytes!("../../packages/demo/model.toml").to_vec());
+    m.insert("weights.safetensors".into(), include_bytes!("../../packages/demo/weights.safetensors").to_vec());
+    m.insert(MANIFEST.into(), include_bytes!("../../packages/demo/MANIFEST.sha256").to_vec());
+    m.insert(SIGNATURE.into(), include_bytes!("../../packages/demo/SIGNATURE.json").to_vec());
+    m
+}
+
+/// Read a package's files without judging them.
+pub fn read_files(source: &PackageSource) -> Result<BTreeMap<String, Vec<u8>>, PackageError> {
+    match source {
+        PackageSource::BuiltInDemo => Ok(built_in_demo()),
+        PackageSource::Dir(dir) => {
+            let mut out = BTreeMap::new();
+            let mut total = 0u64;
+            read_dir_into(dir, "", &mut out, &mut total)?;
+            Ok(out)
+        }
+        PackageSource::Tar(path) => read_tar(path),
+    }
+}
+
+fn io(p: &Path, e: std::io::Error) -> PackageError {
+    PackageError::Io(format!("{}: {e}", p.display()))
+}
+
+fn read_dir_into(
+    dir: &Path,
+    prefix: &str,
+    out: &mut BTreeMap<String, Vec<u8>>,
+    total: &mut u64,
+) -> Result<(), PackageError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io(dir, e))?;
+        let name = entry.file_name().to_str().map(str::to_string).ok_or_else(|| {
+            PackageError::Layout(format!("{}: a file name that is not UTF-8", entry.path().display()))
+        })?;
+        let rel = format!("{prefix}{name}");
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| io(&entry.path(), e))?;
+        if meta.is_dir() {
+            read_dir_into(&entry.path(), &format!("{rel}/"), out, total)?;
+        } else if meta.is_file() {
+            *total += meta.len();
+            if *total > MAX_PACKAGE_BYTES {
+                return Err(PackageError::Layout(format!("larger than {MAX_PACKAGE_BYTES} bytes")));
+            }
+            out.insert(rel, std::fs::read(entry.path()).map_err(|e| io(&entry.path(), e))?);
+        } else {
+            return Err(PackageError::Layout(format!("{rel}: not a regular file (links are refused)")));
+        }
+    }
+    Ok(())
+}
+
+fn read_tar(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, PackageError> {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut archive = tar::Archive::new(file);
+    let mut out = BTreeMap::new();
+    let mut total = 0u64;
+    for entry in archive.entries().map_err(|e| io(path, e))? {
+        let mut entry = entry.map_err(|e| io(path, e))?;
+        let kind = entry.header().entry_type();
+        let name = entry.path().map_err(|e| io(path, e))?.to_string_lossy().trim_start_matches("./").to_string();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(PackageError::Layout(format!("{name}: not a regular file in the tar (links are refused)")));
+        }
+        if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(PackageError::Layout(format!("{name}: a path outside the package")));
+        }
+        let size = entry.header().size().map_err(|e| io(path, e))?;
+        total += size;
+        if total > MAX_PACKAGE_BYTES {
+            return Err(PackageError::Layout(format!("larger than {MAX_PACKAGE_BYTES} bytes")));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut bytes).map_err(|e| io(path, e))?;
+        if out.insert(name.clone(), bytes).is_some() {
+            return Err(PackageError::Layout(format!("{name}: twice in the tar")));
+        }
+    }
+    Ok(out)
+}
+
+/// Check signature, trust, every hash, and the spec.
+pub fn verify_files(
+    mut files: BTreeMap<String, Vec<u8>>,
+    source: PackageSource,
+    trust: &TrustStore,
+) -> Result<ModelPackage, PackageError> {
+    let manifest = files.get(MANIFEST).ok_or_else(|| {
+        PackageError::Layout(format!("{MANIFEST} is missing: the package is not signed (see `crlm model sign`)"))
+    })?;
+    let sig_bytes = files
+        .get(SIGNATURE)
+        .ok_or_else(|| PackageError::Layout(format!("{SIGNATURE} is missing: the package is not signed")))?;
+    let sig: signing::SignatureFile = serde_json::from_slice(sig_bytes)
+        .map_err(|e| PackageError::Signature(format!("{SIGNATURE} is not valid: {e}")))?;
+    let signer = signing::verify_signature(manifest, &sig)?;
+    let manifest_text = std::str::from_utf8(manifest).map_err(|_| PackageError::Manifest("not UTF-8".into()))?;
+    let listed = signing::parse_manifest(manifest_text)?;
+    for (name, want) in &listed {
+        let bytes =
+            files.get(name).ok_or_else(|| PackageError::Layout(format!("{name} is in the manifest but missing")))?;
+        if &crate::sha256_hex(bytes) != want {
+            return Err(PackageError::HashMismatch(name.clone()));
+        }
+    }
+    if let Some(extra) = files.keys().find(|n| *n != MANIFEST && *n != SIGNATURE && !listed.contains_key(*n)) {
+        return Err(PackageError::Layout(format!("{extra} is not in the manifest (added after signing)")));
+    }
+    let spec_bytes = files.get(MODEL_TOML).ok_or_else(|| PackageError::Layout(format!("{MODEL_TOML} is missing")))?;
+    let spec = parse_spec(spec_bytes)?;
+    let is_demo_key = signing::demo_public_key().is_ok_and(|k| k == signer);
+    let trust_level = if trust.keys.contains(&signer) {
+        Trust::Study
+    } else if is_demo_key && spec.demo {
+        Trust::Demo
+    } else if is_demo_key {
+        return Err(PackageError::Signature(
+            "signed with the public demo key but not marked demo = true: refused (the demo key is public)".into(),
+        ));
+    } else {
+        return Err(PackageError::Signature(format!(
+            "signed by key {} which is not trusted (add its .pub file to model.trusted_keys)",
+            signing::key_id(&signer)
+        )));
+    };
+    if !files.contains_key(&spec.weights.file) {
+        return Err(PackageError::Layout(format!("{} (named in {MODEL_TOML}) is missing", spec.weights.file)));
+    }
+    let sha256 = crate::sha256_hex(manifest);
+    files.remove(SIGNATURE);
+    Ok(ModelPackage { spec, sha256, signer_key_id: signing::key_id(&signer), trust: trust_level, source, files })
+}
+
+/// Parse and check `model.toml`.
+pub fn parse_spec(bytes: &[u8]) -> Result<ModelSpec, PackageError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| PackageError::Spec("not UTF-8".into()))?;
+    let spec: ModelSpec = toml::from_str(text).map_err(|e| PackageError::Spec(e.to_string()))?;
+    if spec.format != spec::SPEC_FORMAT {
+        return Err(PackageError::Spec(format!(
+            "format {} is not supported (this build reads {})",
+            spec.format,
+            spec::SPEC_FORMAT
+        )));
+    }
+    if spec.architecture != ARCHITECTURE_V1 {
+        return Err(PackageError::Spec(format!(
+            "architecture {:?} is not built in (only {ARCHITECTURE_V1})",
+            spec.architecture
+        )));
+    }
+    if !(0.0..=1.0).contains(&spec.decision.threshold) {
+        return Err(PackageError::Spec("decision.threshold must be within 0..1".into()));
+    }
+    if spec.modalities.allowed.is_empty() {
+        return Err(PackageError::Spec("modalities.allowed is empty: nothing could ever be predicted".into()));
+    }
+    if spec.network.intervals == 0 || spec.slide.tile_px < 8 || spec.slide.max_tiles == 0 {
+        return Err(PackageError::Spec(
+            "network.intervals, slide.tile_px (>= 8) and slide.max_tiles must be positive".into(),
+        ));
+    }
+    Ok(spec)
+}
+
+/// Write the manifest and signature for the package folder `dir` (atomically, each file).
+pub fn sign_dir(dir: &Path, key: &SigningKey) -> Result<String, PackageError> {
+    let mut files = read_files(&PackageSource::Dir(dir.to_path_buf()))?;
+    files.remove(MANIFEST);
+    files.remove(SIGNATURE);
+    let spec = files.get(MODEL_TOML).ok_or_else(|| PackageError::Layout(format!("{MODEL_TOML} is missing")))?;
+    parse_spec(spec)?;
+    let manifest = signing::manifest_text(&files);
+    let sig = signing::sign_manifest(manifest.as_bytes(), key);
+    let sig_json = serde_json::to_string_pretty(&sig).map_err(|e| PackageError::Io(e.to_string()))? + "\n";
+    write_atomic(&dir.join(MANIFEST), manifest.as_bytes())?;
+    write_atomic(&dir.join(SIGNATURE), sig_json.as_bytes())?;
+    Ok(crate::sha256_hex(manifest.as_bytes()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io(parent, e))?;
+    }
+    Ok(())
+}
+
+/// Write the package's files as a reproducible tar (sorted, mtime 0, root-owned, 0644).
+pub fn pack_tar(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<(), PackageError> {
+    let tmp = out.with_extension("tar.tmp");
+    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut builder = tar::Builder::new(file);
+    for (name, bytes) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut h, name, bytes.as_slice()).map_err(|e| io(&tmp, e))?;
+    }
+    let file = builder.into_inner().map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, out).map_err(|e| io(out, e))?;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! `model.toml`: what a model package declares. Format version 1; unknown keys are refused so a
+//! typo cannot silently fall back to a default.
+
+use crate::ct::preprocess::CtPreprocessSpec;
+use serde::{Deserialize, Serialize};
+
+/// Current `model.toml` format.
+pub const SPEC_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    pub format: u32,
+    pub name: String,
+    pub version: String,
+    /// Network architecture the weights belong to; only `crlm-net-v1` is built in.
+    pub architecture: String,
+    pub intended_use: String,
+    /// A demo package: every output that carries its results says DEMO - NOT FOR CLINICAL USE.
+    pub demo: bool,
+    pub modalities: ModalitySpec,
+    pub ct: CtPreprocessSpec,
+    pub slide: SlideInputSpec,
+    pub clinical: ClinicalEncodingSpec,
+    pub network: NetworkSpec,
+    pub decision: DecisionSpec,
+    #[serde(default)]
+    pub calibration: Calibration,
+    pub weights: WeightsSpec,
+}
+
+/// The three inputs of CRLM-Net.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Modality {
+    Ct,
+    Slide,
+    Clinical,
+}
+
+impl Modality {
+    pub const ALL: [Modality; 3] = [Modality::Ct, Modality::Slide, Modality::Clinical];
+    pub fn name(self) -> &'static str {
+        match self {
+            Modality::Ct => "ct",
+            Modality::Slide => "slide",
+            Modality::Clinical => "clinical",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModalitySpec {
+    /// Every subset of modalities the study allows a prediction from. Anything else is refused.
+    pub allowed: Vec<Vec<Modality>>,
+}
+
+impl ModalitySpec {
+    pub fn allows(&self, present: &[Modality]) -> bool {
+        let mut want: Vec<Modality> = present.to_vec();
+        want.sort();
+        want.dedup();
+        self.allowed.iter().any(|s| {
+            let mut s = s.clone();
+            s.sort();
+            s.dedup();
+            s == want
+        })
+    }
+}
+
+/// How tiles are taken from a slide.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlideInputSpec {
+    /// Tile side in pixels at `microns_per_pixel`.
+    pub tile_px: u32,
+    pub microns_per_pixel: f64,
+    /// Minimum tissue fraction of a tile (from the tissue mask).
+    pub min_tissue: f64,
+    /// Most tiles per case (all slides together).
+    pub max_tiles: usize,
+    pub sampling: TileSampling,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TileSampling {
+    /// Evenly spaced over the tissue tiles in reading order (deterministic, covers the section).
+    Even,
+    /// The tiles with the most tissue, ties in reading order.
+    MostTissue,
+}
+
+/// One clinical feature: a schema-v1 field and how it becomes numbers.
+// No deny_unknown_fields here: serde cannot combine it with `flatten`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub field: String,
+    #[serde(flatten)]
+    pub encoding: FeatureEncoding,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeatureEncoding {
+    /// (x - center) / scale.
+    Numeric { center: f64, scale: f64 },
+    /// (ln(1 + x) - center) / scale.
+    Log { center: f64, scale: f64 },
+    /// One column per level.
+    OneHot { levels: Vec<String> },
+    /// index / (levels - 1).
+    Ordinal { levels: Vec<String> },
+    /// 1 for true.
+    Bool,
+    /// One column per cut point: 1 when x >= cut.
+    Cut { at: Vec<f64> },
+}
+
+impl FeatureEncoding {
+    pub fn width(&self) -> usize {
+        match self {
+            FeatureEncoding::Numeric { .. } | FeatureEncoding::Log { .. } => 1,
+            FeatureEncoding::OneHot { levels } => levels.len(),
+            FeatureEncoding::Ordinal { .. } | FeatureEncoding::Bool => 1,
+            FeatureEncoding::Cut { at } => at.len(),
+        }
+    }
+}
+
+/// The clinical vector: every feature's columns in order, then one missingness indicator per
+/// distinct field (order of first appearance).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClinicalEncodingSpec {
+    pub features: Vec<FeatureSpec>,
+}
+
+impl ClinicalEncodingSpec {
+    /// Distinct fields in order of first appearance (one missingness indicator each).
+    pub fn fields(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for f in &self.features {
+            if !out.contains(&f.field.as_str()) {
+                out.push(&f.field);
+            }
+        }
+        out
+    }
+    pub fn width(&self) -> usize {
+        self.features.iter().map(|f| f.encoding.width()).sum::<usize>() + self.fields().len()
+    }
+}
+
+/// Sizes of CRLM-Net v1 (docs/MODEL.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    /// Embedding width of every branch.
+    pub embed: usize,
+    /// Output channels of the three stride-2 convolutions of the per-slice CT encoder.
+    pub ct_channels: [usize; 3],
+    /// Output channels of the three stride-2 convolutions of the tile encoder.
+    pub tile_channels: [usize; 3],
+    /// Hidden width of the slice attention and the gated tile attention.
+    pub attention_hidden: usize,
+    pub clinical_hidden: usize,
+    pub fusion_hidden: usize,
+    /// Number of 6-month hazard intervals (4 = up to 24 months).
+    pub intervals: usize,
+    /// Tile normalisation: (pixel / 255 - mean) / std per channel.
+    pub tile_mean: [f32; 3],
+    pub tile_std: [f32; 3],
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionSpec {
+    /// Locked threshold on `risk_2y`: at or above it the case is `high`.
+    pub threshold: f64,
+}
+
+/// Optional recalibration of the 2-year risk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Calibration {
+    #[default]
+    None,
+    /// risk' = sigmoid(a * logit(risk) + b).
+    Platt { a: f64, b: f64 },
+}
+
+impl Calibration {
+    pub fn apply(&self, risk: f64) -> f64 {
+        match self {
+            Calibration::None => risk,
+            Calibration::Platt { a, b } => {
+                let r = risk.clamp(1e-7, 1.0 - 1e-7);
+                let logit = (r / (1.0 - r)).ln();
+                1.0 / (1.0 + (-(a * logit + b)).exp())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsSpec {
+    /// safetensors file inside the package, tensors named as in the PyTorch twin's state_dict.
+    pub file: String,
+}

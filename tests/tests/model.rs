@@ -1,0 +1,103 @@
+//! The model package and `crlm predict` through the real binary: verification names the altered
+//! file, the service refuses to start with it, and predict's exit status and JSON.
+
+use crlm_e2e::{Site, crlm_bin, shared_data};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn crlm(args: &[&str]) -> Command {
+    let mut c = Command::new(crlm_bin());
+    c.args(args).env_remove("CRLM_CONFIG");
+    c
+}
+
+fn demo_copy(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/packages/demo");
+    let dst = dir.join("pkg");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["model.toml", "weights.safetensors", "MANIFEST.sha256", "SIGNATURE.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    dst
+}
+
+#[test]
+fn verify_names_the_altered_file_and_the_service_refuses_to_start() {
+    let out = crlm(&["model", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("built-in demo package: OK"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = demo_copy(tmp.path());
+    assert!(crlm(&["model", "verify", pkg.to_str().unwrap()]).status().unwrap().success());
+    let w = pkg.join("weights.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] = bytes[i].wrapping_add(1);
+    std::fs::write(&w, &bytes).unwrap();
+    let out = crlm(&["model", "verify", pkg.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("weights.safetensors") && err.contains("REFUSED"), "{err}");
+
+    // The service: exit 78 (no restart loop), the file named, nothing watched.
+    let site = Site::new(1.0);
+    let out = site.command(&["run"]).env("CRLM_MODEL__PATH", &pkg).output().unwrap();
+    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("weights.safetensors"));
+
+    // An edited manifest line breaks the signature.
+    let pkg2 = demo_copy(&tmp.path().join("two"));
+    let m = pkg2.join("MANIFEST.sha256");
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replacen('a', "b", 1)).unwrap();
+    let out = crlm(&["model", "verify", pkg2.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MANIFEST.sha256"));
+}
+
+#[test]
+fn predict_prints_json_and_exits_2_when_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    assert!(crlm(&["synth", "patient"]).arg(&case).args(["--risk", "high"]).status().unwrap().success());
+    let out = crlm(&["predict", "--json"]).arg(&case).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "predicted");
+    assert_eq!(doc["risk_group"], "high");
+    assert_eq!(doc["notice"], "DEMO - NOT FOR CLINICAL USE");
+    let text = crlm(&["predict"]).arg(&case).output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DEMO - NOT FOR CLINICAL USE"));
+
+    let clin = tmp.path().join("clinical-only");
+    assert!(crlm(&["synth", "patient"]).arg(&clin).args(["--without", "ct,slide"]).status().unwrap().success());
+    let out = crlm(&["predict", "--json"]).arg(&clin).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "refused");
+}
+
+#[test]
+fn predict_reads_real_ct_and_a_real_slide() {
+    let Some(data) = shared_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    std::fs::create_dir_all(case.join("ct")).unwrap();
+    for e in std::fs::read_dir(data.join("dicom/ct_series/abdomen_ce_siemens_20sl")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, case.join("ct").join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(data.join("wsi/svs/CMU-1-Small-Region.svs"), case.join("slide.svs")).unwrap();
+    let heat = tmp.path().join("heat.png");
+    let out = crlm(&["predict", "--json", "--heatmap"]).arg(&heat).arg(&case).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["status"], "predicted", "{doc:#}");
+    assert_eq!(doc["modalities"]["ct"]["status"], "used");
+    assert_eq!(doc["modalities"]["slide"]["status"], "used");
+    assert_eq!(doc["modalities"]["clinical"]["status"], "missing");
+    assert_eq!(doc["inputs"]["ct"]["slices"], 20);
+    assert!(doc["inputs"]["slides"][0]["tiles_used"].as_u64().unwrap() > 0);
+    assert!(heat.is_file());
+}
