@@ -345,18 +345,14 @@ fn init_logging(cfg: &Config) {
 }
 
 fn model_command(action: ModelAction) -> anyhow::Result<ExitCode> {
-    use crlm_models::package::{self, ModelPackage, PackageSource, TrustStore, signing};
+    use crlm_models::package::{self, ModelPackage, TrustStore, signing};
     let load = |pkg: Option<PathBuf>, config: Option<PathBuf>| -> anyhow::Result<Result<ModelPackage, ExitCode>> {
         let cfg = match load_config(config_path(config).as_deref()) {
             Ok(c) => c,
             Err(code) => return Ok(Err(code)),
         };
         let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
-        let source = match pkg {
-            Some(p) => PackageSource::from_path(&p),
-            None if cfg.model.path.as_os_str().is_empty() => PackageSource::BuiltInDemo,
-            None => PackageSource::from_path(&cfg.model.path),
-        };
+        let source = crlm_appliance::predict::package_source(&cfg, pkg.as_deref());
         Ok(ModelPackage::load(&source, &trust).map_err(|e| {
             eprintln!("crlm: {}: REFUSED: {e}", source.describe());
             ExitCode::FAILURE

@@ -40,12 +40,16 @@ pub enum PredictError {
 /// Load the configured package (or `override_path`), verify it, and build the network.
 pub fn load_model(cfg: &Config, override_path: Option<&Path>) -> Result<Model, ModelError> {
     let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
-    let source = match override_path {
+    Model::new(ModelPackage::load(&package_source(cfg, override_path), &trust)?)
+}
+
+/// Which package: `override_path`, else `model.path`, else the built-in demo.
+pub fn package_source(cfg: &Config, override_path: Option<&Path>) -> PackageSource {
+    match override_path {
         Some(p) => PackageSource::from_path(p),
         None if cfg.model.path.as_os_str().is_empty() => PackageSource::BuiltInDemo,
         None => PackageSource::from_path(&cfg.model.path),
-    };
-    Model::new(ModelPackage::load(&source, &trust)?)
+    }
 }
 
 /// The files of a case folder, sorted by role.
