@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod fsutil;
 pub mod ingest;
+pub mod ledger;
 pub mod panel;
 pub mod predict;
 pub mod service;

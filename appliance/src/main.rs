@@ -94,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         action: ModelAction,
     },
+    /// The prediction ledger: verify the chain and signatures, show a record.
+    Ledger {
+        #[command(subcommand)]
+        action: LedgerAction,
+    },
     /// List cases from the state database.
     Cases {
         #[arg(long)]
@@ -208,6 +213,27 @@ enum SynthAction {
         /// explicit or implicit (VR little endian).
         #[arg(long, default_value = "explicit")]
         syntax: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerAction {
+    /// Check every record (form, sequence, chain, signature) and the head; exit 1 naming the first bad one.
+    Verify {
+        /// Ledger folder (default: <state.path>/ledger).
+        path: Option<PathBuf>,
+        /// Device public key file (default: <state.path>/keys/device.pub).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print record N (0-based sequence number) as JSON.
+    Show {
+        seq: u64,
+        path: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -341,6 +367,57 @@ fn init_logging(cfg: &Config) {
     if let Err(e) = journal::init(&cfg.log.level, target) {
         eprintln!("crlm: logging: {e}; continuing with stderr");
         let _ = journal::init(&cfg.log.level, LogTarget::Stderr);
+    }
+}
+
+fn ledger_command(action: LedgerAction) -> anyhow::Result<ExitCode> {
+    use crlm_appliance::ledger;
+    let state_dir = |config: Option<PathBuf>| load_config(config_path(config).as_deref()).map(|c| c.state.path);
+    match action {
+        LedgerAction::Verify { path, key, config } => {
+            let state = match state_dir(config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let dir = path.unwrap_or_else(|| state.join("ledger"));
+            let public = ledger::read_public_key(&key.unwrap_or_else(|| state.join("keys").join("device.pub")))?;
+            let r = ledger::verify(&dir, &public)?;
+            match &r.first_bad {
+                None => {
+                    println!(
+                        "{}: OK, {} records, chain and signatures intact (head at {:?})",
+                        dir.display(),
+                        r.records,
+                        r.head_seq
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some((line, why)) => {
+                    println!(
+                        "{}: BAD at record {} (line {line}): {why}; {} records before it verify",
+                        dir.display(),
+                        line.saturating_sub(1),
+                        r.records
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        LedgerAction::Show { seq, path, config } => {
+            let state = match state_dir(config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let file = path.unwrap_or_else(|| state.join("ledger")).join(ledger::LEDGER_FILE);
+            let text = std::fs::read_to_string(&file).with_context(|| file.display().to_string())?;
+            let line = text
+                .lines()
+                .nth(seq as usize)
+                .ok_or_else(|| anyhow::anyhow!("no record {seq} in {}", file.display()))?;
+            let v: serde_json::Value = serde_json::from_str(line)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -723,6 +800,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if result.output.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
         }
         Command::Model { action } => model_command(action),
+        Command::Ledger { action } => ledger_command(action),
         Command::Synth { action: SynthAction::Ct { dir, slices, size, syntax } } => {
             use crlm_models::dicom::{CtSeriesSpec, ts};
             let mut spec =
