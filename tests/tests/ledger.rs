@@ -29,3 +29,39 @@ fn verify_passes_a_good_ledger_and_names_the_first_changed_record() {
     let msg = String::from_utf8_lossy(&out.stdout);
     assert!(msg.contains("BAD at record 0"), "{msg}");
 }
+
+#[test]
+fn a_kill_9_loop_during_appends_loses_no_record_whose_append_returned() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let site = Site::new(1.0);
+    let mut acknowledged: Vec<(u64, String)> = Vec::new();
+    let mut rng = crlm_models::cohort::Rng::new(9);
+    for round in 0..8 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ledger_append"))
+            .arg(&site.state)
+            .arg(round.to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader =
+            std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<String>>());
+        std::thread::sleep(std::time::Duration::from_millis(30 + rng.next_u64() % 120));
+        crlm_e2e::signal(&child, "KILL");
+        let _ = child.wait();
+        for line in reader.join().unwrap() {
+            let (seq, id) = line.split_once(' ').unwrap();
+            acknowledged.push((seq.parse().unwrap(), id.to_string()));
+        }
+    }
+    assert!(acknowledged.len() > 8, "the helper appended too little to test anything: {}", acknowledged.len());
+    let out = site.command(&["ledger", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = std::fs::read_to_string(site.state.join("ledger").join(LEDGER_FILE)).unwrap();
+    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (seq, id) in &acknowledged {
+        let r = &records[*seq as usize];
+        assert_eq!(r["body"]["id"], id.as_str(), "record {seq} whose append returned is not the one acknowledged");
+    }
+}
