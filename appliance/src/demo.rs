@@ -112,13 +112,27 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     let rows = rows.ok_or_else(|| DemoError::Service("the service stopped before closing a case".into()))?;
     step(4, &format!("done in {:.1} s", start.elapsed().as_secs_f64()));
     print_cases(&rows);
+    if opts.share.is_none() {
+        // The service does not predict until the ledger can lock each result first; show the
+        // model on the generated case the way `crlm predict` does.
+        step(5, "the model on the generated case (as `crlm predict crlm-demo/share/demo-case-001`)");
+        let predicted = crate::predict::load_model(&cfg, None)
+            .map_err(crate::predict::PredictError::from)
+            .and_then(|m| crate::predict::predict_case(&share.join("demo-case-001"), &m, &cfg));
+        match predicted {
+            Ok(r) => crate::predict::summary(&r.json).lines().for_each(|l| println!("    {l}")),
+            Err(e) => println!("    prediction failed: {e}"),
+        }
+    }
     println!();
     println!("Where to look:");
     println!("  front panel      {}  (blinded study mode)", cfg.display_path().display());
     println!("  state database   {}", db_path.display());
     println!("  quarantine       {}", cfg.quarantine_dir().display());
     println!("  cases            crlm cases --json   (with CRLM_STATE__PATH={})", state.display());
-    println!("Prediction, ledger and MQTT stages are not built yet: cases stop at `complete`.");
+    println!(
+        "In the service, cases stop at `complete`: predicting there waits for the ledger (lock before show), then MQTT."
+    );
     Ok(rows)
 }
 
