@@ -108,13 +108,13 @@ pub fn export(spec: &ModelSpec, cfg: &Config, opts: &CohortOptions, out: &Path) 
     let mut map: HashMap<String, Tensor> = HashMap::new();
     map.insert(
         "ct".into(),
-        Tensor::from_vec(rows.iter().flat_map(|r| r.ct.clone()).collect::<Vec<f32>>(), (n, z, y, x), &dev)
+        Tensor::from_vec(rows.iter().flat_map(|r| r.ct.iter().copied()).collect::<Vec<f32>>(), (n, z, y, x), &dev)
             .map_err(err)?,
     );
     map.insert(
         "tiles".into(),
         Tensor::from_vec(
-            rows.iter().flat_map(|r| r.tiles.clone()).collect::<Vec<u8>>(),
+            rows.iter().flat_map(|r| r.tiles.iter().copied()).collect::<Vec<u8>>(),
             (n, TRAIN_TILES, t, t, 3),
             &dev,
         )
@@ -126,7 +126,7 @@ pub fn export(spec: &ModelSpec, cfg: &Config, opts: &CohortOptions, out: &Path) 
     );
     map.insert(
         "clinical".into(),
-        Tensor::from_vec(rows.iter().flat_map(|r| r.clinical.clone()).collect::<Vec<f32>>(), (n, c), &dev)
+        Tensor::from_vec(rows.iter().flat_map(|r| r.clinical.iter().copied()).collect::<Vec<f32>>(), (n, c), &dev)
             .map_err(err)?,
     );
     // Columns: observed time (months), observed event, true 2-year event, true 2-year risk, linear predictor.

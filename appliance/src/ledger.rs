@@ -12,6 +12,8 @@
 //! caller can alert; earlier records are never touched.
 
 use crate::fsutil;
+use crlm_models::package::signing;
+pub use crlm_models::package::signing::key_id;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -95,27 +97,19 @@ fn boot_id() -> String {
 }
 
 /// Load the device key from `dir/device.key`, creating it (0600) and `device.pub` at first start.
+/// Key files are in the model-signing format (hex), read and made by the same code.
 pub fn device_key(dir: &Path) -> Result<SigningKey, LedgerError> {
     let path = dir.join("device.key");
     if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let seed: [u8; 32] = hex::decode(text.trim()).ok().and_then(|b| b.try_into().ok()).ok_or_else(|| {
-            LedgerError::Key(format!("{} is not 64 hex digits: restore it from backup", path.display()))
-        })?;
-        return Ok(SigningKey::from_bytes(&seed));
+        return signing::read_signing_key(&path).map_err(|e| LedgerError::Key(format!("{e}: restore it from backup")));
     }
-    let seed: [u8; 32] = rand::random();
-    let key = SigningKey::from_bytes(&seed);
+    let key = signing::generate_key();
     fsutil::ensure_dir(dir, 0o700).map_err(io(dir))?;
-    fsutil::write_atomic(&path, format!("{}\n", hex::encode(seed)).as_bytes(), 0o600).map_err(io(&path))?;
+    fsutil::write_atomic(&path, format!("{}\n", hex::encode(key.to_bytes())).as_bytes(), 0o600).map_err(io(&path))?;
     let public = dir.join("device.pub");
     fsutil::write_atomic(&public, format!("{}\n", hex::encode(key.verifying_key().as_bytes())).as_bytes(), 0o644)
         .map_err(io(&public))?;
     Ok(key)
-}
-
-pub fn key_id(k: &VerifyingKey) -> String {
-    sha256_hex(k.as_bytes())[..16].to_string()
 }
 
 /// Canonical line (no newline) of a record.
@@ -358,11 +352,7 @@ pub fn verify_bytes(bytes: &[u8], head_bytes: Option<&[u8]>, public: &VerifyingK
 /// A public key file (64 hex digits), such as the exported `device.pub`.
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, LedgerError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
-    let b: [u8; 32] = hex::decode(text.trim())
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| LedgerError::Key(format!("{} is not 64 hex digits", path.display())))?;
-    VerifyingKey::from_bytes(&b).map_err(|e| LedgerError::Key(format!("{}: {e}", path.display())))
+    signing::parse_public_key(&text).map_err(|e| LedgerError::Key(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::ingest::eligibility;
 use crate::ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
 use crate::ingest::series::{choose_series, series_key};
+use crate::ingest::share::{self, ShareEntry};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::ct::preprocess::preprocess;
 use crlm_models::ct::volume::load_series_with_headers;
@@ -17,6 +18,7 @@ use crlm_models::package::{ModelPackage, ModelSpec, PackageSource, TrustStore};
 use crlm_models::slide::read::SlideReader;
 use crlm_models::slide::sample::{ModelTiles, sample_tiles};
 use serde_json::{Value, json};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -61,33 +63,33 @@ pub struct CaseFiles {
     pub warnings: Vec<String>,
 }
 
+fn entry_rel(e: &ShareEntry) -> &Path {
+    match e {
+        ShareEntry::File { rel, .. } | ShareEntry::Symlink { rel, .. } | ShareEntry::Special { rel } => rel,
+    }
+}
+
 fn rel(root: &Path, p: &Path) -> String {
     p.strip_prefix(root).unwrap_or(p).display().to_string()
 }
 
-/// Recognise every regular file under `dir` by content (symlinks are not followed).
+/// Recognise every file under `dir` by content, walked and opened exactly as the service walks
+/// its share (beneath the folder, markers and temporary names skipped, links refused).
 pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
     let mut out = CaseFiles::default();
-    let mut stack = vec![dir.to_path_buf()];
-    let mut paths = Vec::new();
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let meta = std::fs::symlink_metadata(e.path())?;
-            if meta.is_dir() {
-                stack.push(e.path());
-            } else if meta.is_file() {
-                paths.push(e.path());
+    let root = share::open_share(dir)?;
+    let mut entries = share::walk(&root, &HashSet::new())?.entries;
+    entries.sort_by(|a, b| entry_rel(a).cmp(entry_rel(b)));
+    for entry in entries {
+        let rel_path = match entry {
+            ShareEntry::File { rel, nlink: 1, .. } => rel,
+            ShareEntry::File { rel, .. } | ShareEntry::Symlink { rel, .. } | ShareEntry::Special { rel } => {
+                out.warnings.push(format!("{}: not used (links and special files are refused)", rel.display()));
+                continue;
             }
-        }
-    }
-    paths.sort();
-    for p in paths {
-        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') || name.ends_with(".done") || name == "READY" {
-            continue;
-        }
-        let file = std::fs::File::open(&p)?;
+        };
+        let p = dir.join(&rel_path);
+        let file = share::open_beneath(&root, &rel_path)?;
         match recognise(&file, &cfg.limits) {
             Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => out.ct_images.push((p, *header)),
             Outcome::Usable(Recognised::Dicom { role: DicomRole::RegionOfInterest, .. }) => out.warnings.push(format!(
@@ -120,7 +122,8 @@ fn ms(t: Instant) -> f64 {
 /// A case folder turned into model inputs, with what the document reports about them.
 pub struct PreparedCase {
     pub inputs: CaseInputs,
-    pub slides: Vec<(PathBuf, ModelTiles)>,
+    /// The file of each entry of `inputs.slides`, in the same order.
+    pub slide_files: Vec<PathBuf>,
     pub inputs_json: serde_json::Map<String, Value>,
     pub eligibility: Value,
     /// Set when the case must not be predicted (not eligible).
@@ -238,7 +241,7 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
 
     // Slides: the package's tiles, its tile budget shared over the case's slides.
     let t = Instant::now();
-    let mut slides: Vec<(PathBuf, ModelTiles)> = Vec::new();
+    let (mut slide_files, mut slides): (Vec<PathBuf>, Vec<ModelTiles>) = (Vec::new(), Vec::new());
     let mut slide_json = Vec::new();
     let mut slide_problems = Vec::new();
     let per_slide = (spec.slide.max_tiles / files.slides.len().max(1)).max(1);
@@ -250,7 +253,8 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
                 slide_json.push(json!({
                     "file": rel(dir, p), "tissue_tiles": m.tissue_tiles, "tiles_used": m.tiles.len(), "level": m.level,
                 }));
-                slides.push((p.clone(), m));
+                slide_files.push(p.clone());
+                slides.push(m);
             }
             Err(e) => slide_problems.push(format!("{}: {e}", rel(dir, p))),
         }
@@ -261,7 +265,7 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
         ModalityInput::Refused(slide_problems.join("; "))
     } else {
         warnings.extend(slide_problems.iter().map(|w| format!("slide not used: {w}")));
-        ModalityInput::Used(slides.iter().map(|(_, m)| m.clone()).collect())
+        ModalityInput::Used(slides)
     };
     if !slide_json.is_empty() {
         inputs_json.insert("slides".into(), Value::Array(slide_json));
@@ -270,7 +274,7 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
 
     Ok(PreparedCase {
         inputs: CaseInputs { ct, slides: slide_input, clinical },
-        slides,
+        slide_files,
         inputs_json,
         eligibility: eligibility_json,
         refusal,
@@ -286,7 +290,7 @@ pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResul
     let prepared = prepare_case(dir, &model.package.spec, cfg)?;
     let PreparedCase {
         inputs,
-        slides,
+        slide_files,
         inputs_json,
         eligibility: eligibility_json,
         refusal: not_eligible,
@@ -312,6 +316,10 @@ pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResul
         Err(e) => return Err(e.into()),
     };
     timings_ms.push(("model", ms(t)));
+    let slides: Vec<(PathBuf, ModelTiles)> = match inputs.slides {
+        ModalityInput::Used(tiles) => slide_files.into_iter().zip(tiles).collect(),
+        _ => Vec::new(),
+    };
     timings_ms.push(("total", ms(t_all)));
 
     let mut top: Vec<(usize, usize, f32)> = Vec::new();

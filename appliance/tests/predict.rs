@@ -140,3 +140,16 @@ fn the_attention_map_is_the_slide_thumbnail() {
     let (w, h, _) = crlm_drivers::display::png::decode_png(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!((w, h), (1536, 1536), "the coarsest level no wider than 2048 px is level 0 here");
 }
+
+#[test]
+fn a_linked_file_is_refused_as_the_service_refuses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = case(&tmp.path().join("c"), [0.0; 3], CaseParts::default());
+    let outside = tmp.path().join("outside.svs");
+    std::fs::rename(dir.join("slide_HE_1.svs"), &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("slide_HE_1.svs")).unwrap();
+    let doc = run(&dir);
+    assert_eq!(doc["modalities"]["slide"]["status"], "missing", "{doc:#}");
+    let warnings = doc["warnings"].to_string();
+    assert!(warnings.contains("slide_HE_1.svs: not used (links and special files are refused)"), "{warnings}");
+}
