@@ -27,6 +27,9 @@ pub struct Config {
     pub limits: Limits,
     pub display: DisplayConfig,
     pub model: ModelConfig,
+    pub ledger: LedgerConfig,
+    pub outputs: OutputsConfig,
+    pub privacy: PrivacyConfig,
     pub log: LogConfig,
 }
 
@@ -192,6 +195,44 @@ pub struct ModelConfig {
     pub trusted_keys: Vec<PathBuf>,
     /// Threads for reading slide tiles; 0: every core.
     pub threads: usize,
+}
+
+/// The prediction ledger (docs/LEDGER.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Public key files (hex) of central collectors whose countersignatures of the chain head
+    /// `crlm ledger verify` accepts as a second party's proof of the lock time.
+    pub collector_keys: Vec<PathBuf>,
+}
+
+/// Result files written per case into the outbox (docs/OUTPUTS.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputsConfig {
+    /// Empty: `<state.path>/outbox`.
+    pub dir: PathBuf,
+    pub result_json: bool,
+    pub fhir: bool,
+    pub dicom_sr: bool,
+    /// Keep the patient's name, ID, birth date and the study's UIDs in the DICOM SR, so the
+    /// local PACS files it with the CT study. The SR stays on site; turn off if it leaves.
+    pub sr_identifiers: bool,
+}
+
+impl Default for OutputsConfig {
+    fn default() -> Self {
+        OutputsConfig { dir: PathBuf::new(), result_json: true, fhir: true, dicom_sr: true, sr_identifiers: true }
+    }
+}
+
+/// De-identification of everything that may leave the box (docs/PRIVACY.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Keep DICOM UIDs (study, series, instances) in the ledger, result.json and FHIR instead of
+    /// replacing them with keyed hashes. PS3.15 Annex E removes UIDs unless a study keeps them.
+    pub keep_uids: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,6 +406,18 @@ impl Config {
             "spi" => "/dev/spidev0.0".into(),
             _ => self.state.path.join("display.png"),
         }
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        if self.outputs.dir.as_os_str().is_empty() { self.state.path.join("outbox") } else { self.outputs.dir.clone() }
+    }
+
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.state.path.join("ledger")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.state.path.join("keys")
     }
 
     pub fn database_path(&self) -> PathBuf {

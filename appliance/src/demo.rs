@@ -3,7 +3,7 @@
 //! into a share, runs the real service on it, prints what happens, and says where to look.
 
 use crate::config::Config;
-use crate::state::{CaseRow, StateDb, case_state};
+use crate::state::{CaseRow, StateDb};
 use crlm_models::synth::{SampleCase, write_sample_case};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -73,7 +73,21 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     let watchdog: Arc<dyn crlm_drivers::watchdog::Watchdog> = Arc::new(crlm_drivers::watchdog::NoWatchdog);
     let svc_cfg = cfg.clone();
     let service = tokio::spawn(async move {
-        crate::service::run(svc_cfg, watchdog, stop_rx, |r| {
+        crate::service::run(svc_cfg, watchdog, stop_rx, |ev| {
+            let r = match ev {
+                crate::service::ServiceEvent::Scan(r) => r,
+                crate::service::ServiceEvent::Locked(p) => {
+                    println!(
+                        "    case {} -> {} and locked as ledger record {} ({:.1} s)",
+                        p.case, p.state, p.seq, p.seconds
+                    );
+                    return;
+                }
+                crate::service::ServiceEvent::Failed { case, error } => {
+                    println!("    case {case} failed: {error}");
+                    return;
+                }
+            };
             if r.accepted + r.quarantined + r.duplicates > 0 {
                 println!(
                     "    scan: {} files seen, {} accepted, {} duplicates, {} quarantined, {} waiting",
@@ -86,7 +100,7 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
         })
         .await
     });
-    step(3, "waiting until every case is closed (complete, partial, ineligible or quarantined)");
+    step(3, "waiting until every case is closed, predicted and locked in the ledger (or quarantined)");
     let start = Instant::now();
     let db_path = cfg.database_path();
     let rows = loop {
@@ -97,7 +111,7 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
         if let Ok(db) = StateDb::open_read_only(&db_path)
             && let Ok(rows) = db.cases()
             && !rows.is_empty()
-            && rows.iter().all(|r| r.state != case_state::WAITING)
+            && rows.iter().all(|r| r.settled())
         {
             break Some(rows);
         }
@@ -112,16 +126,16 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     let rows = rows.ok_or_else(|| DemoError::Service("the service stopped before closing a case".into()))?;
     step(4, &format!("done in {:.1} s", start.elapsed().as_secs_f64()));
     print_cases(&rows);
-    if opts.share.is_none() {
-        // The service does not predict until the ledger can lock each result first; show the
-        // model on the generated case the way `crlm predict` does.
-        step(5, "the model on the generated case (as `crlm predict crlm-demo/share/demo-case-001`)");
-        let predicted = crate::predict::load_model(&cfg, None)
-            .map_err(crate::predict::PredictError::from)
-            .and_then(|m| crate::predict::predict_case(&share.join("demo-case-001"), &m, &cfg));
-        match predicted {
-            Ok(r) => crate::predict::summary(&r.json).lines().for_each(|l| println!("    {l}")),
-            Err(e) => println!("    prediction failed: {e}"),
+    step(5, "the locked results (outbox), as the site and the study office receive them");
+    for row in &rows {
+        let Some(seq) = row.ledger_seq else { continue };
+        let file = crate::outputs::case_dir(&cfg, &row.pseudonym).join(format!("result-{seq:06}.json"));
+        match std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+            Some(doc) => {
+                println!("    {} (ledger record {seq}):", row.pseudonym);
+                crate::outputs::result_json::summary(&doc).lines().for_each(|l| println!("      {l}"));
+            }
+            None => println!("    {}: no result.json (outputs.result_json is off?)", row.pseudonym),
         }
     }
     println!();
@@ -129,10 +143,16 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     println!("  front panel      {}  (blinded study mode)", cfg.display_path().display());
     println!("  state database   {}", db_path.display());
     println!("  quarantine       {}", cfg.quarantine_dir().display());
-    println!("  cases            crlm cases --json   (with CRLM_STATE__PATH={})", state.display());
     println!(
-        "In the service, cases stop at `complete`: predicting there waits for the ledger (lock before show), then MQTT."
+        "  ledger           {}  (crlm ledger verify / export, with CRLM_STATE__PATH={})",
+        cfg.ledger_dir().display(),
+        state.display()
     );
+    println!(
+        "  outbox           {}  (result.json, FHIR RiskAssessment, DICOM SR per case)",
+        cfg.outbox_dir().display()
+    );
+    println!("  cases            crlm cases --json   (with CRLM_STATE__PATH={})", state.display());
     Ok(rows)
 }
 

@@ -225,6 +225,25 @@ enum LedgerAction {
         /// Device public key file (default: <state.path>/keys/device.pub).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// A collector's public key file whose countersignatures count (besides ledger.collector_keys).
+        #[arg(long = "collector-key")]
+        collector_keys: Vec<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// One row per locked prediction or refusal for the statisticians (the ledger is verified first).
+    Export {
+        /// Ledger folder (default: <state.path>/ledger).
+        path: Option<PathBuf>,
+        /// csv or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Device public key file (default: <state.path>/keys/device.pub).
+        #[arg(long)]
+        key: Option<PathBuf>,
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -374,11 +393,12 @@ fn ledger_command(action: LedgerAction) -> anyhow::Result<ExitCode> {
     use crlm_appliance::ledger;
     let state_dir = |config: Option<PathBuf>| load_config(config_path(config).as_deref()).map(|c| c.state.path);
     match action {
-        LedgerAction::Verify { path, key, config } => {
-            let state = match state_dir(config) {
-                Ok(s) => s,
+        LedgerAction::Verify { path, key, collector_keys, config } => {
+            let cfg = match load_config(config_path(config).as_deref()) {
+                Ok(c) => c,
                 Err(code) => return Ok(code),
             };
+            let state = cfg.state.path.clone();
             let dir = path.unwrap_or_else(|| state.join("ledger"));
             let public = ledger::read_public_key(&key.unwrap_or_else(|| state.join("keys").join("device.pub")))?;
             let r = ledger::verify(&dir, &public)?;
@@ -390,6 +410,31 @@ fn ledger_command(action: LedgerAction) -> anyhow::Result<ExitCode> {
                         r.records,
                         r.head_seq
                     );
+                    let mut keys = Vec::new();
+                    for k in cfg.ledger.collector_keys.iter().chain(&collector_keys) {
+                        keys.push(ledger::read_public_key(k)?);
+                    }
+                    let records = ledger::read_records(&dir)?;
+                    let proof = ledger::countersign::check(&dir, &records, &ledger::key_id(&public), &keys)?;
+                    match &proof.proven_up_to {
+                        Some((seq, at, by)) => println!(
+                            "lock time proven by a second party up to record {seq}: collector {by} countersigned it at {at} ({} of {} countersignatures valid)",
+                            proof.valid, proof.countersignatures
+                        ),
+                        None if proof.countersignatures == 0 => println!(
+                            "no collector countersignatures yet: the lock times rest on this device's clock alone"
+                        ),
+                        None => println!("no countersignature could be checked ({} present)", proof.countersignatures),
+                    }
+                    for u in &proof.unchecked {
+                        println!("  not checked: {u}");
+                    }
+                    if !proof.contradictions.is_empty() {
+                        for c in &proof.contradictions {
+                            println!("  CONTRADICTION: {c}");
+                        }
+                        return Ok(ExitCode::FAILURE);
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Some((line, why)) => {
@@ -402,6 +447,36 @@ fn ledger_command(action: LedgerAction) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+        LedgerAction::Export { path, format, out, key, config } => {
+            let state = match state_dir(config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let dir = path.unwrap_or_else(|| state.join("ledger"));
+            let public = ledger::read_public_key(&key.unwrap_or_else(|| state.join("keys").join("device.pub")))?;
+            let r = ledger::verify(&dir, &public)?;
+            if let Some((line, why)) = &r.first_bad {
+                eprintln!("crlm ledger export: refused, the ledger does not verify at line {line}: {why}");
+                return Ok(ExitCode::FAILURE);
+            }
+            let rows = ledger::export::rows(&ledger::read_records(&dir)?);
+            let bytes = match format.as_str() {
+                "csv" => ledger::export::to_csv(&rows)?,
+                "json" => serde_json::to_vec_pretty(&ledger::export::to_json(&rows, &ledger::key_id(&public)))?,
+                other => {
+                    eprintln!("crlm ledger export: --format {other}: use csv or json");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            match out {
+                Some(p) => {
+                    std::fs::write(&p, &bytes).with_context(|| p.display().to_string())?;
+                    eprintln!("{} rows written to {}", rows.len(), p.display());
+                }
+                None => std::io::Write::write_all(&mut std::io::stdout(), &bytes)?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
         LedgerAction::Show { seq, path, config } => {
             let state = match state_dir(config) {
@@ -593,12 +668,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 share,
                 timeout: std::time::Duration::from_secs(timeout_seconds),
             }))?;
-            let closed_ok =
-                rows.iter().any(|r| r.state == state::case_state::COMPLETE || r.state == state::case_state::PARTIAL);
-            if closed_ok {
+            let locked_ok = rows.iter().any(|r| r.state == state::case_state::PREDICTED && r.outputs_written);
+            if locked_ok {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("crlm demo: no case became complete or partial; see the reasons above");
+                eprintln!("crlm demo: no case was predicted and locked; see the reasons above");
                 Ok(ExitCode::FAILURE)
             }
         }

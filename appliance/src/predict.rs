@@ -54,13 +54,39 @@ pub fn package_source(cfg: &Config, override_path: Option<&Path>) -> PackageSour
     }
 }
 
-/// The files of a case folder, sorted by role.
+/// The files of a case, sorted by role. Labels name files in messages: relative paths for
+/// `crlm predict`, neutral names in the service (file names can carry identifiers).
 #[derive(Debug, Default)]
 pub struct CaseFiles {
     pub ct_images: Vec<(PathBuf, DicomHeader)>,
-    pub slides: Vec<PathBuf>,
+    /// Slide path and its label.
+    pub slides: Vec<(PathBuf, String)>,
     pub clinical: Vec<ClinicalRecord>,
     pub warnings: Vec<String>,
+}
+
+/// The CT series a case used: what the ledger records about it.
+#[derive(Debug, Clone)]
+pub struct CtUsed {
+    /// SeriesInstanceUID (or the stand-in key of a series without one).
+    pub series: String,
+    pub choice: String,
+    pub rejected_series: usize,
+    /// (SOPInstanceUID, SHA-256 of the slice's decoded Hounsfield units as little-endian f32),
+    /// in slice order: the exact numbers the model read.
+    pub images: Vec<(String, String)>,
+    /// The header of the first slice (study UIDs and the identity an on-site SR repeats).
+    pub first_header: DicomHeader,
+}
+
+/// A slide a case used.
+#[derive(Debug, Clone)]
+pub struct SlideUsed {
+    pub path: PathBuf,
+    pub label: String,
+    pub tissue_tiles: usize,
+    pub tiles_used: usize,
+    pub level: usize,
 }
 
 fn entry_rel(e: &ShareEntry) -> &Path {
@@ -97,7 +123,7 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
                 rel(dir, &p)
             )),
             Outcome::Usable(Recognised::Dicom { .. }) => {}
-            Outcome::Usable(Recognised::Slide(_)) => out.slides.push(p),
+            Outcome::Usable(Recognised::Slide(_)) => out.slides.push((p, rel_path.display().to_string())),
             Outcome::Usable(Recognised::Clinical { records, .. }) => out.clinical.extend(records),
             Outcome::NotYet(pr) | Outcome::Bad(pr) => {
                 out.warnings.push(format!("{}: not used ({}: {})", rel(dir, &p), pr.check, pr.reason))
@@ -108,11 +134,15 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
 }
 
 /// The result of `predict_case`: the JSON document, and the model's output when it predicted.
+#[derive(Default)]
 pub struct CaseResult {
     pub json: Value,
     pub output: Option<ModelOutput>,
     /// Tiles per slide (for the heatmap), in the order of the attention.
     pub slides: Vec<(PathBuf, ModelTiles)>,
+    pub ct_used: Option<CtUsed>,
+    pub slides_used: Vec<SlideUsed>,
+    pub clinical_used: Option<ClinicalRecord>,
 }
 
 fn ms(t: Instant) -> f64 {
@@ -124,6 +154,9 @@ pub struct PreparedCase {
     pub inputs: CaseInputs,
     /// The file of each entry of `inputs.slides`, in the same order.
     pub slide_files: Vec<PathBuf>,
+    pub ct_used: Option<CtUsed>,
+    pub slides_used: Vec<SlideUsed>,
+    pub clinical_used: Option<ClinicalRecord>,
     pub inputs_json: serde_json::Map<String, Value>,
     pub eligibility: Value,
     /// Set when the case must not be predicted (not eligible).
@@ -134,20 +167,31 @@ pub struct PreparedCase {
 
 /// Recognise, choose, load and preprocess a case folder as the package asks.
 pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<PreparedCase, PredictError> {
+    let t = Instant::now();
+    let files = gather(dir, cfg)?;
+    let gather_ms = ms(t);
+    let mut prepared = prepare_files(&files, spec, cfg)?;
+    prepared.timings_ms.insert(0, ("gather", gather_ms));
+    Ok(prepared)
+}
+
+/// Preprocess a case's files as the package asks (the service gathers them from its database).
+pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Result<PreparedCase, PredictError> {
     let threads = match cfg.model.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let t = Instant::now();
-    let files = gather(dir, cfg)?;
-    let gather_ms = ms(t);
     let mut warnings = files.warnings.clone();
     let mut inputs_json = serde_json::Map::new();
+    let mut ct_used = None;
 
     // CT: the service's series choice, the volume, the model grid.
     let t = Instant::now();
-    let keyed: Vec<(String, DicomHeader)> =
-        files.ct_images.iter().map(|(p, h)| (series_key(h, &rel(dir, p.parent().unwrap_or(dir))), h.clone())).collect();
+    let keyed: Vec<(String, DicomHeader)> = files
+        .ct_images
+        .iter()
+        .map(|(p, h)| (series_key(h, &p.parent().map(|d| d.display().to_string()).unwrap_or_default()), h.clone()))
+        .collect();
     let mut ct_date = None;
     let mut dicom_patient: Option<String> = None;
     let ct: ModalityInput<_> = if keyed.is_empty() {
@@ -172,6 +216,23 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
                 match load_series_with_headers(&paths, &headers, &cfg.limits) {
                     Err(e) => ModalityInput::Refused(format!("CT series unusable: {e}")),
                     Ok(vol) => {
+                        let plane = vol.columns * vol.rows;
+                        let images = vol
+                            .sop_instance_uids
+                            .iter()
+                            .zip(vol.hu.chunks(plane.max(1)))
+                            .map(|(uid, slice)| {
+                                let bytes: Vec<u8> = slice.iter().flat_map(|v| v.to_le_bytes()).collect();
+                                (uid.clone(), crlm_models::sha256_hex(&bytes))
+                            })
+                            .collect();
+                        ct_used = Some(CtUsed {
+                            series: chosen.series.clone(),
+                            choice: choice.reason.clone(),
+                            rejected_series: choice.rejected.len(),
+                            images,
+                            first_header: headers.first().cloned().unwrap_or_default(),
+                        });
                         let tensor = preprocess(&vol, &spec.ct, None);
                         warnings.extend(vol.report.warnings.iter().map(|w| format!("CT: {w}")));
                         inputs_json.insert(
@@ -242,21 +303,32 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
     // Slides: the package's tiles, its tile budget shared over the case's slides.
     let t = Instant::now();
     let (mut slide_files, mut slides): (Vec<PathBuf>, Vec<ModelTiles>) = (Vec::new(), Vec::new());
+    let mut slides_used = Vec::new();
     let mut slide_json = Vec::new();
     let mut slide_problems = Vec::new();
     let per_slide = (spec.slide.max_tiles / files.slides.len().max(1)).max(1);
-    for p in &files.slides {
+    for (p, label) in &files.slides {
         let r = SlideReader::open(p, &cfg.limits).and_then(|r| sample_tiles(&r, &spec.slide, per_slide, threads));
         match r {
-            Ok(m) if m.tiles.is_empty() => slide_problems.push(format!("{}: no tissue tiles", rel(dir, p))),
+            Ok(m) if m.tiles.is_empty() => slide_problems.push(format!("{label}: no tissue tiles")),
             Ok(m) => {
                 slide_json.push(json!({
-                    "file": rel(dir, p), "tissue_tiles": m.tissue_tiles, "tiles_used": m.tiles.len(), "level": m.level,
+                    "file": label, "tissue_tiles": m.tissue_tiles, "tiles_used": m.tiles.len(), "level": m.level,
                 }));
+                slides_used.push(SlideUsed {
+                    path: p.clone(),
+                    label: label.clone(),
+                    tissue_tiles: m.tissue_tiles,
+                    tiles_used: m.tiles.len(),
+                    level: m.level,
+                });
                 slide_files.push(p.clone());
                 slides.push(m);
             }
-            Err(e) => slide_problems.push(format!("{}: {e}", rel(dir, p))),
+            // The reader's message names the path: name the label instead.
+            Err(e) => {
+                slide_problems.push(format!("{label}: {}", e.to_string().replace(&p.display().to_string(), label)))
+            }
         }
     }
     let slide_input = if files.slides.is_empty() {
@@ -275,11 +347,14 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
     Ok(PreparedCase {
         inputs: CaseInputs { ct, slides: slide_input, clinical },
         slide_files,
+        ct_used,
+        slides_used,
+        clinical_used: record.cloned(),
         inputs_json,
         eligibility: eligibility_json,
         refusal,
         warnings,
-        timings_ms: vec![("gather", gather_ms), ("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)],
+        timings_ms: vec![("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)],
     })
 }
 
@@ -288,17 +363,31 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
 pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResult, PredictError> {
     let t_all = Instant::now();
     let prepared = prepare_case(dir, &model.package.spec, cfg)?;
+    predict_prepared(prepared, model, t_all)
+}
+
+/// The model on a prepared case (`t_all`: when the case's work began, for the timings).
+pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -> Result<CaseResult, PredictError> {
     let PreparedCase {
         inputs,
         slide_files,
+        ct_used,
+        slides_used,
+        clinical_used,
         inputs_json,
         eligibility: eligibility_json,
         refusal: not_eligible,
         warnings,
         mut timings_ms,
     } = prepared;
+    let used = |mut r: CaseResult| {
+        r.ct_used = ct_used.clone();
+        r.slides_used = slides_used.clone();
+        r.clinical_used = clinical_used.clone();
+        r
+    };
     if let Some(reason) = not_eligible {
-        return Ok(refusal(model, reason, eligibility_json, warnings));
+        return Ok(used(refusal(model, reason, eligibility_json, warnings)));
     }
     let modalities = json!({
         "ct": status_json(inputs.ct.status()),
@@ -311,7 +400,7 @@ pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResul
         Err(e @ ModelError::ModalitiesNotAllowed { .. }) => {
             let mut r = refusal(model, e.to_string(), eligibility_json, warnings);
             r.json["modalities"] = modalities;
-            return Ok(r);
+            return Ok(used(r));
         }
         Err(e) => return Err(e.into()),
     };
@@ -337,9 +426,10 @@ pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResul
     let top_tiles: Vec<Value> = top
         .iter()
         .map(|(s, i, a)| {
-            let (p, m) = &slides[*s];
+            let (_, m) = &slides[*s];
             let tile = m.tiles[*i];
-            json!({"slide": rel(dir, p), "x": tile.x, "y": tile.y, "size": tile.size, "attention": a})
+            let label = slides_used.get(*s).map(|u| u.label.as_str()).unwrap_or("slide");
+            json!({"slide": label, "x": tile.x, "y": tile.y, "size": tile.size, "attention": a})
         })
         .collect();
     let mut d = match model_header(model, "predicted") {
@@ -365,7 +455,7 @@ pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResul
         Value::Object(timings_ms.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
     );
     d.insert("warnings".into(), json!(warnings));
-    Ok(CaseResult { json: Value::Object(d), output: Some(output), slides })
+    Ok(used(CaseResult { json: Value::Object(d), output: Some(output), slides, ..CaseResult::default() }))
 }
 
 fn status_json((status, reason): (&str, Option<&str>)) -> Value {
@@ -403,7 +493,7 @@ fn refusal(model: &Model, reason: String, eligibility: Value, warnings: Vec<Stri
     v["refusal"] = json!(reason);
     v["eligibility"] = eligibility;
     v["warnings"] = json!(warnings);
-    CaseResult { json: v, output: None, slides: Vec::new() }
+    CaseResult { json: v, ..CaseResult::default() }
 }
 
 /// A human summary of a result document.

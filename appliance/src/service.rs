@@ -5,6 +5,8 @@
 
 use crate::config::Config;
 use crate::ingest::{IngestError, Ingestor, ScanReport};
+use crate::panel::state::{PanelState, ProcessingView, ResultView};
+use crate::processing::{ProcessError, Processed, Processor};
 use crlm_drivers::watchdog::Watchdog;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,6 +23,34 @@ pub enum ServiceError {
     /// not start, so nothing is ever predicted by an altered or unknown model.
     #[error("model package refused: {0}")]
     Model(#[from] crlm_models::inference::ModelError),
+    /// The ledger or the state cannot be opened: nothing may be predicted without a lock.
+    #[error("cannot start predicting: {0}")]
+    Processing(#[from] ProcessError),
+}
+
+/// What the service tells its caller (the demo prints it; `crlm run` logs it already).
+pub enum ServiceEvent<'a> {
+    Scan(&'a ScanReport),
+    /// A case was locked in the ledger and its outputs written.
+    Locked(&'a Processed),
+    /// A case could not be processed (the service goes on with the next).
+    Failed {
+        case: &'a str,
+        error: &'a str,
+    },
+}
+
+/// What the processing worker shows on the panel besides the database's view.
+#[derive(Default)]
+struct PanelExtras {
+    processing: Option<ProcessingView>,
+    result: Option<ResultView>,
+}
+
+enum WorkerEvent {
+    Locked(Processed),
+    Failed { case: String, error: String },
+    Progress,
 }
 
 /// Run until `stop` turns true. `on_scan` sees every scan report (the demo prints progress).
@@ -28,12 +58,13 @@ pub async fn run(
     cfg: Config,
     watchdog: Arc<dyn Watchdog>,
     mut stop: watch::Receiver<bool>,
-    mut on_scan: impl FnMut(&ScanReport) + Send,
+    mut on_event: impl FnMut(ServiceEvent<'_>) + Send,
 ) -> Result<(), ServiceError> {
     let model_cfg = cfg.clone();
     let model = tokio::task::spawn_blocking(move || crate::predict::load_model(&model_cfg, None))
         .await
         .map_err(|e| ServiceError::Join(e.to_string()))??;
+    let model = Arc::new(model);
     let spec = &model.package.spec;
     tracing::info!(
         stage = "model",
@@ -50,14 +81,45 @@ pub async fn run(
         sha256: model.package.sha256.clone(),
         demo: spec.demo,
     };
-    let with_model = move |mut st: crate::panel::state::PanelState| {
+    let extras = Arc::new(std::sync::Mutex::new(PanelExtras::default()));
+    let panel_extras = extras.clone();
+    let with_model = move |mut st: PanelState| {
         st.model = Some(model_view.clone());
+        if let Ok(x) = panel_extras.lock() {
+            st.processing = x.processing.clone();
+            st.result = x.result.clone();
+        }
         st
     };
     let open_cfg = cfg.clone();
     let mut ingestor = tokio::task::spawn_blocking(move || Ingestor::open(&open_cfg))
         .await
         .map_err(|e| ServiceError::Join(e.to_string()))??;
+    // The ledger opens before anything is predicted; a torn last record is cut and recorded.
+    let proc_cfg = cfg.clone();
+    let proc_model = model.clone();
+    let (processor, recovery) = tokio::task::spawn_blocking(move || Processor::open(&proc_cfg, proc_model))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    if let Some(r) = recovery {
+        tracing::warn!(
+            stage = "ledger",
+            alert = "ledger_recovery",
+            cut_bytes = r.cut_bytes,
+            "the ledger ended in a torn record (power cut during a write); it was cut off and the cut recorded"
+        );
+    }
+    tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let (event_tx, mut event_rx) = mpsc::channel::<WorkerEvent>(64);
+    let worker_progress = ingestor.progress.clone();
+    let worker = std::thread::Builder::new()
+        .name("crlm-predict".into())
+        .spawn({
+            let extras = extras.clone();
+            move || processing_worker(processor, work_rx, event_tx, extras, worker_progress)
+        })
+        .map_err(|e| ServiceError::Join(e.to_string()))?;
     let progress = ingestor.progress.clone();
     // The panel runs on its own task; the scan loop only publishes the newest state.
     let (panel_tx, panel_rx) = watch::channel(with_model(crate::panel::feed::build(ingestor.database(), &cfg)));
@@ -81,10 +143,10 @@ pub async fn run(
     loop {
         // One scan on a blocking thread; keep the watchdog fed only while it makes progress.
         let panel_cfg = cfg.clone();
-        let with_model = with_model.clone();
+        let decorate = with_model.clone();
         let mut job = tokio::task::spawn_blocking(move || {
             let r = ingestor.scan_once();
-            let panel_state = with_model(crate::panel::feed::build(ingestor.database(), &panel_cfg));
+            let panel_state = decorate(crate::panel::feed::build(ingestor.database(), &panel_cfg));
             (ingestor, r.map(|rep| (rep, panel_state)))
         });
         let (back, result) = loop {
@@ -117,7 +179,9 @@ pub async fn run(
                     "watching the share: {} files, {} waiting, {} quarantined this pass",
                     report.files_seen, report.waiting, report.quarantined
                 ));
-                on_scan(&report);
+                on_event(ServiceEvent::Scan(&report));
+                // Closed cases (and any left from before a restart) go to the worker.
+                let _ = work_tx.try_send(());
             }
             Err(e) => {
                 tracing::error!(stage = "ingest", error_kind = "scan", error = %e, "scan failed; retrying");
@@ -126,20 +190,53 @@ pub async fn run(
         }
         last_progress = (progress.load(Ordering::Relaxed), Instant::now());
         watchdog.ping();
-        tokio::select! {
-            _ = tokio::time::sleep(poll) => {}
-            _ = wake_rx.recv() => {
-                // Let a burst of events settle into one scan.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while wake_rx.try_recv().is_ok() {}
+        let deadline = tokio::time::Instant::now() + poll;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = wake_rx.recv() => {
+                    // Let a burst of events settle into one scan.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while wake_rx.try_recv().is_ok() {}
+                    break;
+                }
+                ev = event_rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    match &ev {
+                        WorkerEvent::Locked(p) => {
+                            tracing::info!(stage = "ledger", case = %p.case, state = %p.state, seq = p.seq,
+                                record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds,
+                                "case {} and locked", p.state);
+                            on_event(ServiceEvent::Locked(p));
+                        }
+                        WorkerEvent::Failed { case, error } => {
+                            tracing::error!(stage = "predict", alert = "case_failed", case = %case, error = %error,
+                                "case could not be processed; the next goes on");
+                            on_event(ServiceEvent::Failed { case, error });
+                        }
+                        WorkerEvent::Progress => {}
+                    }
+                    panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
+                    watchdog.ping();
+                }
+                _ = stop.changed() => break,
             }
-            _ = stop.changed() => {}
         }
         if *stop.borrow() {
             break;
         }
     }
     watchdog.stopping();
+    // The worker finishes the case in hand (its lock is one fsynced append), then stops.
+    drop(work_tx);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    while let Ok(ev) = event_rx.try_recv() {
+        if let WorkerEvent::Locked(p) = &ev {
+            tracing::info!(stage = "ledger", case = %p.case, state = %p.state, seq = p.seq,
+                record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds, "case {} and locked", p.state);
+            on_event(ServiceEvent::Locked(p));
+        }
+    }
     drop(panel_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), panel_task).await;
     tracing::info!(stage = "service", "crlm stopped cleanly");
@@ -165,6 +262,61 @@ fn start_inotify(cfg: &Config, wake: mpsc::Sender<()>) -> Option<notify::Recomme
         Err(e) => {
             tracing::warn!(stage = "service", error = %e, "inotify unavailable; polling only");
             None
+        }
+    }
+}
+
+/// The prediction worker: on each wake, every pending case in turn (predict, lock, outputs).
+/// Runs on its own thread so a slow slide never delays scans, the panel or the watchdog.
+fn processing_worker(
+    mut processor: Processor,
+    wake: std::sync::mpsc::Receiver<()>,
+    events: mpsc::Sender<WorkerEvent>,
+    extras: Arc<std::sync::Mutex<PanelExtras>>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) {
+    while wake.recv().is_ok() {
+        let pending = match processor.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = events.blocking_send(WorkerEvent::Failed { case: "-".into(), error: e.to_string() });
+                continue;
+            }
+        };
+        for case_id in pending {
+            let case = processor.pseudonym(case_id).unwrap_or_else(|| "?".into());
+            if let Ok(mut x) = extras.lock() {
+                x.processing = Some(ProcessingView { case: case.clone(), stage: "model".into(), ..Default::default() });
+            }
+            let _ = events.blocking_send(WorkerEvent::Progress);
+            let r = processor.process(case_id);
+            progress.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut x) = extras.lock() {
+                x.processing = None;
+                if let Ok(p) = &r {
+                    let locked_at = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+                    x.result = Some(ResultView {
+                        case: p.case.clone(),
+                        risk_2y: p.risk_2y,
+                        risk_group: p.risk_group.clone(),
+                        threshold: None,
+                        modalities: Vec::new(),
+                        ledger_sequence: p.seq,
+                        locked_at,
+                    });
+                }
+            }
+            let ev = match r {
+                Ok(p) => WorkerEvent::Locked(p),
+                Err(e) => {
+                    let error = e.to_string();
+                    if let Err(e2) = processor.mark_failed(case_id, &error) {
+                        tracing::error!(stage = "predict", error = %e2, "cannot record the failure");
+                    }
+                    WorkerEvent::Failed { case, error }
+                }
+            };
+            let _ = events.blocking_send(ev);
         }
     }
 }

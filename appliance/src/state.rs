@@ -9,7 +9,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use std::path::Path;
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Columns added in schema 2 (predictions locked in the ledger); a version-1 database gains them.
+const CASES_V2_COLUMNS: [(&str, &str); 4] =
+    [("ledger_seq", "INTEGER"), ("record_hash", "TEXT"), ("outputs_ms", "INTEGER"), ("failure", "TEXT")];
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -26,7 +30,11 @@ CREATE TABLE IF NOT EXISTS cases(
     ready_marker INTEGER NOT NULL DEFAULT 0,
     created_ms INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,
-    last_file_ms INTEGER NOT NULL
+    last_file_ms INTEGER NOT NULL,
+    ledger_seq INTEGER,
+    record_hash TEXT,
+    outputs_ms INTEGER,
+    failure TEXT
 );
 CREATE TABLE IF NOT EXISTS files(
     id INTEGER PRIMARY KEY,
@@ -84,6 +92,13 @@ pub mod case_state {
     pub const PARTIAL: &str = "partial";
     pub const INELIGIBLE: &str = "ineligible";
     pub const QUARANTINED: &str = "quarantined";
+    /// Predicted and locked in the ledger.
+    pub const PREDICTED: &str = "predicted";
+    /// Locked in the ledger as a refusal (the package forbids the modalities present, or the
+    /// inputs could not be used).
+    pub const REFUSED: &str = "refused";
+    /// Processing failed for a reason outside the case (I/O, model); named in `failure`.
+    pub const FAILED: &str = "failed";
 }
 
 pub struct StateDb {
@@ -100,8 +115,25 @@ pub struct CaseRow {
     pub reasons: Vec<String>,
     pub series_choice: Option<serde_json::Value>,
     pub files: i64,
+    /// The ledger record that locked the case's prediction or refusal.
+    pub ledger_seq: Option<i64>,
+    /// The case's outputs are in the outbox.
+    pub outputs_written: bool,
+    /// Why processing failed (state `failed`).
+    pub failure: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl CaseRow {
+    /// Nothing more will happen to this case: locked with its outputs written, quarantined or failed.
+    pub fn settled(&self) -> bool {
+        match self.state.as_str() {
+            case_state::QUARANTINED | case_state::FAILED => true,
+            case_state::WAITING => false,
+            _ => self.ledger_seq.is_some() && self.outputs_written,
+        }
+    }
 }
 
 impl StateDb {
@@ -120,6 +152,21 @@ impl StateDb {
         match found.and_then(|v| v.parse::<i64>().ok()) {
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(StateError::TooNew { path: path.display().to_string(), found: v });
+            }
+            Some(v) if v < SCHEMA_VERSION => {
+                let tx = conn.unchecked_transaction()?;
+                let have: Vec<String> = tx
+                    .prepare("SELECT name FROM pragma_table_info('cases')")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for (col, ty) in CASES_V2_COLUMNS {
+                    if !have.iter().any(|h| h == col) {
+                        tx.execute_batch(&format!("ALTER TABLE cases ADD COLUMN {col} {ty}"))?;
+                    }
+                }
+                tx.execute("UPDATE meta SET value=?1 WHERE key='schema_version'", params![SCHEMA_VERSION.to_string()])?;
+                tx.commit()?;
+                tracing::info!(stage = "state", from = v, to = SCHEMA_VERSION, "state database upgraded");
             }
             Some(_) => {}
             None => {
@@ -155,7 +202,8 @@ impl StateDb {
     pub fn cases(&self) -> Result<Vec<CaseRow>, StateError> {
         let mut st = self.conn.prepare(
             "SELECT c.pseudonym, c.state, c.modalities, c.reasons, c.series_choice, c.created_ms, c.updated_ms,
-                    (SELECT COUNT(*) FROM files f WHERE f.case_id = c.id)
+                    (SELECT COUNT(*) FROM files f WHERE f.case_id = c.id), c.ledger_seq,
+                    c.outputs_ms IS NOT NULL, c.failure
              FROM cases c ORDER BY c.created_ms, c.id",
         )?;
         let rows = st.query_map([], |r| {
@@ -171,6 +219,9 @@ impl StateDb {
                 created_at: rfc3339(r.get(5)?),
                 updated_at: rfc3339(r.get(6)?),
                 files: r.get(7)?,
+                ledger_seq: r.get(8)?,
+                outputs_written: r.get(9)?,
+                failure: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

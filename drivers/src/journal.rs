@@ -50,7 +50,13 @@ pub fn init(filter: &str, target: LogTarget) -> Result<LogTarget, LogError> {
         Ok(LogTarget::Journal)
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with(
+                fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    // Colour codes only on a terminal: log files and collectors get plain text.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
             .try_init()
             .map_err(|_| LogError::AlreadyInitialised)?;
         Ok(LogTarget::Stderr)

@@ -28,6 +28,14 @@ pub struct SampleCase {
     pub with_noncontrast_series: bool,
     pub slide_size: (u32, u32),
     pub resection: &'static str,
+    /// Identifying values written into the DICOM headers and the slide's label and description
+    /// (privacy tests plant canaries here).
+    pub patient_name: String,
+    pub patient_birth_date: String,
+    pub accession_number: String,
+    pub institution_name: String,
+    pub slide_label: String,
+    pub slide_file_name: String,
 }
 
 impl SampleCase {
@@ -42,6 +50,12 @@ impl SampleCase {
             with_noncontrast_series: false,
             slide_size: (1024, 768),
             resection: "R0",
+            patient_name: "DOE^JANE".into(),
+            patient_birth_date: "19600101".into(),
+            accession_number: "ACC0001".into(),
+            institution_name: "EXAMPLE HOSPITAL".into(),
+            slide_label: format!("{patient_id} H&E"),
+            slide_file_name: "slide_HE_1.svs".into(),
         }
     }
 
@@ -93,10 +107,16 @@ pub fn write_sample_case(dir: &Path, case: &SampleCase) -> Result<Vec<PathBuf>, 
     let mut files = Vec::new();
     let study = case.study_uid();
     if case.with_ct {
-        let spec = CtSeriesSpec::axial(&case.patient_id, &study, &case.series_uid("pv"), case.slices);
+        let mut spec = CtSeriesSpec::axial(&case.patient_id, &study, &case.series_uid("pv"), case.slices);
+        spec.patient_name = case.patient_name.clone();
+        spec.patient_birth_date = case.patient_birth_date.clone();
+        spec.accession_number = case.accession_number.clone();
+        spec.institution_name = case.institution_name.clone();
         files.extend(write_ct_series(&dir.join("ct_portal_venous"), &spec)?);
         if case.with_noncontrast_series {
-            let mut nc = CtSeriesSpec::axial(&case.patient_id, &study, &case.series_uid("nc"), case.slices + 4);
+            let mut nc = spec.clone();
+            nc.series_instance_uid = case.series_uid("nc");
+            nc.slices = case.slices + 4;
             nc.series_description = "ABDOMEN NATIVE 5.0".into();
             nc.contrast_bolus_agent = String::new();
             nc.slice_thickness = 5.0;
@@ -106,8 +126,8 @@ pub fn write_sample_case(dir: &Path, case: &SampleCase) -> Result<Vec<PathBuf>, 
     }
     if case.with_slide {
         let mut spec = SlideSpec::small(case.slide_size.0, case.slide_size.1);
-        spec.label_text = Some(format!("{} H&E", case.patient_id));
-        let p = dir.join("slide_HE_1.svs");
+        spec.label_text = Some(case.slide_label.clone());
+        let p = dir.join(&case.slide_file_name);
         write_pyramidal_tiff(&p, &spec)?;
         files.push(p);
     }

@@ -12,7 +12,7 @@ const CASES: usize = 6;
 const FILES_PER_CASE: i64 = 14;
 
 /// Cases arrive while the service is killed with SIGKILL at random moments and restarted:
-/// afterwards every case exists exactly once, complete, with each file counted once.
+/// afterwards every case exists exactly once, predicted and locked once, each file counted once.
 #[test]
 fn kill_9_during_ingest_loses_no_case_and_repeats_none() {
     let site = Site::new(0.3);
@@ -32,13 +32,25 @@ fn kill_9_during_ingest_loses_no_case_and_repeats_none() {
             runs += 1;
         }
     }
-    let cases =
-        site.wait_cases(Duration::from_secs(60), |c| c.len() == CASES && c.iter().all(|x| x["state"] == "complete"));
+    let cases = site.wait_cases(Duration::from_secs(90), |c| {
+        c.len() == CASES && c.iter().all(|x| x["state"] == "predicted" && x["outputs_written"] == true)
+    });
     signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
     for c in &cases {
         assert_eq!(c["files"], FILES_PER_CASE, "{c:#?}");
     }
+    // Kills during prediction too: each case is locked exactly once and the chain verifies.
+    let verify = site.command(&["ledger", "verify"]).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let export = site.command(&["ledger", "export", "--format", "json"]).output().unwrap();
+    let export: serde_json::Value = serde_json::from_slice(&export.stdout).unwrap();
+    let mut locked: Vec<&str> =
+        export["rows"].as_array().unwrap().iter().map(|r| r["pseudonym"].as_str().unwrap()).collect();
+    locked.sort();
+    let before = locked.len();
+    locked.dedup();
+    assert_eq!((before, locked.len()), (CASES, CASES), "{export:#}");
     let mut pseudonyms: Vec<_> = cases.iter().map(|c| c["case"].as_str().unwrap().to_string()).collect();
     pseudonyms.sort();
     pseudonyms.dedup();
@@ -51,7 +63,7 @@ fn sigterm_stops_the_service_cleanly() {
     let site = Site::new(0.3);
     write_sample_case(&site.share.join("case-t"), &SampleCase::new("TERM-1")).unwrap();
     let mut child = site.start(0);
-    site.wait_cases(Duration::from_secs(30), |c| c.len() == 1 && c[0]["state"] == "complete");
+    site.wait_cases(Duration::from_secs(30), |c| c.len() == 1 && c[0]["state"] == "predicted");
     signal(&child, "TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");
@@ -149,7 +161,7 @@ fn the_service_draws_the_panel_on_png_and_framebuffer_displays() {
     let site = Site::new(0.3);
     write_sample_case(&site.share.join("case-p"), &SampleCase::new("PANEL-1")).unwrap();
     let mut child = site.start(0);
-    site.wait_cases(Duration::from_secs(30), |c| c.len() == 1 && c[0]["state"] == "complete");
+    site.wait_cases(Duration::from_secs(30), |c| c.len() == 1 && c[0]["state"] == "predicted");
     let png = site.state.join("display.png");
     let start = Instant::now();
     while !png.exists() {

@@ -494,13 +494,13 @@ fn close(
 
 /// The stored JSON form of a clinical record (as serialised by `ClinicalRecord`).
 #[derive(serde::Deserialize)]
-struct ClinicalRecordOwned {
+pub(crate) struct ClinicalRecordOwned {
     schema_version: u32,
     values: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 impl ClinicalRecordOwned {
-    fn into_record(self) -> ClinicalRecord {
+    pub(crate) fn into_record(self) -> ClinicalRecord {
         use crlm_models::clinical::{ClinicalValue, UnknownMarker};
         let values = self
             .values

@@ -51,6 +51,16 @@ impl SiteSecret {
         format!("P-{}", self.mac("patient", patient_id.trim()))
     }
 
+    /// A keyed reference (`R-` and 32 hex digits) for a value that must not leave the box, such
+    /// as a DICOM UID: stable on this box, and only this box (holding the secret) can check it.
+    pub fn keyed_ref(&self, domain: &str, value: &str) -> String {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
+        m.update(domain.as_bytes());
+        m.update(&[0]);
+        m.update(value.as_bytes());
+        format!("R-{}", hex::encode(&m.finalize().into_bytes()[..16]))
+    }
+
     /// A pseudonym for a case whose patient is not known yet (e.g. only a slide arrived).
     pub fn case_pseudonym(&self, case_key: &str) -> String {
         format!("C-{}", self.mac("case", case_key))

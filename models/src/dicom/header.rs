@@ -90,6 +90,10 @@ pub struct DicomHeader {
     pub acquisition_time: Option<String>,
     pub study_date: Option<String>,
     pub manufacturer: Option<String>,
+    /// Identifying study attributes, read for outputs that stay on site (the DICOM SR for the
+    /// local PACS). Never serialised: they do not reach the state database, `inspect` or logs.
+    #[serde(skip)]
+    pub identity: StudyIdentity,
     #[serde(skip)]
     pub layout: Option<DicomLayout>,
 }
@@ -137,6 +141,18 @@ impl DicomHeader {
     pub(crate) fn encoding(&self) -> Encoding {
         Encoding::for_transfer_syntax(&self.transfer_syntax_uid)
     }
+}
+
+/// The patient and study attributes a result object for the local PACS must repeat.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StudyIdentity {
+    pub patient_name: Option<String>,
+    pub patient_birth_date: Option<String>,
+    pub patient_sex: Option<String>,
+    pub accession_number: Option<String>,
+    pub study_id: Option<String>,
+    pub study_time: Option<String>,
+    pub referring_physician_name: Option<String>,
 }
 
 /// Read the header of a DICOM file (everything before Pixel Data). Never reads pixel data,
@@ -337,6 +353,15 @@ fn extract(obj: &InMemDicomObject) -> DicomHeader {
         acquisition_time: s(tags::ACQUISITION_TIME),
         study_date: s(tags::STUDY_DATE),
         manufacturer: s(tags::MANUFACTURER),
+        identity: StudyIdentity {
+            patient_name: s(tags::PATIENT_NAME),
+            patient_birth_date: s(tags::PATIENT_BIRTH_DATE),
+            patient_sex: s(tags::PATIENT_SEX),
+            accession_number: s(tags::ACCESSION_NUMBER),
+            study_id: s(tags::STUDY_ID),
+            study_time: s(tags::STUDY_TIME),
+            referring_physician_name: s(tags::REFERRING_PHYSICIAN_NAME),
+        },
         layout: None,
     }
 }

@@ -37,6 +37,12 @@ pub struct CtSeriesSpec {
     /// Row direction cosines then column direction cosines.
     pub orientation: [f64; 6],
     pub study_date: String,
+    /// Identifying attributes real exports carry (tests plant canaries in them).
+    pub patient_birth_date: String,
+    pub accession_number: String,
+    pub institution_name: String,
+    pub referring_physician_name: String,
+    pub study_description: String,
     /// Explicit or implicit VR little endian.
     pub transfer_syntax: &'static str,
     /// Write files in this order of slice index (tests shuffle; InstanceNumber follows it too).
@@ -66,6 +72,11 @@ impl CtSeriesSpec {
             origin: [-22.4, -22.4, 100.0],
             orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
             study_date: "20260301".into(),
+            patient_birth_date: "19600101".into(),
+            accession_number: "ACC0001".into(),
+            institution_name: "EXAMPLE HOSPITAL".into(),
+            referring_physician_name: "SMITH^JOHN".into(),
+            study_description: "CT ABDOMEN PELVIS WITH CONTRAST".into(),
             transfer_syntax: ts::EXPLICIT_VR_LE,
             write_order: None,
             hu: std::sync::Arc::new(phantom_hu),
@@ -148,14 +159,19 @@ fn slice_object(spec: &CtSeriesSpec, k: u32, instance: u32, sop_uid: &str) -> In
     s(&mut o, tags::STUDY_DATE, VR::DA, &spec.study_date);
     s(&mut o, tags::ACQUISITION_DATE, VR::DA, &spec.study_date);
     s(&mut o, tags::ACQUISITION_TIME, VR::TM, "101500");
-    s(&mut o, tags::ACCESSION_NUMBER, VR::SH, "ACC0001");
+    s(&mut o, tags::ACCESSION_NUMBER, VR::SH, &spec.accession_number);
+    s(&mut o, tags::STUDY_TIME, VR::TM, "101000");
+    s(&mut o, tags::STUDY_ID, VR::SH, "1");
+    s(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &spec.referring_physician_name);
+    s(&mut o, tags::STUDY_DESCRIPTION, VR::LO, &spec.study_description);
+    s(&mut o, tags::PATIENT_SEX, VR::CS, "F");
     s(&mut o, tags::MODALITY, VR::CS, &spec.modality);
     s(&mut o, tags::MANUFACTURER, VR::LO, "CRLM-EDGE SYNTHETIC");
-    s(&mut o, tags::INSTITUTION_NAME, VR::LO, "EXAMPLE HOSPITAL");
+    s(&mut o, tags::INSTITUTION_NAME, VR::LO, &spec.institution_name);
     s(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &spec.series_description);
     s(&mut o, tags::PATIENT_NAME, VR::PN, &spec.patient_name);
     s(&mut o, tags::PATIENT_ID, VR::LO, &spec.patient_id);
-    s(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, "19600101");
+    s(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, &spec.patient_birth_date);
     if !spec.contrast_bolus_agent.is_empty() {
         s(&mut o, tags::CONTRAST_BOLUS_AGENT, VR::LO, &spec.contrast_bolus_agent);
     }

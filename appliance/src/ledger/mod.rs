@@ -11,11 +11,15 @@
 //! A torn last line (power cut mid-write) is cut off by [`Ledger::open`], which reports it so the
 //! caller can alert; earlier records are never touched.
 
+pub mod countersign;
+pub mod export;
+
 use crate::fsutil;
 use crlm_models::package::signing;
 pub use crlm_models::package::signing::key_id;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -67,6 +71,13 @@ pub struct Record {
     #[serde(flatten)]
     pub core: RecordCore,
     pub sig: String,
+}
+
+impl Record {
+    /// The record's hash: SHA-256 of its canonical line (what the next record's `prev` holds).
+    pub fn hash(&self) -> String {
+        sha256_hex(&line_of(self))
+    }
 }
 
 /// The signed head: the newest record's sequence number and hash.
@@ -134,6 +145,9 @@ pub struct Ledger {
     prev_hash: String,
     /// (wall seconds, boottime ns, boot id) of the last record, for clock-jump detection.
     last_times: Option<(f64, u64, String)>,
+    /// Sequence number and hash of the record locked for each `body.case_ref`: a case is locked
+    /// once, and a restart after a crash finds the lock it made.
+    cases: HashMap<String, (u64, String)>,
 }
 
 impl Ledger {
@@ -158,6 +172,7 @@ impl Ledger {
             recovery = Some(Recovery { cut_bytes: cut });
         }
         let (mut next_seq, mut prev_hash, mut last_times) = (0u64, GENESIS.to_string(), None);
+        let mut cases = HashMap::new();
         for (i, line) in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
             let r: Record = serde_json::from_slice(line)
                 .map_err(|e| LedgerError::Bad { line: i + 1, reason: format!("not a record: {e}") })?;
@@ -169,6 +184,9 @@ impl Ledger {
             }
             next_seq += 1;
             prev_hash = sha256_hex(line);
+            if let Some(case_ref) = r.core.body.get("case_ref").and_then(|v| v.as_str()) {
+                cases.insert(case_ref.to_string(), (r.core.seq, prev_hash.clone()));
+            }
             let wall =
                 chrono::DateTime::parse_from_rfc3339(&r.core.wall_time).map(|t| t.timestamp_micros() as f64 / 1e6);
             last_times = wall.ok().map(|w| (w, r.core.mono_ns, r.core.boot_id.clone()));
@@ -179,7 +197,7 @@ impl Ledger {
         }
         let key_id = key_id(&key.verifying_key());
         let ledger =
-            Ledger { head_path: dir.join(HEAD_FILE), path, file, key, key_id, next_seq, prev_hash, last_times };
+            Ledger { head_path: dir.join(HEAD_FILE), path, file, key, key_id, next_seq, prev_hash, last_times, cases };
         Ok((ledger, recovery))
     }
 
@@ -192,6 +210,23 @@ impl Ledger {
     }
     pub fn is_empty(&self) -> bool {
         self.next_seq == 0
+    }
+    /// The device key's id (what every record names in `key_id`).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+    /// The newest record's sequence number and hash.
+    pub fn head(&self) -> Option<Head> {
+        (self.next_seq > 0).then(|| Head {
+            format: LEDGER_FORMAT,
+            seq: self.next_seq - 1,
+            hash: self.prev_hash.clone(),
+        })
+    }
+
+    /// The record already locked for a case (`body.case_ref`), as (sequence number, hash).
+    pub fn find_case(&self, case_ref: &str) -> Option<(u64, String)> {
+        self.cases.get(case_ref).cloned()
     }
 
     /// Append one record; durable when this returns. A wall-clock jump since the previous record
@@ -243,6 +278,9 @@ impl Ledger {
         self.prev_hash = sha256_hex(&line[..line.len() - 1]);
         self.next_seq += 1;
         self.last_times = Some((now.timestamp_micros() as f64 / 1e6, mono, boot.to_string()));
+        if let Some(case_ref) = record.core.body.get("case_ref").and_then(|v| v.as_str()) {
+            self.cases.insert(case_ref.to_string(), (record.core.seq, self.prev_hash.clone()));
+        }
         let head = Head { format: LEDGER_FORMAT, seq: record.core.seq, hash: self.prev_hash.clone() };
         let head_bytes = serde_json::to_vec(&head).unwrap_or_default();
         fsutil::write_atomic(&self.head_path, &head_bytes, 0o600).map_err(io(&self.head_path))?;
@@ -347,6 +385,28 @@ pub fn verify_bytes(bytes: &[u8], head_bytes: Option<&[u8]>, public: &VerifyingK
         }
     }
     report
+}
+
+/// Every complete record of the ledger in `dir` with its hash, in order. Only the form is
+/// checked here; [`verify`] checks the chain and signatures.
+pub fn read_records(dir: &Path) -> Result<Vec<(Record, String)>, LedgerError> {
+    let path = dir.join(LEDGER_FILE);
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let mut out = Vec::new();
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let r: Record = serde_json::from_slice(line)
+            .map_err(|e| LedgerError::Bad { line: i + 1, reason: format!("not a record: {e}") })?;
+        out.push((r, sha256_hex(line)));
+    }
+    Ok(out)
+}
+
+/// One record by sequence number.
+pub fn read_record(dir: &Path, seq: u64) -> Result<Option<(Record, String)>, LedgerError> {
+    Ok(read_records(dir)?.into_iter().find(|(r, _)| r.core.seq == seq))
 }
 
 /// A public key file (64 hex digits), such as the exported `device.pub`.
