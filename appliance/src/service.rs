@@ -237,6 +237,8 @@ pub async fn run(
             on_event(ServiceEvent::Locked(p));
         }
     }
+    // The last frame shows the last lock, not the case in hand before it.
+    panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
     drop(panel_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), panel_task).await;
     tracing::info!(stage = "service", "crlm stopped cleanly");
