@@ -30,6 +30,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub outputs: OutputsConfig,
     pub privacy: PrivacyConfig,
+    pub mqtt: MqttConfig,
     pub log: LogConfig,
 }
 
@@ -235,6 +236,73 @@ pub struct PrivacyConfig {
     pub keep_uids: bool,
 }
 
+/// Fleet reporting over MQTT (docs/MQTT.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub enabled: bool,
+    /// `mqtt://host:port`; empty: an embedded broker on 127.0.0.1:`embedded_port`.
+    pub url: String,
+    pub embedded_port: u16,
+    /// Topic segments: `crlm/v1/<site>/<device>/...`.
+    pub site: String,
+    pub device: String,
+    pub heartbeat_seconds: f64,
+    pub username: String,
+    pub password: String,
+    /// Send `risk_2y` and the signed ledger record with each result (the study office needs them
+    /// for the validation); false sends the group, hashes and lock only.
+    pub send_risk: bool,
+    /// The on-disk outbox's size at which an alert is raised (results are never dropped).
+    pub outbox_max_bytes: u64,
+    /// Reconnect back-off: first and largest delay (seconds), with jitter.
+    pub reconnect_min_seconds: f64,
+    pub reconnect_max_seconds: f64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            url: String::new(),
+            embedded_port: 18830,
+            site: "site01".into(),
+            device: "box01".into(),
+            heartbeat_seconds: 30.0,
+            username: String::new(),
+            password: String::new(),
+            send_risk: true,
+            outbox_max_bytes: 64 << 20,
+            reconnect_min_seconds: 0.5,
+            reconnect_max_seconds: 60.0,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Host and port of the broker to use (the embedded one when `url` is empty).
+    pub fn endpoint(&self) -> Result<(String, u16), String> {
+        if self.url.is_empty() {
+            return Ok(("127.0.0.1".into(), self.embedded_port));
+        }
+        let rest = match self.url.split_once("://") {
+            Some(("mqtt", rest)) | Some(("tcp", rest)) => rest,
+            Some(("mqtts", _)) => {
+                return Err("mqtts:// (TLS) is not in this build yet; use mqtt:// on a trusted network".into());
+            }
+            _ => return Err(format!("`{}`: expected mqtt://host:port", self.url)),
+        };
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("`{}`: bad port", self.url))?),
+            None => (rest.trim_end_matches('/'), 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("`{}`: no host", self.url));
+        }
+        Ok((host.to_string(), port))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -384,6 +452,21 @@ impl Config {
         }
         if tracing_subscriber_filter_ok(&self.log.level).is_err() {
             p.push(format!("log.level = \"{}\": use error, warn, info, debug or trace", self.log.level));
+        }
+        let m = &self.mqtt;
+        if let Err(e) = m.endpoint() {
+            p.push(format!("mqtt.url: {e}"));
+        }
+        for (key, v) in [("mqtt.site", &m.site), ("mqtt.device", &m.device)] {
+            if v.is_empty() || v.contains(['/', '+', '#']) || v.len() > 64 {
+                p.push(format!("{key} = \"{v}\": 1-64 characters without '/', '+' or '#' (it is a topic segment)"));
+            }
+        }
+        if !(m.heartbeat_seconds.is_finite() && m.heartbeat_seconds >= 1.0) {
+            p.push(format!("mqtt.heartbeat_seconds = {}: must be 1 or more", m.heartbeat_seconds));
+        }
+        if !(m.reconnect_min_seconds > 0.0 && m.reconnect_min_seconds <= m.reconnect_max_seconds) {
+            p.push("mqtt.reconnect_min_seconds must be > 0 and <= mqtt.reconnect_max_seconds".into());
         }
         if p.is_empty() { Ok(()) } else { Err(ConfigError { problems: p }) }
     }

@@ -138,6 +138,15 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
             None => println!("    {}: no result.json (outputs.result_json is off?)", row.pseudonym),
         }
     }
+    if let Ok(db) = StateDb::open_read_only(&db_path)
+        && let Ok((messages, _)) = crate::mqtt::outbox::depth(&db.conn)
+    {
+        println!(
+            "    MQTT: {messages} message(s) queued for the central collector on the embedded broker (127.0.0.1:{}); \
+             they stay in the outbox until a collector (`crlm fleet collect`) acknowledges them",
+            cfg.mqtt.embedded_port
+        );
+    }
     println!();
     println!("Where to look:");
     println!("  front panel      {}  (blinded study mode)", cfg.display_path().display());

@@ -12,9 +12,11 @@
 pub mod cohort_export;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod fsutil;
 pub mod ingest;
 pub mod ledger;
+pub mod mqtt;
 pub mod outputs;
 pub mod panel;
 pub mod predict;

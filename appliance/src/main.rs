@@ -99,6 +99,19 @@ enum Command {
         #[command(subcommand)]
         action: LedgerAction,
     },
+    /// The study office's side of fleet reporting: collect results, export them.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetAction,
+    },
+    /// Run the embedded MQTT broker alone (development, tests, a site without a broker).
+    Broker {
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        /// Listen on every interface instead of loopback only.
+        #[arg(long)]
+        public: bool,
+    },
     /// List cases from the state database.
     Cases {
         #[arg(long)]
@@ -213,6 +226,35 @@ enum SynthAction {
         /// explicit or implicit (VR little endian).
         #[arg(long, default_value = "explicit")]
         syntax: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetAction {
+    /// Receive every box's results and alerts into DB, verify them, acknowledge with countersignatures.
+    Collect {
+        /// mqtt://host:port of the central broker.
+        #[arg(long)]
+        broker: String,
+        #[arg(long)]
+        db: PathBuf,
+        /// The collector's signing key (made on first use, with KEY.pub beside it for the boxes).
+        #[arg(long, default_value = "collector.key")]
+        key: PathBuf,
+        /// Folder of registered boxes' device.pub files (any name ending .pub).
+        #[arg(long)]
+        devices: Option<PathBuf>,
+        /// MQTT client id (one per collector: the broker keeps its session).
+        #[arg(long, default_value = "crlm-collector")]
+        client_id: String,
+    },
+    /// Every centre's locked predictions in the ledger-export columns, plus site and device.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        /// csv or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
     },
 }
 
@@ -875,6 +917,46 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Model { action } => model_command(action),
         Command::Ledger { action } => ledger_command(action),
+        Command::Broker { port, public } => {
+            let _ = journal::init("info", LogTarget::Stderr);
+            let ip = if public { [0, 0, 0, 0] } else { [127, 0, 0, 1] };
+            crlm_appliance::mqtt::broker::start(std::net::SocketAddr::from((ip, port)))?;
+            eprintln!("crlm broker: listening on port {port}; Ctrl-C stops it");
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(wait_for_signal());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet { action: FleetAction::Collect { broker, db, key, devices, client_id } } => {
+            let _ = journal::init("info", LogTarget::Stderr);
+            let m = crlm_appliance::config::MqttConfig { url: broker, ..Default::default() };
+            let (host, port) = m.endpoint().map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(async move {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    let _ = stop_tx.send(true);
+                });
+                let opts = crlm_appliance::fleet::CollectOptions { host, port, db, key, devices, client_id };
+                crlm_appliance::fleet::collect(opts, stop_rx).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet { action: FleetAction::Export { db, format } } => {
+            let conn = crlm_appliance::fleet::open_db(&db)?;
+            let rows = crlm_appliance::fleet::export_rows(&conn)?;
+            match format.as_str() {
+                "csv" => std::io::Write::write_all(&mut std::io::stdout(), &crlm_appliance::fleet::export_csv(&rows)?)?,
+                "json" => {
+                    println!("{}", serde_json::to_string_pretty(&serde_json::json!({"format": 1, "rows": rows}))?)
+                }
+                other => {
+                    eprintln!("crlm fleet export: --format {other}: use csv or json");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Synth { action: SynthAction::Ct { dir, slices, size, syntax } } => {
             use crlm_models::dicom::{CtSeriesSpec, ts};
             let mut spec =

@@ -16,6 +16,7 @@ use crate::ingest::pseudonym::SiteSecret;
 use crate::ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
 use crate::ingest::share;
 use crate::ledger::{self, Ledger, LedgerError, Record, Recovery};
+use crate::mqtt;
 use crate::outputs::{self, OutputError, SiteStudy};
 use crate::predict::{CaseFiles, CaseResult, PredictError, predict_prepared, prepare_files};
 use crate::state::{StateDb, StateError, case_state, now_ms};
@@ -96,7 +97,14 @@ impl Processor {
             .map_err(|e| ProcessError::Open { what: secret_path.display().to_string(), source: e })?;
         let share = share::open_share(&cfg.share.path)
             .map_err(|e| ProcessError::Open { what: "the share".into(), source: e })?;
-        Ok((Processor { cfg: cfg.clone(), model, ledger, db, secret, share }, recovery))
+        let p = Processor { cfg: cfg.clone(), model, ledger, db, secret, share };
+        if let Some(r) = &recovery {
+            p.alert(
+                "ledger_recovery",
+                &format!("a torn last ledger record ({} bytes) was cut off at start-up", r.cut_bytes),
+            )?;
+        }
+        Ok((p, recovery))
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -122,10 +130,33 @@ impl Processor {
     /// Record that a case could not be processed for a reason outside it; it is not retried
     /// automatically (`crlm cases` shows the failure).
     pub fn mark_failed(&self, case_id: i64, why: &str) -> Result<(), ProcessError> {
-        self.db.conn.execute(
+        let tx = self.db.conn.unchecked_transaction()?;
+        tx.execute(
             "UPDATE cases SET failure=?2, state=?3, updated_ms=?4 WHERE id=?1",
             params![case_id, why, case_state::FAILED, now_ms()],
         )?;
+        if self.cfg.mqtt.enabled {
+            let case = self.pseudonym(case_id);
+            let m = &self.cfg.mqtt;
+            let why = self.scrub(why, &CaseFiles::default());
+            let a = mqtt::alert_payload(m, "case_failed", &why, case.as_deref());
+            mqtt::outbox::enqueue(&tx, mqtt::STREAM_ALERT, &mqtt::topic(m, "alert"), a)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Queue an alert for the fleet (nothing is queued with MQTT off).
+    pub fn alert(&self, code: &str, message: &str) -> Result<(), ProcessError> {
+        if self.cfg.mqtt.enabled {
+            let m = &self.cfg.mqtt;
+            mqtt::outbox::enqueue(
+                &self.db.conn,
+                mqtt::STREAM_ALERT,
+                &mqtt::topic(m, "alert"),
+                mqtt::alert_payload(m, code, message, None),
+            )?;
+        }
         Ok(())
     }
 
@@ -178,10 +209,27 @@ impl Processor {
             ("prediction", _) => case_state::PREDICTED,
             _ => case_state::REFUSED,
         };
-        self.db.conn.execute(
+        // The lock enters the state database together with the messages that report it.
+        let tx = self.db.conn.unchecked_transaction()?;
+        tx.execute(
             "UPDATE cases SET ledger_seq=?2, record_hash=?3, state=?4, updated_ms=?5 WHERE id=?1",
             params![case.id, record.core.seq as i64, hash, state, now_ms()],
         )?;
+        if self.cfg.mqtt.enabled && case.ledger_seq.is_none() {
+            let m = &self.cfg.mqtt;
+            mqtt::outbox::enqueue(
+                &tx,
+                mqtt::STREAM_RESULT,
+                &mqtt::topic(m, "result"),
+                mqtt::result_payload(m, &record, &hash),
+            )?;
+            if record.core.kind == "refusal" {
+                let why = record.core.body["refusal"].as_str().unwrap_or("refused");
+                let a = mqtt::alert_payload(m, "refusal", why, Some(&case.pseudonym));
+                mqtt::outbox::enqueue(&tx, mqtt::STREAM_ALERT, &mqtt::topic(m, "alert"), a)?;
+            }
+        }
+        tx.commit()?;
         let site = self.site_study(&record, &files.0);
         let written = outputs::write_all(&self.cfg, &record, &hash, self.ledger.key_id(), site.as_ref())?;
         self.db.conn.execute("UPDATE cases SET outputs_ms=?2 WHERE id=?1", params![case.id, now_ms()])?;

@@ -45,6 +45,7 @@ pub enum ServiceEvent<'a> {
 struct PanelExtras {
     processing: Option<ProcessingView>,
     result: Option<ResultView>,
+    link: Option<crate::mqtt::client::LinkView>,
 }
 
 enum WorkerEvent {
@@ -88,6 +89,10 @@ pub async fn run(
         if let Ok(x) = panel_extras.lock() {
             st.processing = x.processing.clone();
             st.result = x.result.clone();
+            if let Some(l) = &x.link {
+                st.broker = l.broker.clone();
+                st.outbox_depth = u32::try_from(l.outbox_messages).unwrap_or(u32::MAX);
+            }
         }
         st
     };
@@ -110,6 +115,32 @@ pub async fn run(
         );
     }
     tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
+    // Fleet reporting: the embedded broker when none is configured, then the publisher.
+    let (mqtt_stop_tx, mqtt_stop_rx) = watch::channel(false);
+    let publisher = if cfg.mqtt.enabled {
+        if cfg.mqtt.url.is_empty() {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.mqtt.embedded_port));
+            match tokio::task::spawn_blocking(move || crate::mqtt::broker::start(addr)).await {
+                Ok(Ok(())) => tracing::info!(stage = "mqtt", %addr, "embedded broker listening"),
+                Ok(Err(e)) => tracing::error!(stage = "mqtt", error = %e, "embedded broker not started"),
+                Err(e) => tracing::error!(stage = "mqtt", error = %e, "embedded broker not started"),
+            }
+        }
+        let link_extras = extras.clone();
+        let ctx = crate::mqtt::client::PublisherContext {
+            model_sha256: model.package.sha256.clone(),
+            demo: model.package.spec.demo,
+            device_key_id: processor.ledger().key_id().to_string(),
+            on_link: Arc::new(move |l| {
+                if let Ok(mut x) = link_extras.lock() {
+                    x.link = Some(l);
+                }
+            }),
+        };
+        Some(tokio::spawn(crate::mqtt::client::run(cfg.clone(), ctx, mqtt_stop_rx)))
+    } else {
+        None
+    };
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let (event_tx, mut event_rx) = mpsc::channel::<WorkerEvent>(64);
     let worker_progress = ingestor.progress.clone();
@@ -180,6 +211,28 @@ pub async fn run(
                     report.files_seen, report.waiting, report.quarantined
                 ));
                 on_event(ServiceEvent::Scan(&report));
+                if report.quarantined > 0 && cfg.mqtt.enabled {
+                    let m = &cfg.mqtt;
+                    let a = crate::mqtt::alert_payload(
+                        m,
+                        "quarantine",
+                        &format!(
+                            "{} file(s) quarantined; the reasons are in the quarantine records on the box",
+                            report.quarantined
+                        ),
+                        None,
+                    );
+                    if let Ok(db) = crate::state::StateDb::open(&cfg.database_path())
+                        && let Err(e) = crate::mqtt::outbox::enqueue(
+                            &db.conn,
+                            crate::mqtt::STREAM_ALERT,
+                            &crate::mqtt::topic(m, "alert"),
+                            a,
+                        )
+                    {
+                        tracing::error!(stage = "mqtt", error = %e, "cannot queue the quarantine alert");
+                    }
+                }
                 // Closed cases (and any left from before a restart) go to the worker.
                 let _ = work_tx.try_send(());
             }
@@ -236,6 +289,10 @@ pub async fn run(
                 record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds, "case {} and locked", p.state);
             on_event(ServiceEvent::Locked(p));
         }
+    }
+    let _ = mqtt_stop_tx.send(true);
+    if let Some(p) = publisher {
+        let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
     }
     // The last frame shows the last lock, not the case in hand before it.
     panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));

@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS clinical_records(
     hash TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS clinical_patient ON clinical_records(patient_id);
+CREATE TABLE IF NOT EXISTS mqtt_streams(stream TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mqtt_outbox(
+    id INTEGER PRIMARY KEY,
+    stream TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    UNIQUE(stream, seq)
+);
 CREATE TABLE IF NOT EXISTS quarantine(
     id INTEGER PRIMARY KEY,
     file_id INTEGER REFERENCES files(id),

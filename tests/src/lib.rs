@@ -34,6 +34,11 @@ pub fn shared_data() -> Option<PathBuf> {
     }
 }
 
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(18830)
+}
+
 /// A share and a state folder, and the environment that points `crlm` at them.
 pub struct Site {
     pub dir: tempfile::TempDir,
@@ -54,6 +59,8 @@ impl Site {
             ("CRLM_SHARE__QUIET_SECONDS".to_string(), quiet_seconds.to_string()),
             ("CRLM_SHARE__POLL_SECONDS".to_string(), "0.2".to_string()),
             ("CRLM_LOG__TARGET".to_string(), "stderr".to_string()),
+            // Each site's embedded broker on its own port: tests run in parallel.
+            ("CRLM_MQTT__EMBEDDED_PORT".to_string(), free_port().to_string()),
         ];
         Site { dir, share, state, env }
     }

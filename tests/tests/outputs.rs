@@ -41,7 +41,7 @@ fn dsrdump(path: &Path) -> Option<std::process::Output> {
 
 /// Canary identifiers planted in DICOM headers, slide metadata, file and folder names and the
 /// clinical file never appear in anything the service emits: logs, the panel's PNG frames, the
-/// ledger (which the collector receives), the outbox and the ledger export.
+/// ledger (which the collector receives), the MQTT payloads, the outbox and the ledger export.
 #[test]
 fn canary_identifiers_never_leave_the_box() {
     let mut site = Site::new(0.3);
@@ -95,6 +95,19 @@ fn canary_identifiers_never_leave_the_box() {
     emitted.extend(files_under(&site.state.join("ledger")));
     emitted.extend(files_under(&site.state).into_iter().filter(|p| p.extension().is_some_and(|e| e == "png")));
     assert!(emitted.iter().any(|p| p.extension().is_some_and(|e| e == "dcm")), "no SR written: {emitted:?}");
+    // The MQTT payloads queued for the collector (no broker consumer here: all still queued).
+    let conn = rusqlite::Connection::open(site.state.join("crlm.sqlite")).unwrap();
+    let payloads: Vec<String> = conn
+        .prepare("SELECT payload FROM mqtt_outbox")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(payloads.len() >= 2, "a result per locked case: {payloads:?}");
+    let mqtt_dump = site.dir.path().join("mqtt-payloads.txt");
+    std::fs::write(&mqtt_dump, payloads.join("\n")).unwrap();
+    emitted.push(mqtt_dump);
     let mut scanned = 0;
     for p in &emitted {
         let bytes = std::fs::read(p).unwrap();

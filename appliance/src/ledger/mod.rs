@@ -409,6 +409,14 @@ pub fn read_record(dir: &Path, seq: u64) -> Result<Option<(Record, String)>, Led
     Ok(read_records(dir)?.into_iter().find(|(r, _)| r.core.seq == seq))
 }
 
+/// Is one record signed by `public` (form and signature only, not its place in a chain)?
+pub fn record_signature_ok(r: &Record, public: &VerifyingKey) -> bool {
+    r.core.key_id == key_id(public)
+        && hex::decode(&r.sig).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()).is_some_and(|b| {
+            public.verify(&serde_json::to_vec(&r.core).unwrap_or_default(), &Signature::from_bytes(&b)).is_ok()
+        })
+}
+
 /// A public key file (64 hex digits), such as the exported `device.pub`.
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, LedgerError> {
     let text = std::fs::read_to_string(path).map_err(io(path))?;
