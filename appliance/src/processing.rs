@@ -137,10 +137,8 @@ impl Processor {
         )?;
         if self.cfg.mqtt.enabled {
             let case = self.pseudonym(case_id);
-            let m = &self.cfg.mqtt;
             let why = self.scrub(why, &CaseFiles::default());
-            let a = mqtt::alert_payload(m, "case_failed", &why, case.as_deref());
-            mqtt::outbox::enqueue(&tx, mqtt::STREAM_ALERT, &mqtt::topic(m, "alert"), a)?;
+            mqtt::outbox::enqueue_alert(&tx, &self.cfg.mqtt, "case_failed", &why, case.as_deref())?;
         }
         tx.commit()?;
         Ok(())
@@ -149,13 +147,7 @@ impl Processor {
     /// Queue an alert for the fleet (nothing is queued with MQTT off).
     pub fn alert(&self, code: &str, message: &str) -> Result<(), ProcessError> {
         if self.cfg.mqtt.enabled {
-            let m = &self.cfg.mqtt;
-            mqtt::outbox::enqueue(
-                &self.db.conn,
-                mqtt::STREAM_ALERT,
-                &mqtt::topic(m, "alert"),
-                mqtt::alert_payload(m, code, message, None),
-            )?;
+            mqtt::outbox::enqueue_alert(&self.db.conn, &self.cfg.mqtt, code, message, None)?;
         }
         Ok(())
     }
@@ -225,8 +217,7 @@ impl Processor {
             )?;
             if record.core.kind == "refusal" {
                 let why = record.core.body["refusal"].as_str().unwrap_or("refused");
-                let a = mqtt::alert_payload(m, "refusal", why, Some(&case.pseudonym));
-                mqtt::outbox::enqueue(&tx, mqtt::STREAM_ALERT, &mqtt::topic(m, "alert"), a)?;
+                mqtt::outbox::enqueue_alert(&tx, m, "refusal", why, Some(&case.pseudonym))?;
             }
         }
         tx.commit()?;

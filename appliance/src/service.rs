@@ -212,23 +212,13 @@ pub async fn run(
                 ));
                 on_event(ServiceEvent::Scan(&report));
                 if report.quarantined > 0 && cfg.mqtt.enabled {
-                    let m = &cfg.mqtt;
-                    let a = crate::mqtt::alert_payload(
-                        m,
-                        "quarantine",
-                        &format!(
-                            "{} file(s) quarantined; the reasons are in the quarantine records on the box",
-                            report.quarantined
-                        ),
-                        None,
+                    let why = format!(
+                        "{} file(s) quarantined; the reasons are in the quarantine records on the box",
+                        report.quarantined
                     );
                     if let Ok(db) = crate::state::StateDb::open(&cfg.database_path())
-                        && let Err(e) = crate::mqtt::outbox::enqueue(
-                            &db.conn,
-                            crate::mqtt::STREAM_ALERT,
-                            &crate::mqtt::topic(m, "alert"),
-                            a,
-                        )
+                        && let Err(e) =
+                            crate::mqtt::outbox::enqueue_alert(&db.conn, &cfg.mqtt, "quarantine", &why, None)
                     {
                         tracing::error!(stage = "mqtt", error = %e, "cannot queue the quarantine alert");
                     }

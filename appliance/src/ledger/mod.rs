@@ -361,10 +361,7 @@ pub fn verify_bytes(bytes: &[u8], head_bytes: Option<&[u8]>, public: &VerifyingK
             report.first_bad = bad(format!("signed by key {} not {want_key}", r.core.key_id));
             break;
         }
-        let sig_ok = hex::decode(&r.sig).ok().and_then(|b| <[u8; 64]>::try_from(b).ok()).is_some_and(|b| {
-            public.verify(&serde_json::to_vec(&r.core).unwrap_or_default(), &Signature::from_bytes(&b)).is_ok()
-        });
-        if !sig_ok {
+        if !record_signature_ok(&r, public) {
             report.first_bad = bad("signature does not verify (changed)".into());
             break;
         }

@@ -160,9 +160,8 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 let (messages, bytes) = outbox::depth(&db.conn).unwrap_or((0, 0));
                 let full = bytes > m.outbox_max_bytes;
                 if full && !full_alerted {
-                    let a = super::alert_payload(&m, "outbox_full", &format!(
-                        "the outbox holds {bytes} bytes, above mqtt.outbox_max_bytes; nothing is dropped"), None);
-                    let _ = outbox::enqueue(&db.conn, super::STREAM_ALERT, &topic(&m, "alert"), a);
+                    let why = format!("the outbox holds {bytes} bytes, above mqtt.outbox_max_bytes; nothing is dropped");
+                    let _ = outbox::enqueue_alert(&db.conn, &m, "outbox_full", &why, None);
                 }
                 full_alerted = full;
                 if connected {

@@ -35,6 +35,17 @@ pub fn enqueue(conn: &Connection, stream: &str, topic: &str, mut payload: Value)
     Ok(seq)
 }
 
+/// Queue an alert (see [`super::alert_payload`]) on the alert stream.
+pub fn enqueue_alert(
+    conn: &Connection,
+    cfg: &crate::config::MqttConfig,
+    code: &str,
+    message: &str,
+    case: Option<&str>,
+) -> rusqlite::Result<i64> {
+    enqueue(conn, super::STREAM_ALERT, &super::topic(cfg, "alert"), super::alert_payload(cfg, code, message, case))
+}
+
 /// Messages after row `after_id`, oldest first.
 pub fn pending(conn: &Connection, after_id: i64, limit: usize) -> rusqlite::Result<Vec<Queued>> {
     let mut st =

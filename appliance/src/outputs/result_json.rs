@@ -43,43 +43,15 @@ pub fn document(record: &Record, record_hash: &str, device_key_id: &str) -> Valu
     d
 }
 
-/// A human summary of a result document (the demo prints it).
+/// A human summary of a result document (the demo prints it): `crlm predict`'s summary (the
+/// documents share those fields) and the lock.
 pub fn summary(doc: &Value) -> String {
-    let mut s = String::new();
-    if let Some(n) = doc["notice"].as_str() {
-        s.push_str(&format!("*** {n} ***\n"));
-    }
-    let m = &doc["model"];
-    let sha: String = m["sha256"].as_str().unwrap_or("?").chars().take(12).collect();
-    s.push_str(&format!(
-        "model: {} {} (sha256 {sha}...)\n",
-        m["name"].as_str().unwrap_or("?"),
-        m["version"].as_str().unwrap_or("?")
-    ));
-    if doc["status"] == "predicted" {
-        s.push_str(&format!(
-            "2-year liver-metastasis risk: {:.3}  group: {} (threshold {})\n",
-            doc["risk_2y"].as_f64().unwrap_or(f64::NAN),
-            doc["risk_group"].as_str().unwrap_or("?"),
-            doc["threshold"]
-        ));
-    } else {
-        s.push_str(&format!("REFUSED: {}\n", doc["refusal"].as_str().unwrap_or("?")));
-    }
+    let mut s = crate::predict::summary(doc);
     s.push_str(&format!(
         "locked: ledger record {} at {} (sha256 {}...)\n",
         doc["ledger"]["seq"],
         doc["ledger"]["locked_at"].as_str().unwrap_or("?"),
         doc["ledger"]["record_hash"].as_str().unwrap_or("?").chars().take(16).collect::<String>()
     ));
-    if let Some(mods) = doc["modalities"].as_object() {
-        for (k, v) in mods {
-            s.push_str(&format!(
-                "  {k}: {}{}\n",
-                v["status"].as_str().unwrap_or("?"),
-                v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
-            ));
-        }
-    }
     s
 }
