@@ -258,6 +258,11 @@ pub struct MqttConfig {
     /// Reconnect back-off: first and largest delay (seconds), with jitter.
     pub reconnect_min_seconds: f64,
     pub reconnect_max_seconds: f64,
+    /// `mqtts://` only: the CA that signed the broker's certificate (PEM); empty: the system's roots.
+    pub ca_file: PathBuf,
+    /// `mqtts://` only: this box's certificate and key (PEM) for mutual TLS; both or neither.
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
 }
 
 impl Default for MqttConfig {
@@ -275,26 +280,32 @@ impl Default for MqttConfig {
             outbox_max_bytes: 64 << 20,
             reconnect_min_seconds: 0.5,
             reconnect_max_seconds: 60.0,
+            ca_file: PathBuf::new(),
+            client_cert_file: PathBuf::new(),
+            client_key_file: PathBuf::new(),
         }
     }
 }
 
 impl MqttConfig {
+    /// Does the configured broker URL ask for TLS (`mqtts://`)?
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("mqtts://") || self.url.starts_with("ssl://")
+    }
+
     /// Host and port of the broker to use (the embedded one when `url` is empty).
     pub fn endpoint(&self) -> Result<(String, u16), String> {
         if self.url.is_empty() {
             return Ok(("127.0.0.1".into(), self.embedded_port));
         }
-        let rest = match self.url.split_once("://") {
-            Some(("mqtt", rest)) | Some(("tcp", rest)) => rest,
-            Some(("mqtts", _)) => {
-                return Err("mqtts:// (TLS) is not in this build yet; use mqtt:// on a trusted network".into());
-            }
-            _ => return Err(format!("`{}`: expected mqtt://host:port", self.url)),
+        let (rest, default_port) = match self.url.split_once("://") {
+            Some(("mqtt", rest)) | Some(("tcp", rest)) => (rest, 1883),
+            Some(("mqtts", rest)) | Some(("ssl", rest)) => (rest, 8883),
+            _ => return Err(format!("`{}`: expected mqtt://host:port or mqtts://host:port", self.url)),
         };
         let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
             Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("`{}`: bad port", self.url))?),
-            None => (rest.trim_end_matches('/'), 1883),
+            None => (rest.trim_end_matches('/'), default_port),
         };
         if host.is_empty() {
             return Err(format!("`{}`: no host", self.url));
@@ -456,6 +467,23 @@ impl Config {
         let m = &self.mqtt;
         if let Err(e) = m.endpoint() {
             p.push(format!("mqtt.url: {e}"));
+        }
+        if m.client_cert_file.as_os_str().is_empty() != m.client_key_file.as_os_str().is_empty() {
+            p.push("mqtt.client_cert_file and mqtt.client_key_file: set both (mutual TLS) or neither".into());
+        }
+        for (key, f) in [
+            ("mqtt.ca_file", &m.ca_file),
+            ("mqtt.client_cert_file", &m.client_cert_file),
+            ("mqtt.client_key_file", &m.client_key_file),
+        ] {
+            if f.as_os_str().is_empty() {
+                continue;
+            }
+            if !m.tls() {
+                p.push(format!("{key} is set but mqtt.url is not mqtts://: the file would not be used"));
+            } else if !f.is_file() {
+                p.push(format!("{key} = \"{}\": no such file", f.display()));
+            }
         }
         for (key, v) in [("mqtt.site", &m.site), ("mqtt.device", &m.device)] {
             if v.is_empty() || v.contains(['/', '+', '#']) || v.len() > 64 {

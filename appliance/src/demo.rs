@@ -1,6 +1,7 @@
 //! `crlm demo`: the appliance's path on a generated case (or the user's own exports), with
 //! nothing installed beyond the build. It writes a sample case with the project's own writers
-//! into a share, runs the real service on it, prints what happens, and says where to look.
+//! into a share, runs the real service on it with the embedded broker, the study office's
+//! collector and a message tap in the same process, prints what happens, and says where to look.
 
 use crate::config::Config;
 use crate::state::{CaseRow, StateDb};
@@ -68,8 +69,55 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     cfg.state.path = state.clone();
     cfg.share.quiet_seconds = 1.0;
     cfg.share.poll_seconds = 0.5;
+    cfg.mqtt.heartbeat_seconds = 2.0;
+    // The embedded broker on a port free now, so a running `crlm run` does not collide with it.
+    cfg.mqtt.embedded_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(cfg.mqtt.embedded_port);
+    // The study office's side, in-process: a collector that verifies and acknowledges the
+    // results (with the box's key registered), and a tap that records every message.
+    let central = work.join("collector");
+    if central.exists() {
+        std::fs::remove_dir_all(&central).map_err(prep)?;
+    }
+    std::fs::create_dir_all(&central).map_err(prep)?;
+    let collector_key = central.join("collector.key");
+    crate::fleet::collector_key(&collector_key)
+        .map_err(|e| DemoError::Prepare(central.display().to_string(), e.to_string()))?;
+    cfg.ledger.collector_keys = vec![collector_key.with_extension("pub")];
+    let collector_db = central.join("collector.sqlite");
+    let messages_file = work.join("mqtt-messages.jsonl");
     step(2, &format!("starting the service on {}", share.display()));
+    println!(
+        "    embedded MQTT broker on 127.0.0.1:{}, with the study office's collector and a message tap attached",
+        cfg.mqtt.embedded_port
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (central_stop_tx, central_stop_rx) = tokio::sync::watch::channel(false);
+    // The box's own view of its embedded broker (plain MQTT on loopback).
+    let broker = crate::config::MqttConfig { url: String::new(), ..cfg.mqtt.clone() };
+    let collector_opts = crate::fleet::CollectOptions {
+        broker: broker.clone(),
+        db: collector_db.clone(),
+        key: collector_key.clone(),
+        devices: Some(cfg.state.path.join("keys")),
+        client_id: "crlm-demo-collector".into(),
+    };
+    let (tap_tx, mut tap_rx) = tokio::sync::mpsc::channel::<(String, serde_json::Value)>(256);
+    let tap_port = cfg.mqtt.embedded_port;
+    // The study office connects once the service's broker is up (it starts after the model).
+    let central = tokio::spawn(async move {
+        let up = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", tap_port)).await.is_err() && up.elapsed().as_secs() < 60 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let tap = tokio::spawn(crate::fleet::tap(broker, "crlm-demo-tap".into(), tap_tx, central_stop_rx.clone()));
+        let collected = crate::fleet::collect(collector_opts, central_stop_rx).await;
+        let _ = tokio::time::timeout(Duration::from_secs(3), tap).await;
+        collected
+    });
+    let mut captured: Vec<(String, serde_json::Value)> = Vec::new();
     let watchdog: Arc<dyn crlm_drivers::watchdog::Watchdog> = Arc::new(crlm_drivers::watchdog::NoWatchdog);
     let svc_cfg = cfg.clone();
     let service = tokio::spawn(async move {
@@ -100,11 +148,18 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
         })
         .await
     });
-    step(3, "waiting until every case is closed, predicted and locked in the ledger (or quarantined)");
+    step(3, "waiting until every case is closed, locked in the ledger and acknowledged by the collector");
     let start = Instant::now();
     let db_path = cfg.database_path();
+    let mut reported_said = false;
     let rows = loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        while let Ok(m) = tap_rx.try_recv() {
+            if matches!(m.0.rsplit('/').next(), Some("result" | "ack")) {
+                println!("    MQTT {}", crate::fleet::describe(&m.0, &m.1));
+            }
+            captured.push(m);
+        }
         if service.is_finished() {
             break None;
         }
@@ -113,15 +168,36 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
             && !rows.is_empty()
             && rows.iter().all(|r| r.settled())
         {
-            break Some(rows);
+            // Reported means acknowledged by the collector: the outbox is empty.
+            let queued = crate::mqtt::outbox::depth(&db.conn).map(|d| d.0).unwrap_or(u64::MAX);
+            if queued == 0 {
+                break Some(rows);
+            }
+            if !reported_said {
+                println!("    {queued} message(s) in the outbox, waiting for the collector's acknowledgement");
+                reported_said = true;
+            }
         }
         if start.elapsed() > opts.timeout {
             let _ = stop_tx.send(true);
+            let _ = central_stop_tx.send(true);
             return Err(DemoError::Timeout(opts.timeout.as_secs(), "crlm-demo".into()));
         }
     };
     let _ = stop_tx.send(true);
     let joined = service.await.map_err(|e| DemoError::Service(e.to_string()))?;
+    // The box's `offline` status on the way out is part of the capture.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = central_stop_tx.send(true);
+    let central = tokio::time::timeout(Duration::from_secs(5), central).await;
+    while let Ok(m) = tap_rx.try_recv() {
+        captured.push(m);
+    }
+    match central {
+        Ok(Ok(Err(e))) => println!("    the collector stopped with an error: {e}"),
+        Ok(Err(e)) => println!("    the collector task failed: {e}"),
+        _ => {}
+    }
     joined.map_err(|e| DemoError::Service(e.to_string()))?;
     let rows = rows.ok_or_else(|| DemoError::Service("the service stopped before closing a case".into()))?;
     step(4, &format!("done in {:.1} s", start.elapsed().as_secs_f64()));
@@ -138,15 +214,25 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
             None => println!("    {}: no result.json (outputs.result_json is off?)", row.pseudonym),
         }
     }
-    if let Ok(db) = StateDb::open_read_only(&db_path)
-        && let Ok((messages, _)) = crate::mqtt::outbox::depth(&db.conn)
+    step(6, &format!("what went over MQTT ({} messages, de-identified)", captured.len()));
+    let mut lines = String::new();
+    for (topic, payload) in &captured {
+        println!("    {topic:<34} {}", crate::fleet::describe(topic, payload));
+        lines.push_str(&serde_json::json!({"topic": topic, "payload": payload}).to_string());
+        lines.push('\n');
+    }
+    crate::fsutil::write_atomic(&messages_file, lines.as_bytes(), 0o644).map_err(prep)?;
+    if let Ok(conn) = crate::fleet::open_db(&collector_db)
+        && let Ok(held) = crate::fleet::export_rows(&conn)
     {
+        let verified = held.iter().filter(|r| r["signature_ok"] == true).count();
         println!(
-            "    MQTT: {messages} message(s) queued for the central collector on the embedded broker (127.0.0.1:{}); \
-             they stay in the outbox until a collector (`crlm fleet collect`) acknowledges them",
-            cfg.mqtt.embedded_port
+            "    the collector holds {} result(s), {verified} with the box's ledger signature verified",
+            held.len()
         );
     }
+    step(7, "the ledger, checked as an auditor would (`crlm ledger verify`)");
+    println!("    {}", ledger_check(&cfg));
     println!();
     println!("Where to look:");
     println!("  front panel      {}  (blinded study mode)", cfg.display_path().display());
@@ -162,7 +248,39 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
         cfg.outbox_dir().display()
     );
     println!("  cases            crlm cases --json   (with CRLM_STATE__PATH={})", state.display());
+    println!("  MQTT messages    {}  (one JSON object per line: topic, payload)", messages_file.display());
+    println!("  collector        {}  (crlm fleet export --db {})", collector_db.display(), collector_db.display());
     Ok(rows)
+}
+
+/// The ledger's chain and signatures, and how far the collector's countersignatures reach.
+fn ledger_check(cfg: &Config) -> String {
+    use crate::ledger;
+    let dir = cfg.ledger_dir();
+    let public = match ledger::read_public_key(&cfg.state.path.join("keys").join("device.pub")) {
+        Ok(k) => k,
+        Err(e) => return format!("cannot read the device key: {e}"),
+    };
+    let report = match ledger::verify(&dir, &public) {
+        Ok(r) => r,
+        Err(e) => return format!("cannot verify: {e}"),
+    };
+    if let Some((line, why)) = report.first_bad {
+        return format!("BAD at line {line}: {why}");
+    }
+    let collectors: Vec<_> = cfg.ledger.collector_keys.iter().filter_map(|p| ledger::read_public_key(p).ok()).collect();
+    let proof = ledger::read_records(&dir)
+        .and_then(|records| ledger::countersign::check(&dir, &records, &ledger::key_id(&public), &collectors));
+    let proven = match proof {
+        Ok(p) => match p.proven_up_to {
+            Some((seq, at, _)) => {
+                format!("; lock time proven by the collector's countersignature up to record {seq} ({at})")
+            }
+            None => "; no countersignature from the collector yet".to_string(),
+        },
+        Err(e) => format!("; countersignatures unreadable: {e}"),
+    };
+    format!("{} record(s), chain and signatures intact{proven}", report.records)
 }
 
 fn step(n: u32, what: &str) {

@@ -6,7 +6,7 @@
 
 use crate::ledger::{self, Head, Record, countersign};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -185,8 +185,8 @@ pub fn receive(
 
 /// What `crlm fleet collect` needs.
 pub struct CollectOptions {
-    pub host: String,
-    pub port: u16,
+    /// The broker: url, and for mqtts:// the CA and the collector's certificate and key.
+    pub broker: crate::config::MqttConfig,
     pub db: PathBuf,
     pub key: PathBuf,
     pub devices: Option<PathBuf>,
@@ -200,7 +200,7 @@ pub async fn collect(opts: CollectOptions, mut stop: watch::Receiver<bool>) -> R
     let collector = collector_key(&opts.key)?;
     let mut keys = device_keys(opts.devices.as_deref());
     tracing::info!(stage = "fleet", key_id = %ledger::key_id(&collector.verifying_key()), devices = keys.len(), "collector started");
-    let mut mo = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
+    let mut mo = crate::mqtt::mqtt_options(&opts.broker, opts.client_id.clone()).map_err(FleetError::Setup)?;
     mo.set_keep_alive(Duration::from_secs(10));
     mo.set_clean_session(false);
     mo.set_max_packet_size(1 << 20, 1 << 20);
@@ -241,6 +241,197 @@ pub async fn collect(opts: CollectOptions, mut stop: watch::Receiver<bool>) -> R
     }
     let _ = client.disconnect().await;
     Ok(())
+}
+
+/// Every message under `crlm/#` as it arrives, sent to `out` as (topic, payload) until `stop`
+/// (the demo's capture and `crlm fleet watch`). A payload that is not JSON arrives as a string.
+pub async fn tap(
+    broker: crate::config::MqttConfig,
+    client_id: String,
+    out: tokio::sync::mpsc::Sender<(String, Value)>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), FleetError> {
+    let mut mo = crate::mqtt::mqtt_options(&broker, client_id).map_err(FleetError::Setup)?;
+    mo.set_keep_alive(Duration::from_secs(10));
+    mo.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(mo, 64);
+    let mut backoff = 0.2f64;
+    loop {
+        tokio::select! {
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = 0.2;
+                    let _ = client.subscribe("crlm/#", QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v = serde_json::from_slice::<Value>(&p.payload)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p.payload).into_owned()));
+                    if out.send((p.topic.clone(), v)).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_secs_f64(backoff)).await;
+                    backoff = (backoff * 2.0).min(5.0);
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(())
+}
+
+/// What an operator sees of one box in `crlm fleet watch`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BoxView {
+    pub status: Option<String>,
+    pub heartbeat: Option<Value>,
+    /// Seconds (on the watcher's clock) when the last heartbeat arrived.
+    pub heartbeat_at: Option<f64>,
+    pub results: u64,
+    pub alerts: u64,
+    pub last_alert: Option<String>,
+}
+
+impl BoxView {
+    /// One word for the box: OFFLINE, LATE (no heartbeat for three intervals), OUTBOX FULL,
+    /// ERROR (the heartbeat names a last error), ok, or ? before anything arrived.
+    pub fn health(&self, now: f64) -> &'static str {
+        if self.status.as_deref() == Some("offline") {
+            return "OFFLINE";
+        }
+        let Some(hb) = &self.heartbeat else {
+            return if self.status.is_some() { "LATE" } else { "?" };
+        };
+        let interval = hb["interval_seconds"].as_f64().unwrap_or(60.0);
+        if self.heartbeat_at.is_some_and(|at| now - at > 3.0 * interval) {
+            "LATE"
+        } else if hb["outbox"]["full"] == true {
+            "OUTBOX FULL"
+        } else if !hb["last_error"].is_null() {
+            "ERROR"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// The fleet as the messages describe it, by (site, device).
+#[derive(Debug, Default)]
+pub struct FleetView {
+    pub boxes: std::collections::BTreeMap<(String, String), BoxView>,
+}
+
+impl FleetView {
+    /// Take one message (`now`: seconds on the watcher's clock). Returns whether anything changed
+    /// that the table shows.
+    pub fn update(&mut self, topic: &str, payload: &Value, now: f64) -> bool {
+        let parts: Vec<&str> = topic.split('/').collect();
+        let [_, _, site, device, leaf] = parts.as_slice() else { return false };
+        let b = self.boxes.entry((site.to_string(), device.to_string())).or_default();
+        match *leaf {
+            "status" => b.status = payload["state"].as_str().map(str::to_string),
+            "heartbeat" => {
+                b.heartbeat = Some(payload.clone());
+                b.heartbeat_at = Some(now);
+                // A heartbeat means the box is up, whatever an older retained status said.
+                b.status = Some("online".into());
+            }
+            "result" => b.results += 1,
+            "alert" => {
+                b.alerts += 1;
+                b.last_alert = Some(format!(
+                    "{}: {}",
+                    payload["alert"].as_str().unwrap_or("?"),
+                    payload["message"].as_str().unwrap_or("")
+                ));
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The table an operator reads.
+    pub fn render(&self, now: f64) -> String {
+        let mut out = format!(
+            "{:<24} {:<11} {:>9} {:>8} {:>10} {:>6} {:>6} {:>7} {:>6}  {}\n",
+            "site/device",
+            "health",
+            "heartbeat",
+            "outbox",
+            "disk free",
+            "load",
+            "temp",
+            "results",
+            "alerts",
+            "last alert / error"
+        );
+        for ((site, device), b) in &self.boxes {
+            let hb = b.heartbeat.as_ref();
+            let num = |k: &str| hb.and_then(|h| h[k].as_f64());
+            let age =
+                b.heartbeat_at.map(|at| format!("{:.0} s ago", (now - at).max(0.0))).unwrap_or_else(|| "-".into());
+            let outbox = hb.map(|h| h["outbox"]["messages"].to_string()).unwrap_or_else(|| "-".into());
+            let disk = hb
+                .and_then(|h| h["disk_free_state_bytes"].as_f64())
+                .map(|b| format!("{:.1} GB", b / 1e9))
+                .unwrap_or_else(|| "-".into());
+            let last = hb
+                .and_then(|h| h["last_error"].as_str().map(|e| format!("error: {e}")))
+                .or_else(|| b.last_alert.clone())
+                .unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "{:<24} {:<11} {:>9} {:>8} {:>10} {:>6} {:>6} {:>7} {:>6}  {}\n",
+                format!("{site}/{device}"),
+                b.health(now),
+                age,
+                outbox,
+                disk,
+                num("load_1m").map(|l| format!("{l:.2}")).unwrap_or_else(|| "-".into()),
+                num("temperature_c").map(|t| format!("{t:.0}C")).unwrap_or_else(|| "-".into()),
+                b.results,
+                b.alerts,
+                last.chars().take(60).collect::<String>()
+            ));
+        }
+        out
+    }
+}
+
+/// One line describing a captured message, for people (no identifiers: payloads carry none).
+pub fn describe(topic: &str, v: &Value) -> String {
+    let leaf = topic.rsplit('/').next().unwrap_or("");
+    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
+    match leaf {
+        "status" => format!("status: {}", s("state")),
+        "heartbeat" => format!(
+            "heartbeat: up {} s, outbox {} message(s){}, model {}{}",
+            v["uptime_seconds"],
+            v["outbox"]["messages"],
+            if v["outbox"]["full"] == true { " (FULL)" } else { "" },
+            v["model_sha256"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or("-"),
+            if v["demo"] == true { " (DEMO)" } else { "" }
+        ),
+        "result" => format!(
+            "result #{}: case {} {}{}, ledger record {} ({}…)",
+            v["seq"],
+            s("case"),
+            s("status"),
+            v["risk_group"].as_str().map(|g| format!(", risk group {g}")).unwrap_or_default(),
+            v["ledger_seq"],
+            v["record_hash"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or("-")
+        ),
+        "alert" => format!("alert #{}: {}: {}", v["seq"], s("alert"), s("message")),
+        "ack" => format!(
+            "ack from the collector: {} through #{}{}",
+            s("stream"),
+            v["through_seq"],
+            if v["countersignature"].is_object() { ", ledger head countersigned" } else { "" }
+        ),
+        _ => format!("{leaf}: {v}"),
+    }
 }
 
 /// One exported row per result (the ledger-export columns plus site and device).
@@ -302,4 +493,38 @@ pub fn export_csv(rows: &[Value]) -> Result<Vec<u8>, csv::Error> {
         }))?;
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heartbeat(interval: f64, full: bool, error: Option<&str>) -> Value {
+        json!({"version": 1, "kind": "heartbeat", "interval_seconds": interval, "load_1m": 0.5,
+               "temperature_c": 48.0, "disk_free_state_bytes": 12_000_000_000u64,
+               "outbox": {"messages": 2, "bytes": 900, "full": full}, "last_error": error})
+    }
+
+    #[test]
+    fn the_fleet_view_says_which_box_is_down_full_or_failing() {
+        let mut v = FleetView::default();
+        assert!(v.update("crlm/v1/s1/a/status", &json!({"state": "online"}), 0.0));
+        assert!(v.update("crlm/v1/s1/a/heartbeat", &heartbeat(5.0, false, None), 1.0));
+        assert!(v.update("crlm/v1/s1/b/heartbeat", &heartbeat(5.0, true, None), 1.0));
+        assert!(v.update("crlm/v1/s2/c/heartbeat", &heartbeat(5.0, false, Some("disk full")), 1.0));
+        assert!(v.update("crlm/v1/s2/d/status", &json!({"state": "offline"}), 1.0));
+        assert!(v.update("crlm/v1/s1/a/result", &json!({"seq": 0}), 2.0));
+        assert!(v.update("crlm/v1/s1/a/alert", &json!({"alert": "quarantine", "message": "1 file"}), 2.0));
+        assert!(!v.update("crlm/v1/s1/a/ack", &json!({}), 2.0));
+        let health = |s: &str, d: &str, now| v.boxes[&(s.to_string(), d.to_string())].health(now);
+        assert_eq!(health("s1", "a", 10.0), "ok");
+        assert_eq!(health("s1", "a", 16.5), "LATE");
+        assert_eq!(health("s1", "b", 10.0), "OUTBOX FULL");
+        assert_eq!(health("s2", "c", 10.0), "ERROR");
+        assert_eq!(health("s2", "d", 10.0), "OFFLINE");
+        let table = v.render(10.0);
+        assert!(table.contains("s1/a") && table.contains("quarantine: 1 file"), "{table}");
+        assert!(table.contains("error: disk full") && table.contains("12.0 GB") && table.contains("48C"), "{table}");
+        assert_eq!(table.lines().count(), 5);
+    }
 }

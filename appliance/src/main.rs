@@ -229,6 +229,38 @@ enum SynthAction {
     },
 }
 
+/// TLS for `--broker mqtts://...` (PEM files).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// The CA that signed the broker's certificate (default: the system's roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// This client's certificate, for brokers that require one (mutual TLS).
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// This client's private key.
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The broker as an MQTT configuration; `--broker` must be mqtt:// or mqtts://.
+    fn broker(self, url: String) -> anyhow::Result<crlm_appliance::config::MqttConfig> {
+        let m = crlm_appliance::config::MqttConfig {
+            url,
+            ca_file: self.ca_file.unwrap_or_default(),
+            client_cert_file: self.cert_file.unwrap_or_default(),
+            client_key_file: self.key_file.unwrap_or_default(),
+            ..Default::default()
+        };
+        m.endpoint().map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
+        if !m.tls() && !m.ca_file.as_os_str().is_empty() {
+            anyhow::bail!("--ca-file needs --broker mqtts://host:port");
+        }
+        Ok(m)
+    }
+}
+
 #[derive(Subcommand)]
 enum FleetAction {
     /// Receive every box's results and alerts into DB, verify them, acknowledge with countersignatures.
@@ -247,6 +279,22 @@ enum FleetAction {
         /// MQTT client id (one per collector: the broker keeps its session).
         #[arg(long, default_value = "crlm-collector")]
         client_id: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// The operator's view: every box's health, heartbeat, outbox, disk, load and last alert, live.
+    Watch {
+        /// mqtt://host:port of the central broker.
+        #[arg(long)]
+        broker: String,
+        /// One JSON object per message instead of the table (for scripts and log shippers).
+        #[arg(long)]
+        json: bool,
+        /// Refresh the table this often (seconds).
+        #[arg(long, default_value_t = 2.0)]
+        every: f64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Every centre's locked predictions in the ledger-export columns, plus site and device.
     Export {
@@ -417,6 +465,62 @@ fn load_config(file: Option<&Path>) -> Result<Config, ExitCode> {
         }
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// `crlm fleet watch`: the table (redrawn in place on a terminal) or JSON lines, until Ctrl-C.
+async fn fleet_watch(broker: crlm_appliance::config::MqttConfig, json: bool, every: f64) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let client_id = format!("crlm-fleet-watch-{}", std::process::id());
+    let shown = broker.url.clone();
+    let tap = tokio::spawn(crlm_appliance::fleet::tap(broker, client_id, tx, stop_rx));
+    let started = std::time::Instant::now();
+    let mut view = crlm_appliance::fleet::FleetView::default();
+    let mut redraw = tokio::time::interval(std::time::Duration::from_secs_f64(every.max(0.2)));
+    let tty = std::io::stdout().is_terminal();
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    eprintln!("watching crlm/# on {shown} (Ctrl-C to stop)");
+    loop {
+        tokio::select! {
+            m = rx.recv() => {
+                let Some((topic, mut payload)) = m else { break };
+                if json {
+                    // The signed record is for the collector; the watcher shows the message.
+                    if let Some(o) = payload.as_object_mut() {
+                        o.remove("record");
+                    }
+                    let line = serde_json::json!({
+                        "received_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        "topic": topic,
+                        "payload": payload,
+                    });
+                    println!("{line}");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    view.update(&topic, &payload, started.elapsed().as_secs_f64());
+                }
+            }
+            _ = redraw.tick(), if !json => {
+                let table = view.render(started.elapsed().as_secs_f64());
+                let mut out = std::io::stdout().lock();
+                // On a terminal the table is redrawn in place; into a file, appended with a time.
+                let _ = if tty {
+                    write!(out, "\x1b[2J\x1b[H{table}")
+                } else {
+                    writeln!(out, "# {}\n{table}", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                };
+                let _ = out.flush();
+            }
+            _ = &mut signal => break,
+        }
+    }
+    let _ = stop_tx.send(true);
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(std::time::Duration::from_secs(2), tap).await {
+        anyhow::bail!("{e}");
+    }
+    Ok(())
 }
 
 fn init_logging(cfg: &Config) {
@@ -926,10 +1030,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(wait_for_signal());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Fleet { action: FleetAction::Collect { broker, db, key, devices, client_id } } => {
+        Command::Fleet { action: FleetAction::Collect { broker, db, key, devices, client_id, tls } } => {
             let _ = journal::init("info", LogTarget::Stderr);
-            let m = crlm_appliance::config::MqttConfig { url: broker, ..Default::default() };
-            let (host, port) = m.endpoint().map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
+            let broker = tls.broker(broker)?;
             let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             rt.block_on(async move {
                 let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -937,9 +1040,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     wait_for_signal().await;
                     let _ = stop_tx.send(true);
                 });
-                let opts = crlm_appliance::fleet::CollectOptions { host, port, db, key, devices, client_id };
+                let opts = crlm_appliance::fleet::CollectOptions { broker, db, key, devices, client_id };
                 crlm_appliance::fleet::collect(opts, stop_rx).await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fleet { action: FleetAction::Watch { broker, json, every, tls } } => {
+            let m = tls.broker(broker)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            rt.block_on(fleet_watch(m, json, every))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Fleet { action: FleetAction::Export { db, format } } => {

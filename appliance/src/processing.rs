@@ -61,6 +61,9 @@ pub struct Processed {
     pub seconds: f64,
     /// The lock was found in the ledger after a restart (not predicted again).
     pub resumed: bool,
+    /// Where the time went, in ms: `files` (listed and hashed), the model's `ct`, `clinical`,
+    /// `slide`, `model` and `total` when it ran, `ledger` (the fsynced append), `outputs`.
+    pub timings_ms: Value,
 }
 
 struct CaseRowFull {
@@ -176,6 +179,9 @@ impl Processor {
         let t = Instant::now();
         let case = self.case_row(case_id)?;
         let case_ref = self.secret.keyed_ref("case", &case.key);
+        // The model's own timings, plus this worker's steps (ms).
+        let mut timings = json!({});
+        let ms = |t: Instant| (t.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         let existing = match case.ledger_seq {
             Some(seq) => Some(seq as u64),
             None => self.ledger.find_case(&case_ref).map(|(seq, _)| seq),
@@ -189,9 +195,17 @@ impl Processor {
                 (record, hash, files, true)
             }
             None => {
+                let step = Instant::now();
                 let files = self.case_files(&case)?;
-                let (kind, body) = self.decide(&case, &case_ref, &files)?;
+                let files_ms = ms(step);
+                let (kind, body, model_timings) = self.decide(&case, &case_ref, &files)?;
+                if let Value::Object(m) = model_timings {
+                    timings = Value::Object(m);
+                }
+                timings["files"] = json!(files_ms);
+                let step = Instant::now();
                 let record = self.ledger.append(kind, body)?;
+                timings["ledger"] = json!(ms(step));
                 let hash = record.hash();
                 (record, hash, files, false)
             }
@@ -222,7 +236,9 @@ impl Processor {
         }
         tx.commit()?;
         let site = self.site_study(&record, &files.0);
+        let step = Instant::now();
         let written = outputs::write_all(&self.cfg, &record, &hash, self.ledger.key_id(), site.as_ref())?;
+        timings["outputs"] = json!(ms(step));
         self.db.conn.execute("UPDATE cases SET outputs_ms=?2 WHERE id=?1", params![case.id, now_ms()])?;
         let out = &record.core.body["outputs"];
         Ok(Processed {
@@ -234,6 +250,7 @@ impl Processor {
             risk_group: out["risk_group"].as_str().map(str::to_string),
             outputs: written,
             seconds: t.elapsed().as_secs_f64(),
+            timings_ms: timings,
             resumed,
         })
     }
@@ -244,7 +261,7 @@ impl Processor {
         case: &CaseRowFull,
         case_ref: &str,
         (files, shas): &(CaseFiles, HashMap<PathBuf, String>),
-    ) -> Result<(&'static str, Value), ProcessError> {
+    ) -> Result<(&'static str, Value, Value), ProcessError> {
         let clinical = files.clinical.first();
         if case.state == case_state::INELIGIBLE {
             let reason = format!("not eligible for the study: {}", case.reasons.join("; "));
@@ -253,7 +270,7 @@ impl Processor {
             body["refusal"] = json!(self.scrub(&reason, files));
             body["eligibility"] = json!({"checked": true, "eligible": false, "reasons": case.reasons});
             body["inputs"] = json!({"clinical": clinical.map(|r| json!({"record_sha256": r.hash()}))});
-            return Ok(("refusal", body));
+            return Ok(("refusal", body, Value::Null));
         }
         let t_all = Instant::now();
         let result = match prepare_files(files, &self.model.package.spec, &self.cfg)
@@ -265,11 +282,12 @@ impl Processor {
                 let mut body = self.body_head(case, case_ref, clinical);
                 body["status"] = json!("refused");
                 body["refusal"] = json!(self.scrub(&why, files));
-                return Ok(("refusal", body));
+                return Ok(("refusal", body, Value::Null));
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(self.result_body(case, case_ref, files, shas, &result))
+        let (kind, body) = self.result_body(case, case_ref, files, shas, &result);
+        Ok((kind, body, result.json["timings_ms"].clone()))
     }
 
     fn body_head(&self, case: &CaseRowFull, case_ref: &str, clinical: Option<&ClinicalRecord>) -> Value {

@@ -117,6 +117,7 @@ pub async fn run(
     tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
     // Fleet reporting: the embedded broker when none is configured, then the publisher.
     let (mqtt_stop_tx, mqtt_stop_rx) = watch::channel(false);
+    let outbox_wake = Arc::new(tokio::sync::Notify::new());
     let publisher = if cfg.mqtt.enabled {
         if cfg.mqtt.url.is_empty() {
             let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.mqtt.embedded_port));
@@ -136,6 +137,7 @@ pub async fn run(
                     x.link = Some(l);
                 }
             }),
+            outbox_wake: outbox_wake.clone(),
         };
         Some(tokio::spawn(crate::mqtt::client::run(cfg.clone(), ctx, mqtt_stop_rx)))
     } else {
@@ -148,14 +150,21 @@ pub async fn run(
         .name("crlm-predict".into())
         .spawn({
             let extras = extras.clone();
-            move || processing_worker(processor, work_rx, event_tx, extras, worker_progress)
+            let outbox_wake = outbox_wake.clone();
+            move || processing_worker(processor, work_rx, event_tx, extras, worker_progress, outbox_wake)
         })
         .map_err(|e| ServiceError::Join(e.to_string()))?;
     let progress = ingestor.progress.clone();
     // The panel runs on its own task; the scan loop only publishes the newest state.
     let (panel_tx, panel_rx) = watch::channel(with_model(crate::panel::feed::build(ingestor.database(), &cfg)));
     let panel = crate::panel::task::open_display(&cfg);
-    let panel_task = tokio::spawn(crate::panel::task::run_panel(panel, cfg.display.mode, panel_rx, 4.0));
+    let panel_task = tokio::spawn(crate::panel::task::run_panel(
+        panel,
+        cfg.display.mode,
+        panel_rx,
+        4.0,
+        crate::panel::task::texts_path(&cfg),
+    ));
     panel_tx.send_modify(|_| {}); // draw the first frame now
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     let _watcher = if cfg.share.inotify { start_inotify(&cfg, wake_tx) } else { None };
@@ -183,6 +192,11 @@ pub async fn run(
         let (back, result) = loop {
             tokio::select! {
                 done = &mut job => break done.map_err(|e| ServiceError::Join(e.to_string()))?,
+                // Locks are reported while a long scan runs, not after it.
+                Some(ev) = event_rx.recv() => {
+                    report_worker_event(&ev, &mut on_event);
+                    panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
+                }
                 _ = tokio::time::sleep(ping_every) => {
                     let p = progress.load(Ordering::Relaxed);
                     if p != last_progress.0 {
@@ -245,20 +259,7 @@ pub async fn run(
                 }
                 ev = event_rx.recv() => {
                     let Some(ev) = ev else { break };
-                    match &ev {
-                        WorkerEvent::Locked(p) => {
-                            tracing::info!(stage = "ledger", case = %p.case, state = %p.state, seq = p.seq,
-                                record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds,
-                                "case {} and locked", p.state);
-                            on_event(ServiceEvent::Locked(p));
-                        }
-                        WorkerEvent::Failed { case, error } => {
-                            tracing::error!(stage = "predict", alert = "case_failed", case = %case, error = %error,
-                                "case could not be processed; the next goes on");
-                            on_event(ServiceEvent::Failed { case, error });
-                        }
-                        WorkerEvent::Progress => {}
-                    }
+                    report_worker_event(&ev, &mut on_event);
                     panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
                     watchdog.ping();
                 }
@@ -274,11 +275,7 @@ pub async fn run(
     drop(work_tx);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
     while let Ok(ev) = event_rx.try_recv() {
-        if let WorkerEvent::Locked(p) = &ev {
-            tracing::info!(stage = "ledger", case = %p.case, state = %p.state, seq = p.seq,
-                record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds, "case {} and locked", p.state);
-            on_event(ServiceEvent::Locked(p));
-        }
+        report_worker_event(&ev, &mut on_event);
     }
     let _ = mqtt_stop_tx.send(true);
     if let Some(p) = publisher {
@@ -290,6 +287,24 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), panel_task).await;
     tracing::info!(stage = "service", "crlm stopped cleanly");
     Ok(())
+}
+
+/// Log a worker event and pass it to the caller.
+fn report_worker_event(ev: &WorkerEvent, on_event: &mut impl FnMut(ServiceEvent<'_>)) {
+    match ev {
+        WorkerEvent::Locked(p) => {
+            tracing::info!(stage = "ledger", case = %p.case, state = %p.state, seq = p.seq,
+                record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds,
+                timings_ms = %p.timings_ms, "case {} and locked", p.state);
+            on_event(ServiceEvent::Locked(p));
+        }
+        WorkerEvent::Failed { case, error } => {
+            tracing::error!(stage = "predict", alert = "case_failed", case = %case, error = %error,
+                "case could not be processed; the next goes on");
+            on_event(ServiceEvent::Failed { case, error });
+        }
+        WorkerEvent::Progress => {}
+    }
 }
 
 /// inotify makes pick-up fast on local disks; polling stays on for network shares.
@@ -323,6 +338,7 @@ fn processing_worker(
     events: mpsc::Sender<WorkerEvent>,
     extras: Arc<std::sync::Mutex<PanelExtras>>,
     progress: Arc<std::sync::atomic::AtomicU64>,
+    outbox_wake: Arc<tokio::sync::Notify>,
 ) {
     while wake.recv().is_ok() {
         let pending = match processor.pending() {
@@ -365,6 +381,8 @@ fn processing_worker(
                     WorkerEvent::Failed { case, error }
                 }
             };
+            // The result (or the failure's alert) is in the outbox: send it now.
+            outbox_wake.notify_one();
             let _ = events.blocking_send(ev);
         }
     }

@@ -34,10 +34,12 @@ pub enum LogError {
 /// Install the global subscriber. `filter` is an EnvFilter directive (`info`, `crlm=debug`, ...);
 /// `RUST_LOG` overrides it.
 pub fn init(filter: &str, target: LogTarget) -> Result<LogTarget, LogError> {
-    let env_filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v).map_err(|e| LogError::Filter(v.clone(), e.to_string()))?,
-        _ => EnvFilter::try_new(filter).map_err(|e| LogError::Filter(filter.to_string(), e.to_string()))?,
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => v,
+        _ => filter.to_string(),
     };
+    let env_filter = EnvFilter::try_new(quiet_embedded_broker(&directives))
+        .map_err(|e| LogError::Filter(directives.clone(), e.to_string()))?;
     let use_journal = match target {
         LogTarget::Journal => true,
         LogTarget::Stderr => false,
@@ -61,6 +63,12 @@ pub fn init(filter: &str, target: LogTarget) -> Result<LogTarget, LogError> {
             .map_err(|_| LogError::AlreadyInitialised)?;
         Ok(LogTarget::Stderr)
     }
+}
+
+/// The embedded broker (rumqttd) logs every client that goes away as an error; that would page
+/// an operator for nothing, so its logs are off unless the filter names it.
+fn quiet_embedded_broker(directives: &str) -> String {
+    if directives.contains("rumqttd") { directives.to_string() } else { format!("{directives},rumqttd=off") }
 }
 
 /// A tracing layer that sends every event to the journal with its fields.
@@ -145,5 +153,12 @@ mod tests {
         assert_eq!(journal_field_name("case"), "CASE");
         assert_eq!(journal_field_name("error.kind"), "ERROR_KIND");
         assert_eq!(journal_field_name("_secret"), "SECRET");
+    }
+
+    #[test]
+    fn the_embedded_broker_is_quiet_unless_named() {
+        assert_eq!(quiet_embedded_broker("info"), "info,rumqttd=off");
+        assert_eq!(quiet_embedded_broker("info,rumqttd=warn"), "info,rumqttd=warn");
+        assert!(EnvFilter::try_new(quiet_embedded_broker("warn")).is_ok());
     }
 }

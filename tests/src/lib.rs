@@ -1,7 +1,10 @@
 //! Helpers for end-to-end tests: the real `crlm` binary, run as a process against a real share.
 
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The `crlm` binary of this build. Cargo builds it for `cargo test --workspace`, but not for
@@ -111,4 +114,211 @@ impl Site {
 pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("kill");
     assert!(status.success());
+}
+
+/// Is `bin` on the PATH?
+pub fn have(bin: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Poll `ok` every 200 ms, or panic naming `what` after `timeout`.
+pub fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Which broker a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BrokerKind {
+    /// Debian's mosquitto (tests skip it where it is not installed).
+    Mosquitto,
+    /// crlm's embedded rumqttd, run alone as `crlm broker`.
+    Embedded,
+}
+
+/// Start a broker on loopback `port` without persistence; returns once it accepts connections.
+pub fn start_broker(kind: BrokerKind, port: u16, dir: &Path) -> Child {
+    let child = match kind {
+        BrokerKind::Mosquitto => {
+            let conf = dir.join("mosquitto.conf");
+            std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
+                .expect("mosquitto.conf");
+            Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting mosquitto")
+        }
+        BrokerKind::Embedded => Command::new(crlm_bin())
+            .args(["broker", "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting crlm broker"),
+    };
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Kill and reap a child process.
+pub fn stop(mut c: Child) {
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// Results waiting in the box's durable outbox.
+pub fn outbox_rows(state: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(state.join("crlm.sqlite")).expect("state database");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn.query_row("SELECT COUNT(*) FROM mqtt_outbox WHERE stream='result'", [], |r| r.get(0)).unwrap_or(-1)
+}
+
+/// Every message in the box's outbox (results and alerts).
+pub fn outbox_all(state: &Path) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open(state.join("crlm.sqlite")) else { return -1 };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row("SELECT COUNT(*) FROM mqtt_outbox", [], |r| r.get(0)).unwrap_or(-1)
+}
+
+/// The results a collector database holds (`crlm fleet export --format json`).
+pub fn collected(db: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(crlm_bin())
+        .args(["fleet", "export", "--format", "json", "--db"])
+        .arg(db)
+        .output()
+        .expect("crlm fleet export");
+    if !out.status.success() {
+        return vec![];
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["rows"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The study office's collector (`crlm fleet collect`) as a process, its key made in `dir`.
+pub struct Collector {
+    pub child: Child,
+    pub db: PathBuf,
+    pub key: PathBuf,
+    pub devices: PathBuf,
+}
+
+impl Collector {
+    pub fn start(dir: &Path, broker_url: &str) -> Collector {
+        let devices = dir.join("devices");
+        std::fs::create_dir_all(&devices).expect("devices folder");
+        let key = dir.join("collector.key");
+        let db = dir.join("collector.sqlite");
+        let log = std::fs::File::create(dir.join("collector.log")).expect("collector log");
+        let child = Command::new(crlm_bin())
+            .args(["fleet", "collect", "--broker", broker_url, "--client-id", "test-collector", "--db"])
+            .arg(&db)
+            .arg("--key")
+            .arg(&key)
+            .arg("--devices")
+            .arg(&devices)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting crlm fleet collect");
+        wait("the collector key", Duration::from_secs(10), || key.with_extension("pub").exists());
+        Collector { child, db, key, devices }
+    }
+
+    /// Register a box's device key (as the study office does when a box is enrolled).
+    pub fn register(&self, state: &Path) {
+        let device_pub = state.join("keys/device.pub");
+        wait("the device key", Duration::from_secs(20), || device_pub.exists());
+        std::fs::copy(&device_pub, self.devices.join("box01.pub")).expect("registering the box");
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One received message: topic, payload (JSON, or null when not JSON) and when it arrived.
+pub type Received = (String, Value, Instant);
+
+/// An MQTT client of its own (rumqttc's blocking client, not crlm's code) that records every
+/// message under `crlm/#` with its arrival time, re-subscribing after each connection.
+pub struct Subscriber {
+    received: Arc<Mutex<Vec<Received>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    pub fn start(port: u16) -> Subscriber {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, s) = (received.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let id = format!("independent-subscriber-{}", std::process::id());
+            let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+            opts.set_keep_alive(Duration::from_secs(5));
+            opts.set_max_packet_size(1 << 20, 1 << 20);
+            let (client, mut connection) = rumqttc::Client::new(opts, 64);
+            for ev in connection.iter() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = client.subscribe("crlm/#", rumqttc::QoS::AtLeastOnce);
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if let Ok(mut m) = m.lock() {
+                            m.push((p.topic.clone(), v, Instant::now()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+        Subscriber { received, stop }
+    }
+
+    /// Every message so far: (topic, payload).
+    pub fn messages(&self) -> Vec<(String, Value)> {
+        self.received.lock().map(|m| m.iter().map(|(t, v, _)| (t.clone(), v.clone())).collect()).unwrap_or_default()
+    }
+
+    /// The payloads on one topic leaf (`result`, `heartbeat`, ...), in arrival order.
+    pub fn leaf(&self, leaf: &str) -> Vec<Value> {
+        self.leaf_timed(leaf).into_iter().map(|(v, _)| v).collect()
+    }
+
+    /// The payloads on one topic leaf with their arrival times.
+    pub fn leaf_timed(&self, leaf: &str) -> Vec<(Value, Instant)> {
+        self.received
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(t, _, _)| t.rsplit('/').next() == Some(leaf))
+                    .map(|(_, v, at)| (v.clone(), *at))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }

@@ -2,77 +2,15 @@
 //! installed, and crlm's embedded rumqttd run as `crlm broker`), the real collector, and
 //! mosquitto_sub as an independent client.
 
-use crlm_e2e::{Site, crlm_bin, free_port, signal};
+use crlm_e2e::{
+    BrokerKind, Collector, Site, collected, crlm_bin, free_port, have, outbox_rows, signal, start_broker, stop, wait,
+};
 use crlm_models::synth::{SampleCase, write_sample_case};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn have(bin: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
-}
-
-#[derive(Clone, Copy, PartialEq)]
-enum BrokerKind {
-    Mosquitto,
-    Embedded,
-}
-
-fn start_broker(kind: BrokerKind, port: u16, dir: &Path) -> Child {
-    let child = match kind {
-        BrokerKind::Mosquitto => {
-            let conf = dir.join("mosquitto.conf");
-            std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"))
-                .unwrap();
-            Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
-        }
-        BrokerKind::Embedded => Command::new(crlm_bin())
-            .args(["broker", "--port", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(10), "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-fn stop(mut c: Child) {
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
-fn outbox_rows(state: &Path) -> i64 {
-    let conn = rusqlite::Connection::open(state.join("crlm.sqlite")).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row("SELECT COUNT(*) FROM mqtt_outbox WHERE stream='result'", [], |r| r.get(0)).unwrap()
-}
-
-fn collected(db: &Path) -> Vec<serde_json::Value> {
-    let out = Command::new(crlm_bin()).args(["fleet", "export", "--format", "json", "--db"]).arg(db).output().unwrap();
-    if !out.status.success() {
-        return vec![];
-    }
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["rows"].as_array().cloned())
-        .unwrap_or_default()
-}
-
-fn wait(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// The broker goes away while 5 cases finish, the service is killed -9 after locking them, and
-/// the broker comes back without persistence: every result reaches the collector once, in
+/// the broker comes back a minute after it went, without persistence: every result reaches the collector once, in
 /// order, with its signature checked; the box's outbox empties only on the collector's acks, and
 /// the ledger keeps the collector's countersignature.
 fn outage(kind: BrokerKind) {
@@ -82,32 +20,16 @@ fn outage(kind: BrokerKind) {
     site.env.push(("CRLM_MQTT__URL".into(), url.clone()));
     site.env.push(("CRLM_MQTT__HEARTBEAT_SECONDS".into(), "1".into()));
     site.env.push(("CRLM_MQTT__RECONNECT_MAX_SECONDS".into(), "1".into()));
-    let devices = site.dir.path().join("devices");
-    std::fs::create_dir_all(&devices).unwrap();
-    let key = site.dir.path().join("collector.key");
-    let db = site.dir.path().join("collector.sqlite");
     let mut broker = start_broker(kind, port, site.dir.path());
-    let collector_log = std::fs::File::create(site.dir.path().join("collector.log")).unwrap();
-    let collector = Command::new(crlm_bin())
-        .args(["fleet", "collect", "--broker", &url, "--client-id", "test-collector", "--db"])
-        .arg(&db)
-        .arg("--key")
-        .arg(&key)
-        .arg("--devices")
-        .arg(&devices)
-        .stdout(Stdio::null())
-        .stderr(collector_log)
-        .spawn()
-        .unwrap();
-    wait("the collector key", Duration::from_secs(10), || key.with_extension("pub").exists());
+    let collector = Collector::start(site.dir.path(), &url);
+    let (db, key) = (collector.db.clone(), collector.key.clone());
     site.env.push(("CRLM_LEDGER__COLLECTOR_KEYS".into(), format!("[\"{}\"]", key.with_extension("pub").display())));
     let mut service = site.start(0);
-    let device_pub = site.state.join("keys/device.pub");
-    wait("the device key", Duration::from_secs(20), || device_pub.exists());
-    std::fs::copy(&device_pub, devices.join("box01.pub")).unwrap();
+    collector.register(&site.state);
     std::thread::sleep(Duration::from_secs(1));
 
     stop(broker);
+    let outage_began = Instant::now();
     for i in 0..5 {
         write_sample_case(&site.share.join(format!("case-{i}")), &SampleCase::new(&format!("MQTT-{i:03}"))).unwrap();
     }
@@ -119,6 +41,9 @@ fn outage(kind: BrokerKind) {
     let service = site.start(1);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(outbox_rows(&site.state), 5);
+    // The issue's outage: the broker comes back a minute after it went, without its state.
+    std::thread::sleep(Duration::from_secs(60).saturating_sub(outage_began.elapsed()));
+    assert_eq!(outbox_rows(&site.state), 5, "nothing leaves the outbox while the broker is away");
     broker = start_broker(kind, port, site.dir.path());
     wait("5 results at the collector", Duration::from_secs(60), || collected(&db).len() == 5);
     wait("the box's outbox to empty after the collector's acks", Duration::from_secs(30), || {
@@ -143,7 +68,7 @@ fn outage(kind: BrokerKind) {
     let csv = Command::new(crlm_bin()).args(["fleet", "export", "--db"]).arg(&db).output().unwrap();
     let csv = String::from_utf8_lossy(&csv.stdout);
     assert!(csv.starts_with("site,device,sequence,pseudonym,status,surgery_date,risk_2y"), "{csv}");
-    stop(collector);
+    drop(collector);
     stop(broker);
 }
 
@@ -191,4 +116,195 @@ fn last_will_marks_a_killed_box_offline() {
     service.wait().unwrap();
     wait("status offline (Last Will)", Duration::from_secs(30), || status()["state"] == "offline");
     stop(broker);
+}
+
+/// `crlm fleet watch`: JSON lines for scripts (status and heartbeats, the signed record left
+/// out), and the operator's table, which says a killed box is OFFLINE once its Last Will arrives.
+#[test]
+fn fleet_watch_shows_each_box_and_its_health() {
+    let mut site = Site::new(0.3);
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    site.env.push(("CRLM_MQTT__URL".into(), url.clone()));
+    site.env.push(("CRLM_MQTT__HEARTBEAT_SECONDS".into(), "1".into()));
+    let broker = start_broker(BrokerKind::Embedded, port, site.dir.path());
+    let json_out = site.dir.path().join("watch.jsonl");
+    let table_out = site.dir.path().join("watch.txt");
+    let spawn_watch = |args: &[&str], out: &std::path::Path| {
+        Command::new(crlm_bin())
+            .args(["fleet", "watch", "--broker", &url])
+            .args(args)
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let json_watch = spawn_watch(&["--json"], &json_out);
+    let table_watch = spawn_watch(&["--every", "0.3"], &table_out);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut service = site.start(0);
+    write_sample_case(&site.share.join("w1"), &SampleCase::new("WATCH-1")).unwrap();
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&json_out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let leaf = |v: &serde_json::Value| v["topic"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
+    wait("status, heartbeats and the result as JSON lines", Duration::from_secs(60), || {
+        let l = lines();
+        l.iter().any(|v| leaf(v) == "status")
+            && l.iter().filter(|v| leaf(v) == "heartbeat").count() >= 2
+            && l.iter().any(|v| leaf(v) == "result")
+    });
+    for v in lines() {
+        assert!(v["received_at"].is_string() && v["payload"]["version"] == 1, "{v}");
+        assert!(v["payload"].get("record").is_none(), "the signed record is left out: {v}");
+    }
+    let table = || std::fs::read_to_string(&table_out).unwrap_or_default();
+    let last_table = |t: String| t.rsplit("# ").next().unwrap_or("").to_string();
+    wait("the box in the table, healthy", Duration::from_secs(20), || {
+        let t = last_table(table());
+        t.lines().any(|l| l.starts_with("site01/box01") && l.contains(" ok ") && l.contains(" 1 "))
+    });
+    service.kill().unwrap();
+    service.wait().unwrap();
+    wait("the killed box OFFLINE in the table", Duration::from_secs(30), || {
+        last_table(table()).lines().any(|l| l.starts_with("site01/box01") && l.contains("OFFLINE"))
+    });
+    for w in [json_watch, table_watch] {
+        signal(&w, "TERM");
+        let mut w = w;
+        assert!(w.wait().unwrap().success());
+    }
+    stop(broker);
+}
+
+/// A CA, a broker certificate for 127.0.0.1 and a client certificate, made here with rcgen.
+struct Pki {
+    ca: std::path::PathBuf,
+    server: (std::path::PathBuf, std::path::PathBuf),
+    client: (std::path::PathBuf, std::path::PathBuf),
+}
+
+fn make_pki(dir: &std::path::Path) -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(dir).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "crlm test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        let (c, k) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    };
+    let server = leaf("broker", vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let client = leaf("box01", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    Pki { ca: dir.join("ca.pem"), server, client }
+}
+
+/// Mutual TLS against mosquitto (`require_certificate true`) with certificates made in the test:
+/// the box reports with its client certificate, the collector receives and acknowledges over TLS,
+/// and a client without a certificate is refused by the broker.
+#[test]
+fn mutual_tls_with_mosquitto() {
+    if !have("mosquitto") || !have("mosquitto_sub") {
+        eprintln!("SKIPPED: mosquitto and mosquitto-clients (Debian packages) are not installed");
+        return;
+    }
+    let mut site = Site::new(0.3);
+    let pki = make_pki(&site.dir.path().join("pki"));
+    let port = free_port();
+    let conf = site.dir.path().join("mosquitto-tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+             allow_anonymous true\npersistence false\n",
+            pki.ca.display(),
+            pki.server.0.display(),
+            pki.server.1.display()
+        ),
+    )
+    .unwrap();
+    let broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait("mosquitto with TLS", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let url = format!("mqtts://127.0.0.1:{port}");
+    site.env.push(("CRLM_MQTT__URL".into(), url.clone()));
+    site.env.push(("CRLM_MQTT__CA_FILE".into(), pki.ca.display().to_string()));
+    site.env.push(("CRLM_MQTT__CLIENT_CERT_FILE".into(), pki.client.0.display().to_string()));
+    site.env.push(("CRLM_MQTT__CLIENT_KEY_FILE".into(), pki.client.1.display().to_string()));
+    // The collector connects over TLS with the same client identity (the test's one CA).
+    let central = site.dir.path().join("central");
+    std::fs::create_dir_all(central.join("devices")).unwrap();
+    let key = central.join("collector.key");
+    let db = central.join("collector.sqlite");
+    let collector = Command::new(crlm_bin())
+        .args(["fleet", "collect", "--broker", &url, "--client-id", "tls-collector", "--db"])
+        .arg(&db)
+        .arg("--key")
+        .arg(&key)
+        .arg("--devices")
+        .arg(central.join("devices"))
+        .arg("--ca-file")
+        .arg(&pki.ca)
+        .arg("--cert-file")
+        .arg(&pki.client.0)
+        .arg("--key-file")
+        .arg(&pki.client.1)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(central.join("collector.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut service = site.start(0);
+    let device_pub = site.state.join("keys/device.pub");
+    wait("the device key", Duration::from_secs(20), || device_pub.exists());
+    std::fs::copy(&device_pub, central.join("devices/box01.pub")).unwrap();
+    let sub = |with_cert: bool| {
+        let mut c = Command::new("mosquitto_sub");
+        c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "crlm/v1/+/+/status", "-C", "1", "-W", "4"])
+            .arg("--cafile")
+            .arg(&pki.ca);
+        if with_cert {
+            c.arg("--cert").arg(&pki.client.0).arg("--key").arg(&pki.client.1);
+        }
+        c.output().unwrap()
+    };
+    wait("the box online over mutual TLS", Duration::from_secs(30), || {
+        serde_json::from_slice::<serde_json::Value>(&sub(true).stdout).is_ok_and(|v| v["state"] == "online")
+    });
+    let refused = sub(false);
+    assert!(
+        !refused.status.success() && refused.stdout.is_empty(),
+        "a client without a certificate got in: {refused:?}"
+    );
+    write_sample_case(&site.share.join("tls-1"), &SampleCase::new("TLS-1")).unwrap();
+    wait("the result at the collector over TLS", Duration::from_secs(60), || collected(&db).len() == 1);
+    wait("the box's outbox emptied by the collector's ack", Duration::from_secs(30), || outbox_rows(&site.state) == 0);
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
+    stop(collector);
+    stop(broker);
+    let log = site.log(0);
+    assert!(log.contains("connected to the broker"), "{log}");
 }

@@ -7,7 +7,7 @@ use super::{outbox, status_payload, topic};
 use crate::config::Config;
 use crate::ledger::{self, countersign::Countersignature};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +32,8 @@ pub struct PublisherContext {
     pub demo: bool,
     pub device_key_id: String,
     pub on_link: Arc<dyn Fn(LinkView) + Send + Sync>,
+    /// Notified when something was queued, so it leaves at once rather than at the next poll.
+    pub outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 enum Link {
@@ -43,8 +45,13 @@ enum Link {
 /// Run until `stop`: connect, publish, heartbeat, take acks; publish `offline` on the way out.
 pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<bool>) {
     let m = cfg.mqtt.clone();
-    let Ok((host, port)) = m.endpoint() else { return };
-    let mut opts = MqttOptions::new(format!("crlm-{}-{}", m.site, m.device), host, port);
+    let mut opts = match super::mqtt_options(&m, format!("crlm-{}-{}", m.site, m.device)) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(stage = "mqtt", error = %e, "cannot connect to the broker; results wait in the outbox");
+            return;
+        }
+    };
     opts.set_keep_alive(Duration::from_secs(10));
     opts.set_clean_session(true);
     // Results carry the signed record (a CT lists every slice): allow up to 1 MiB.
@@ -55,9 +62,6 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
         QoS::AtLeastOnce,
         true,
     ));
-    if !m.username.is_empty() {
-        opts.set_credentials(m.username.clone(), m.password.clone());
-    }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let (link_tx, mut link_rx) = mpsc::channel::<Link>(64);
     let (min, max) = (m.reconnect_min_seconds, m.reconnect_max_seconds);
@@ -140,7 +144,12 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                     Link::Message(..) => {}
                 }
             }
-            _ = tick.tick() => {
+            _ = async {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = ctx.outbox_wake.notified() => {}
+                }
+            } => {
                 if !connected {
                     continue;
                 }
@@ -178,7 +187,10 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                         "outbox": {"messages": messages, "bytes": bytes, "full": full},
                         "disk_free_state_bytes": crlm_drivers::health::disk_free_bytes(&cfg.state.path),
                         "disk_free_share_bytes": crlm_drivers::health::disk_free_bytes(&cfg.share.path),
-                        "load_1m": load_1m(),
+                        "load_1m": crlm_drivers::health::load_1m(),
+                        "temperature_c": crlm_drivers::health::max_temperature_celsius(std::path::Path::new("/sys/class/thermal")),
+                        "gpu_load": crlm_drivers::health::jetson_gpu_load(),
+                        "interval_seconds": m.heartbeat_seconds,
                         "last_error": last_error,
                     });
                     let _ = client.try_publish(topic(&m, "heartbeat"), QoS::AtMostOnce, false, hb.to_string());
@@ -201,10 +213,6 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     poller.abort();
-}
-
-fn load_1m() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// The collector's ack: drop what it has, keep its countersignature of our chain head when it

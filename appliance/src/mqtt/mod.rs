@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod client;
 pub mod outbox;
+pub mod tls;
 
 use crate::config::MqttConfig;
 use crate::ledger::Record;
@@ -19,6 +20,28 @@ use serde_json::{Value, json};
 pub const PAYLOAD_VERSION: u32 = 1;
 pub const STREAM_RESULT: &str = "result";
 pub const STREAM_ALERT: &str = "alert";
+
+/// Connection options for the configured broker: address, TLS (server verification and, with a
+/// client certificate, mutual TLS) and credentials. Every crlm client (the box's publisher, the
+/// collector, `crlm fleet watch`, the demo's tap) connects through this.
+pub fn mqtt_options(m: &MqttConfig, client_id: impl Into<String>) -> Result<rumqttc::MqttOptions, String> {
+    let (host, port) = m.endpoint()?;
+    let mut o = rumqttc::MqttOptions::new(client_id, host, port);
+    if m.tls() {
+        let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+        let ca = path(&m.ca_file);
+        let identity = path(&m.client_cert_file).zip(path(&m.client_key_file));
+        let config = tls::client_config(ca.as_deref(), identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+            .map_err(|e| e.to_string())?;
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(
+            config,
+        ))));
+    }
+    if !m.username.is_empty() {
+        o.set_credentials(m.username.clone(), m.password.clone());
+    }
+    Ok(o)
+}
 
 /// `crlm/v1/<site>/<device>/<leaf>`.
 pub fn topic(cfg: &MqttConfig, leaf: &str) -> String {

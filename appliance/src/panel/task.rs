@@ -106,6 +106,12 @@ fn open_spi(_: &std::path::Path, _: Size, _: &crate::config::Config) -> Result<B
     Err("this build has no SPI panel support: build crlm with `--features spi`".into())
 }
 
+/// Where the words of each frame go beside a PNG display (`display.txt`): what is on screen, for
+/// the HIL harness, end-to-end tests and anyone without the image. Not written on hardware panels.
+pub fn texts_path(cfg: &crate::config::Config) -> Option<std::path::PathBuf> {
+    (cfg.display.driver == "png").then(|| cfg.display_path().with_extension("txt"))
+}
+
 /// The panel task: shows the newest state, at most `max_fps` frames a second, rendering on a
 /// blocking thread so neither ingest nor the async loop ever waits for the panel.
 pub async fn run_panel(
@@ -113,6 +119,7 @@ pub async fn run_panel(
     mode: ResultMode,
     mut states: tokio::sync::watch::Receiver<PanelState>,
     max_fps: f64,
+    texts: Option<std::path::PathBuf>,
 ) {
     let min_gap = std::time::Duration::from_secs_f64(1.0 / max_fps.max(0.1));
     let mut failing = false;
@@ -123,10 +130,17 @@ pub async fn run_panel(
         }
         let st = states.borrow_and_update().clone();
         let started = std::time::Instant::now();
+        let texts = texts.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let screen = choose_screen(&st);
-            let (frame, _) = render_frame(screen, &st, mode, panel.size());
+            let (frame, rendered) = render_frame(screen, &st, mode, panel.size());
             show(panel.as_mut(), &frame, &mut failing);
+            if let Some(path) = &texts {
+                let words = format!("screen: {screen:?}\n{}\n", rendered.texts.join("\n"));
+                if let Err(e) = crate::fsutil::write_atomic(path, words.as_bytes(), 0o644) {
+                    tracing::debug!(stage = "display", error = %e, "cannot write the frame's texts");
+                }
+            }
             (panel, failing)
         })
         .await;
