@@ -8,12 +8,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The `crlm` binary of this build. Cargo builds it for `cargo test --workspace`, but not for
-/// `cargo test -p crlm-e2e`, so it is brought up to date once per test process (a no-op when fresh).
+/// `cargo test -p crlm-e2e`, so it is brought up to date once per test process. A binary newer
+/// than every source it is built from is used as is: `cargo build -p crlm-appliance` resolves
+/// features differently from the workspace's test build and would rebuild everything (minutes).
 pub fn crlm_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         let target = exe.parent().and_then(Path::parent).expect("target directory");
+        let bin = target.join("crlm");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        if let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) {
+            let sources = ["appliance", "models", "drivers", "Cargo.toml", "Cargo.lock"].map(|p| root.join(p));
+            if sources.iter().all(|p| newest_mtime(p).is_some_and(|t| t <= built)) {
+                return bin;
+            }
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "crlm-appliance", "--bin", "crlm"])
@@ -24,6 +34,28 @@ pub fn crlm_bin() -> PathBuf {
         target.join("crlm")
     })
     .clone()
+}
+
+/// The newest modification time of a file or anything beneath a folder (hidden entries and
+/// build outputs skipped).
+fn newest_mtime(p: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::symlink_metadata(p).ok()?;
+    let own = meta.modified().ok()?;
+    if !meta.is_dir() {
+        return Some(own);
+    }
+    let mut newest = own;
+    for e in std::fs::read_dir(p).ok()?.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" || name == "__pycache__" {
+            continue;
+        }
+        if let Some(t) = newest_mtime(&e.path()) {
+            newest = newest.max(t);
+        }
+    }
+    Some(newest)
 }
 
 /// `../shared/data` when present (tests using it skip with a message otherwise).
