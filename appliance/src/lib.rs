@@ -23,3 +23,4 @@ pub mod predict;
 pub mod processing;
 pub mod service;
 pub mod state;
+pub mod validate;
