@@ -198,17 +198,22 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
             continue;
         };
         // A prediction locked after the outcome was known is not a prospective prediction.
-        if let (Some(locked), Some(surgery)) = (p.locked_at, p.surgery_date) {
-            let outcome_day = surgery + chrono::Duration::days((o.time * DAYS_PER_MONTH).floor() as i64);
-            if locked.date_naive() > outcome_day && o.event {
-                excluded.push(Excluded {
-                    file: "predictions",
-                    row: p.row,
-                    pseudonym: id.clone(),
-                    reason: format!("locked on {} after the outcome on {outcome_day}", locked.date_naive()),
-                });
-                continue;
-            }
+        // (Checked arithmetic: a time of 1e30 months is bad data, not a reason to panic.)
+        let outcome_day = p.surgery_date.and_then(|surgery| {
+            chrono::TimeDelta::try_days((o.time * DAYS_PER_MONTH).floor() as i64)
+                .and_then(|d| surgery.checked_add_signed(d))
+        });
+        if let (Some(locked), Some(outcome_day)) = (p.locked_at, outcome_day)
+            && locked.date_naive() > outcome_day
+            && o.event
+        {
+            excluded.push(Excluded {
+                file: "predictions",
+                row: p.row,
+                pseudonym: id.clone(),
+                reason: format!("locked on {} after the outcome on {outcome_day}", locked.date_naive()),
+            });
+            continue;
         }
         patients.push(Patient {
             pseudonym: id.clone(),
@@ -232,4 +237,24 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
     }
     excluded.sort_by(|a, b| (a.file, a.row).cmp(&(b.file, b.row)));
     Ok(Loaded { patients, excluded, threshold: file_threshold.or(threshold) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_times_are_data_not_panics() {
+        let d = tempfile::tempdir().unwrap();
+        let (p, o) = (d.path().join("p.csv"), d.path().join("o.csv"));
+        std::fs::write(
+            &p,
+            "pseudonym,risk_2y,surgery_date,locked_at\nA,0.2,2026-01-01,2026-01-02T00:00:00Z\nB,0.4,2026-01-01,2026-01-02T00:00:00Z\n",
+        )
+        .unwrap();
+        std::fs::write(&o, "pseudonym,time_months,event\nA,1e30,1\nB,inf,1\n").unwrap();
+        let loaded = load(&p, &o, None).unwrap();
+        assert_eq!(loaded.patients.len(), 1, "A kept (a huge time is not before the lock)");
+        assert!(loaded.excluded.iter().any(|e| e.pseudonym == "B" && e.reason.contains("no readable time")));
+    }
 }
