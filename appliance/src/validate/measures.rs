@@ -31,6 +31,13 @@ pub struct Measures {
     pub analytical: BTreeMap<&'static str, (f64, f64, &'static str)>,
 }
 
+impl Measures {
+    /// A scalar measure by name; NaN when it was not computed.
+    pub fn get(&self, name: &str) -> f64 {
+        self.scalars.get(name).copied().unwrap_or(f64::NAN)
+    }
+}
+
 struct Ipcw {
     /// 1/G(T_i) for events (0 otherwise).
     at_event: Vec<f64>,

@@ -137,23 +137,23 @@ pub fn metrics_json(
 ) -> Value {
     let mut doc = json!({
         "format": 1,
-        "n": m.scalars["n"] as u64,
-        "events": m.scalars["events"] as u64,
+        "n": m.get("n") as u64,
+        "events": m.get("events") as u64,
         "horizon_months": opts.horizon_months,
         "bootstrap": {"replicates": opts.bootstrap, "seed": opts.seed, "method": "percentile"},
-        "observed_risk": num(m.scalars["observed_risk"]),
-        "mean_predicted_risk": num(m.scalars["mean_predicted_risk"]),
+        "observed_risk": num(m.get("observed_risk")),
+        "mean_predicted_risk": num(m.get("mean_predicted_risk")),
     });
     for name in MEASURES {
         let (lo, hi) = cis.get(name).copied().unwrap_or((f64::NAN, f64::NAN));
         let mut o =
-            json!({"estimate": num(m.scalars[name]), "ci_low": num(lo), "ci_high": num(hi), "ci_method": "bootstrap"});
+            json!({"estimate": num(m.get(name)), "ci_low": num(lo), "ci_high": num(hi), "ci_method": "bootstrap"});
         if let Some((l, h, method)) = m.analytical.get(name) {
             o["analytical_ci"] = json!({"low": num(*l), "high": num(*h), "method": method});
         }
         doc[name] = o;
     }
-    doc["logrank_chi2"] = num(m.scalars["logrank_chi2"]);
+    doc["logrank_chi2"] = num(m.get("logrank_chi2"));
     doc["net_benefit"] = Value::Array(
         m.net_benefit
             .iter()
