@@ -636,6 +636,20 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_are_checked() {
+        // A certificate without its key, a missing CA, and TLS files for a plain mqtt:// URL.
+        let t = "[mqtt]\nurl = \"mqtts://broker:8883\"\nca_file = \"/no/such/ca.pem\"\nclient_cert_file = \"/no/such/box.pem\"\n";
+        let err = Config::from_sources(t, &[], None).unwrap_err().to_string();
+        assert!(err.contains("set both (mutual TLS) or neither"), "{err}");
+        assert!(err.contains("mqtt.ca_file = \"/no/such/ca.pem\": no such file"), "{err}");
+        let t = "[mqtt]\nurl = \"mqtt://broker:1883\"\nca_file = \"/etc/hosts\"\n";
+        let err = Config::from_sources(t, &[], None).unwrap_err().to_string();
+        assert!(err.contains("mqtt.ca_file is set but mqtt.url is not mqtts://"), "{err}");
+        let c = Config::from_sources("[mqtt]\nurl = \"mqtts://broker\"\n", &[], None).unwrap();
+        assert_eq!(c.mqtt.endpoint().unwrap(), ("broker".to_string(), 8883));
+    }
+
+    #[test]
     fn wrong_type_names_the_key() {
         let err = Config::from_sources("[share]\npoll_seconds = \"fast\"\n", &[], None).unwrap_err();
         assert!(err.to_string().contains("poll_seconds"), "{err}");
