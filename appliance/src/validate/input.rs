@@ -4,7 +4,7 @@
 
 use super::{Patient, ValidateError};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 /// Days per month for `time_days` (365.25 / 12).
@@ -81,7 +81,7 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
         (col(&ph, "risk_group"), col(&ph, "threshold"), col(&ph, "locked_at"), col(&ph, "surgery_date"));
     let mut file_threshold: Option<f64> = None;
     let mut preds: HashMap<String, Prediction> = HashMap::new();
-    let mut seen_dup: HashMap<String, usize> = HashMap::new();
+    let mut seen_dup: HashSet<String> = HashSet::new();
     for (k, r) in prows.iter().enumerate() {
         let row = k + 1;
         let id = r.get(p_id).cloned().unwrap_or_default();
@@ -98,8 +98,8 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
             excluded.push(ex(why));
             continue;
         };
-        if preds.contains_key(&id) || seen_dup.contains_key(&id) {
-            *seen_dup.entry(id.clone()).or_default() += 1;
+        if preds.contains_key(&id) || seen_dup.contains(&id) {
+            seen_dup.insert(id.clone());
             excluded.push(ex("duplicate pseudonym in the predictions (all its rows are left out)".into()));
             continue;
         }
@@ -117,7 +117,7 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
             p_surgery.and_then(|c| r.get(c)).and_then(|v| chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d").ok());
         preds.insert(id, Prediction { row, risk, high, locked_at, surgery_date });
     }
-    for id in seen_dup.keys() {
+    for id in &seen_dup {
         if let Some(p) = preds.remove(id) {
             excluded.push(Excluded {
                 file: "predictions",
@@ -137,7 +137,7 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
     let o_event = need(&oh, "event", outcomes)?;
     let (o_centre, o_stage) = (col(&oh, "centre").or_else(|| col(&oh, "center")), col(&oh, "stage"));
     let mut outs: BTreeMap<String, Outcome> = BTreeMap::new();
-    let mut out_dup: HashMap<String, usize> = HashMap::new();
+    let mut out_dup: HashSet<String> = HashSet::new();
     for (k, r) in orows.iter().enumerate() {
         let row = k + 1;
         let id = r.get(o_id).cloned().unwrap_or_default();
@@ -167,15 +167,15 @@ pub fn load(predictions: &Path, outcomes: &Path, threshold: Option<f64>) -> Resu
                 continue;
             }
         };
-        if outs.contains_key(&id) || out_dup.contains_key(&id) {
-            *out_dup.entry(id.clone()).or_default() += 1;
+        if outs.contains_key(&id) || out_dup.contains(&id) {
+            out_dup.insert(id.clone());
             excluded.push(ex("duplicate pseudonym in the outcomes (all its rows are left out)".into()));
             continue;
         }
         let opt = |c: Option<usize>| c.and_then(|c| r.get(c)).filter(|v| !v.is_empty()).cloned();
         outs.insert(id, Outcome { row, time, event, centre: opt(o_centre), stage: opt(o_stage) });
     }
-    for id in out_dup.keys() {
+    for id in &out_dup {
         if let Some(o) = outs.remove(id) {
             excluded.push(Excluded {
                 file: "outcomes",
