@@ -27,6 +27,7 @@ pub struct Config {
     pub limits: Limits,
     pub display: DisplayConfig,
     pub model: ModelConfig,
+    pub onnx: crlm_models::backend::OnnxOptions,
     pub ledger: LedgerConfig,
     pub outputs: OutputsConfig,
     pub privacy: PrivacyConfig,
@@ -196,6 +197,8 @@ pub struct ModelConfig {
     pub trusted_keys: Vec<PathBuf>,
     /// Threads for reading slide tiles; 0: every core.
     pub threads: usize,
+    /// Where the network runs: `candle` (pure Rust, CPU) or `onnx` (ONNX Runtime; `[onnx]`).
+    pub backend: crlm_models::backend::BackendKind,
 }
 
 /// The prediction ledger (docs/LEDGER.md).
@@ -400,6 +403,12 @@ impl Config {
         positive("share.poll_seconds", self.share.poll_seconds);
         positive("share.incomplete_timeout_seconds", self.share.incomplete_timeout_seconds);
         positive("cases.partial_after_seconds", self.cases.partial_after_seconds);
+        if self.onnx.providers.is_empty() {
+            p.push("onnx.providers is empty: list some of \"tensorrt\", \"cuda\", \"cpu\"".into());
+        }
+        if self.onnx.tile_batch == 0 {
+            p.push("onnx.tile_batch = 0: must be at least 1".into());
+        }
         if self.share.path.as_os_str().is_empty() {
             p.push("share.path is empty: give the folder lab staff drop exports into".into());
         }

@@ -8,6 +8,7 @@ use crate::ingest::eligibility;
 use crate::ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
 use crate::ingest::series::{choose_series, series_key};
 use crate::ingest::share::{self, ShareEntry};
+use crlm_models::backend::{BackendKind, OnnxOptions, RawInput};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::ct::preprocess::preprocess;
 use crlm_models::ct::volume::load_series_with_headers;
@@ -39,10 +40,52 @@ pub enum PredictError {
     Io(#[from] std::io::Error),
 }
 
-/// Load the configured package (or `override_path`), verify it, and build the network.
+/// Load the configured package (or `override_path`), verify it, and build the network on the
+/// configured backend.
 pub fn load_model(cfg: &Config, override_path: Option<&Path>) -> Result<Model, ModelError> {
+    load_model_on(cfg, override_path, cfg.model.backend)
+}
+
+/// As [`load_model`], on the given backend.
+pub fn load_model_on(cfg: &Config, override_path: Option<&Path>, backend: BackendKind) -> Result<Model, ModelError> {
     let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
-    Model::new(ModelPackage::load(&package_source(cfg, override_path), &trust)?)
+    let package = ModelPackage::load(&package_source(cfg, override_path), &trust)?;
+    let model = Model::with_backend(package, backend, &onnx_options(cfg))?;
+    let info = model.backend_info();
+    tracing::info!(
+        backend = %info.name, provider = %info.provider, precision = %info.precision,
+        onnxruntime = info.runtime.as_deref().unwrap_or("-"), "model backend"
+    );
+    Ok(model)
+}
+
+/// `[onnx]` with the engine cache defaulting to `<state.path>/trt-engines`.
+pub fn onnx_options(cfg: &Config) -> OnnxOptions {
+    let mut o = cfg.onnx.clone();
+    if o.engine_cache.as_os_str().is_empty() {
+        o.engine_cache = cfg.state.path.join("trt-engines");
+    }
+    o
+}
+
+/// The model block of every prediction document and ledger record: the package and what ran it.
+pub fn model_json(model: &Model) -> Value {
+    let p = &model.package;
+    let b = model.backend_info();
+    let mut v = json!({
+        "name": p.spec.name,
+        "version": p.spec.version,
+        "sha256": p.sha256,
+        "demo": p.spec.demo,
+        "signer_key_id": p.signer_key_id,
+        "backend": b.name,
+        "device": b.provider,
+        "precision": b.precision,
+    });
+    if let Some(r) = b.runtime {
+        v["onnxruntime"] = json!(r);
+    }
+    v
 }
 
 /// Which package: `override_path`, else `model.path`, else the built-in demo.
@@ -468,19 +511,12 @@ fn status_json((status, reason): (&str, Option<&str>)) -> Value {
 /// The fields every document starts with: format, status, model identity, the demo notice.
 fn model_header(model: &Model, status: &str) -> Value {
     let p = &model.package;
+    let mut m = model_json(model);
+    m["trust"] = json!(p.trust);
     let mut v = json!({
         "format": PREDICT_FORMAT,
         "status": status,
-        "model": {
-            "name": p.spec.name,
-            "version": p.spec.version,
-            "sha256": p.sha256,
-            "demo": p.spec.demo,
-            "signer_key_id": p.signer_key_id,
-            "trust": p.trust,
-            "backend": "candle",
-            "device": "cpu",
-        },
+        "model": m,
     });
     if p.spec.demo {
         v["notice"] = json!(DEMO_NOTICE);
@@ -600,23 +636,19 @@ fn heat(a: f32) -> [u8; 3] {
 /// Time the network on random-free, deterministic inputs: ms per CT volume (the CT branch and
 /// the whole model) and tiles per second through the tile encoder. Medians of `repeat` runs.
 pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, PredictError> {
-    use candle_core::Tensor;
     let spec = &model.package.spec;
     let [x, y, z] = spec.ct.shape;
     let t = spec.slide.tile_px as usize;
-    let err = |e: candle_core::Error| PredictError::Case(e.to_string());
-    let dev = model.net().device().clone();
+    let backend = model.backend();
     let ct: Vec<f32> = (0..x * y * z).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect();
-    let ct = Tensor::from_vec(ct, (z, y, x), &dev).map_err(err)?;
     let px: Vec<f32> = (0..tiles * 3 * t * t).map(|i| ((i * 104_729) % 1000) as f32 / 500.0 - 1.0).collect();
-    let px = Tensor::from_vec(px, (tiles, 3, t, t), &dev).map_err(err)?;
-    let clin = Tensor::zeros((1, spec.clinical.width()), candle_core::DType::F32, &dev).map_err(err)?;
+    let clin = vec![0f32; spec.clinical.width()];
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let time = |f: &mut dyn FnMut() -> Result<(), PredictError>| -> Result<f64, PredictError> {
-        f()?; // warm-up
+        f()?; // warm-up (TensorRT builds its engines here)
         let mut v = Vec::new();
         for _ in 0..repeat.max(1) {
             let s = Instant::now();
@@ -625,16 +657,104 @@ pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, Predi
         }
         Ok(median(v))
     };
-    let ct_only = crlm_models::net::NetInput { ct: Some(ct.clone()), tiles: None, clinical: Some(clin.clone()) };
-    let ct_ms = time(&mut || model.net().forward(&ct_only).map(|_| ()).map_err(err))?;
-    let tile_ms = time(&mut || model.net().embed_tiles(&px).map(|_| ()).map_err(err))?;
-    let all =
-        crlm_models::net::NetInput { ct: Some(ct.clone()), tiles: Some(px.clone()), clinical: Some(clin.clone()) };
-    let all_ms = time(&mut || model.net().forward(&all).map(|_| ()).map_err(err))?;
-    let threads = candle_core::utils::get_num_threads();
+    let ct_only = RawInput { ct: Some(&ct), tiles: None, clinical: Some(&clin) };
+    let ct_ms = time(&mut || backend.forward(&ct_only).map(|_| ()).map_err(PredictError::from))?;
+    let tile_ms = time(&mut || backend.embed_tiles(&px, tiles).map(|_| ()).map_err(PredictError::from))?;
+    let all = RawInput { ct: Some(&ct), tiles: Some((&px, tiles)), clinical: Some(&clin) };
+    let all_ms = time(&mut || backend.forward(&all).map(|_| ()).map_err(PredictError::from))?;
+    let info = backend.info();
+    let threads = match info.name.as_str() {
+        "candle" => format!("{} threads", candle_core::utils::get_num_threads()),
+        _ => "threads from [onnx] threads".into(),
+    };
     Ok(format!(
-        "candle CPU, {threads} threads, median of {repeat}\n  CT volume {:?} (+ clinical, fusion): {ct_ms:.1} ms\n  tile encoder: {tiles} tiles of {t} px in {tile_ms:.1} ms = {:.0} tiles/s\n  whole model, CT + {tiles} tiles + clinical: {all_ms:.1} ms\n",
+        "{} ({}, {}{}), {threads}, median of {repeat}\n  CT volume {:?} (+ clinical, fusion): {ct_ms:.1} ms\n  tile encoder: {tiles} tiles of {t} px in {tile_ms:.1} ms = {:.0} tiles/s\n  whole model, CT + {tiles} tiles + clinical: {all_ms:.1} ms\n",
+        info.name,
+        info.provider,
+        info.precision,
+        info.runtime.map(|r| format!(", ONNX Runtime {r}")).unwrap_or_default(),
         spec.ct.shape,
         tiles as f64 / (tile_ms / 1000.0)
     ))
+}
+
+/// How two models (or one package on two backends) differ on the same prepared cases:
+/// `crlm model compare`, the INT8 accuracy report of docs/BACKENDS.md.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Comparison {
+    pub a: Value,
+    pub b: Value,
+    pub cases: usize,
+    /// Cases neither model could predict (not eligible, refused, failed), with the reason.
+    pub skipped: Vec<(String, String)>,
+    pub risk_abs_diff_max: f64,
+    pub risk_abs_diff_mean: f64,
+    /// Largest difference over every hazard and attention weight.
+    pub other_abs_diff_max: f64,
+    pub group_changes: usize,
+    pub group_change_fraction: f64,
+}
+
+/// Prepare each case folder once and run both models on it. The packages must read the same
+/// inputs (CT grid, tiles, clinical encoding).
+pub fn compare(a: &Model, b: &Model, dirs: &[PathBuf], cfg: &Config) -> Result<Comparison, PredictError> {
+    let (sa, sb) = (&a.package.spec, &b.package.spec);
+    if sa.ct != sb.ct || sa.slide != sb.slide || sa.clinical != sb.clinical {
+        return Err(PredictError::Case("the two packages do not read the same inputs (ct, slide, clinical)".into()));
+    }
+    let (mut max, mut sum, mut other, mut flips, mut n) = (0f64, 0f64, 0f64, 0usize, 0usize);
+    let mut skipped = Vec::new();
+    let diff = |x: &Option<Vec<f32>>, y: &Option<Vec<f32>>| match (x, y) {
+        (Some(x), Some(y)) if x.len() == y.len() => {
+            x.iter().zip(y).map(|(p, q)| f64::from((p - q).abs())).fold(0.0, f64::max)
+        }
+        (None, None) => 0.0,
+        _ => f64::INFINITY,
+    };
+    for d in dirs {
+        let label = d.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let prepared = match prepare_case(d, sa, cfg) {
+            Ok(p) if p.refusal.is_none() => p,
+            Ok(p) => {
+                skipped.push((label, p.refusal.unwrap_or_default()));
+                continue;
+            }
+            Err(e) => {
+                skipped.push((label, e.to_string()));
+                continue;
+            }
+        };
+        let (oa, ob) = match (a.predict(&prepared.inputs), b.predict(&prepared.inputs)) {
+            (Ok(x), Ok(y)) => (x, y),
+            (Err(e), _) | (_, Err(e)) => {
+                skipped.push((label, e.to_string()));
+                continue;
+            }
+        };
+        let d_risk = (oa.risk_2y - ob.risk_2y).abs();
+        max = max.max(d_risk);
+        sum += d_risk;
+        other = other
+            .max(diff(&Some(oa.hazards.clone()), &Some(ob.hazards.clone())))
+            .max(diff(&oa.slice_attention, &ob.slice_attention))
+            .max(diff(&oa.tile_attention, &ob.tile_attention));
+        flips += usize::from(oa.risk_group != ob.risk_group);
+        n += 1;
+    }
+    let header = |m: &Model| {
+        let mut v = model_json(m);
+        v["threshold"] = json!(m.package.spec.decision.threshold);
+        v
+    };
+    Ok(Comparison {
+        a: header(a),
+        b: header(b),
+        cases: n,
+        skipped,
+        risk_abs_diff_max: max,
+        risk_abs_diff_mean: if n > 0 { sum / n as f64 } else { 0.0 },
+        other_abs_diff_max: other,
+        group_changes: flips,
+        group_change_fraction: if n > 0 { flips as f64 / n as f64 } else { 0.0 },
+    })
 }

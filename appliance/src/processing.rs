@@ -291,15 +291,11 @@ impl Processor {
     }
 
     fn body_head(&self, case: &CaseRowFull, case_ref: &str, clinical: Option<&ClinicalRecord>) -> Value {
-        let p = &self.model.package;
         json!({
             "case": case.pseudonym,
             "case_ref": case_ref,
             "surgery_date": clinical.and_then(|r| r.date("surgery_date")).map(|d| d.to_string()),
-            "model": {
-                "name": p.spec.name, "version": p.spec.version, "sha256": p.sha256, "demo": p.spec.demo,
-                "signer_key_id": p.signer_key_id, "backend": "candle", "device": "cpu",
-            },
+            "model": crate::predict::model_json(&self.model),
             "software": {"name": "crlm-edge", "version": env!("CARGO_PKG_VERSION")},
         })
     }

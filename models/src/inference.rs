@@ -2,12 +2,11 @@
 //! package allows), tensors from preprocessed inputs, calibration and the risk group at the
 //! package's locked threshold.
 
+use crate::backend::{Backend, BackendInfo, BackendKind, OnnxOptions, RawInput};
 use crate::ct::preprocess::CtTensor;
 use crate::encode::{EncodedClinical, check_encoding};
-use crate::net::{CrlmNet, NetInput};
 use crate::package::{Modality, ModelPackage};
 use crate::slide::sample::ModelTiles;
-use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +17,8 @@ pub enum ModelError {
     Encoding(String),
     #[error("the weights do not fit CRLM-Net v1 as model.toml sizes it: {0}")]
     Weights(String),
+    #[error("backend: {0}")]
+    Backend(String),
     #[error("inference failed: {0}")]
     Inference(String),
     #[error("{0}")]
@@ -101,7 +102,7 @@ pub struct ModelOutput {
 
 pub struct Model {
     pub package: ModelPackage,
-    net: CrlmNet,
+    backend: Box<dyn Backend>,
 }
 
 fn set_list(m: &[Modality]) -> String {
@@ -112,45 +113,32 @@ fn set_list(m: &[Modality]) -> String {
 }
 
 impl Model {
-    /// Build CRLM-Net from a verified package on the CPU.
+    /// CRLM-Net from a verified package on the candle backend (CPU).
     pub fn new(package: ModelPackage) -> Result<Self, ModelError> {
+        Self::with_backend(package, BackendKind::Candle, &OnnxOptions::default())
+    }
+
+    /// CRLM-Net from a verified package on the chosen backend.
+    pub fn with_backend(package: ModelPackage, kind: BackendKind, onnx: &OnnxOptions) -> Result<Self, ModelError> {
         let problems = check_encoding(&package.spec.clinical);
         if !problems.is_empty() {
             return Err(ModelError::Encoding(problems.join("; ")));
         }
-        let width = package.spec.clinical.width();
-        let net = CrlmNet::from_safetensors(package.weights(), &package.spec.network, width, &Device::Cpu)
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", package.spec.weights.file)))?;
-        Ok(Model { package, net })
+        let backend = crate::backend::build(&package, kind, onnx)?;
+        Ok(Model { package, backend })
     }
 
-    pub fn net(&self) -> &CrlmNet {
-        &self.net
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
     }
 
-    /// Normalised `[N, 3, T, T]` tensor of tiles (RGB u8, rows, interleaved).
-    pub fn tile_tensor(&self, tiles: &[&ModelTiles]) -> Result<Tensor, ModelError> {
-        let s = &self.package.spec;
-        let t = s.slide.tile_px as usize;
-        let n: usize = tiles.iter().map(|m| m.tiles.len()).sum();
-        let mut data = vec![0f32; n * 3 * t * t];
-        let mut k = 0;
-        for m in tiles {
-            if m.tile_px as usize != t {
-                return Err(ModelError::Input(format!("tiles of {} px, the package wants {t}", m.tile_px)));
-            }
-            for tile in m.pixels.chunks_exact(t * t * 3) {
-                let base = k * 3 * t * t;
-                for (i, px) in tile.chunks_exact(3).enumerate() {
-                    for c in 0..3 {
-                        data[base + c * t * t + i] =
-                            (f32::from(px[c]) / 255.0 - s.network.tile_mean[c]) / s.network.tile_std[c];
-                    }
-                }
-                k += 1;
-            }
-        }
-        Tensor::from_vec(data, (n, 3, t, t), self.net.device()).map_err(|e| ModelError::Inference(e.to_string()))
+    pub fn backend_info(&self) -> BackendInfo {
+        self.backend.info()
+    }
+
+    /// Normalised `[N, 3, T, T]` values of tiles (RGB u8, rows, interleaved) and N.
+    pub fn tile_data(&self, tiles: &[&ModelTiles]) -> Result<(Vec<f32>, usize), ModelError> {
+        tile_data(&self.package.spec, tiles)
     }
 
     /// Predict, or refuse when the package does not allow the modalities present.
@@ -174,18 +162,15 @@ impl Model {
             let allowed = spec.modalities.allowed.iter().map(|s| set_list(s)).collect::<Vec<_>>().join(" or ");
             return Err(ModelError::ModalitiesNotAllowed { present: set_list(&present), allowed, why });
         }
-        let dev = self.net.device();
-        let err = |e: candle_core::Error| ModelError::Inference(e.to_string());
         let ct = match inputs.ct.used() {
             Some(c) => {
-                let [x, y, z] = c.shape;
                 if c.shape != spec.ct.shape {
                     return Err(ModelError::Input(format!(
                         "CT tensor {:?}, the package wants {:?}",
                         c.shape, spec.ct.shape
                     )));
                 }
-                Some(Tensor::from_slice(&c.data, (z, y, x), dev).map_err(err)?)
+                Some(c.data.as_slice())
             }
             None => None,
         };
@@ -195,7 +180,7 @@ impl Model {
                 if refs.iter().all(|m| m.tiles.is_empty()) {
                     return Err(ModelError::Input("no tissue tiles".into()));
                 }
-                Some(self.tile_tensor(&refs)?)
+                Some(self.tile_data(&refs)?)
             }
             None => None,
         };
@@ -204,11 +189,12 @@ impl Model {
                 if e.values.len() != spec.clinical.width() {
                     return Err(ModelError::Input("clinical vector width differs from the package's".into()));
                 }
-                Some(Tensor::from_slice(&e.values, (1, e.values.len()), dev).map_err(err)?)
+                Some(e.values.as_slice())
             }
             None => None,
         };
-        let out = self.net.forward(&NetInput { ct, tiles, clinical }).map_err(err)?;
+        let raw = RawInput { ct, tiles: tiles.as_ref().map(|(v, n)| (v.as_slice(), *n)), clinical };
+        let out = self.backend.forward(&raw)?;
         let risk = spec.calibration.apply(out.risk);
         let threshold = spec.decision.threshold;
         Ok(ModelOutput {
@@ -221,4 +207,31 @@ impl Model {
             tile_attention: out.tile_attention,
         })
     }
+}
+
+/// Normalised `[N, 3, T, T]` values of tiles (RGB u8, rows, interleaved) and N.
+pub fn tile_data(spec: &crate::package::ModelSpec, tiles: &[&ModelTiles]) -> Result<(Vec<f32>, usize), ModelError> {
+    let t = spec.slide.tile_px as usize;
+    let n: usize = tiles.iter().map(|m| m.tiles.len()).sum();
+    let mut data = vec![0f32; n * 3 * t * t];
+    let mut k = 0;
+    for m in tiles {
+        if m.tile_px as usize != t {
+            return Err(ModelError::Input(format!("tiles of {} px, the package wants {t}", m.tile_px)));
+        }
+        for tile in m.pixels.chunks_exact(t * t * 3) {
+            if k >= n {
+                return Err(ModelError::Input("more tile pixels than tiles".into()));
+            }
+            let base = k * 3 * t * t;
+            for (i, px) in tile.chunks_exact(3).enumerate() {
+                for c in 0..3 {
+                    data[base + c * t * t + i] =
+                        (f32::from(px[c]) / 255.0 - spec.network.tile_mean[c]) / spec.network.tile_std[c];
+                }
+            }
+            k += 1;
+        }
+    }
+    Ok((data, n))
 }

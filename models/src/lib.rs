@@ -11,7 +11,10 @@
 //! - [`encode`]: clinical record -> the package's feature vector with missingness.
 //! - [`net`]: CRLM-Net v1 in candle.
 //! - [`inference`]: model inputs -> prediction (modality policy, calibration, risk group).
+//! - [`backend`]: where the network runs: candle, or ONNX Runtime (feature `onnx`).
+//! - [`onnx`]: ONNX export of CRLM-Net and INT8 QDQ quantisation, in pure Rust.
 
+pub mod backend;
 pub mod clinical;
 pub mod cohort;
 pub mod ct;
@@ -20,6 +23,7 @@ pub mod encode;
 pub mod inference;
 pub mod limits;
 pub mod net;
+pub mod onnx;
 pub mod package;
 pub mod slide;
 pub mod synth;

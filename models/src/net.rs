@@ -12,6 +12,7 @@
 //! Parameter names equal the PyTorch twin's `state_dict` keys (models/reference/crlm_net.py),
 //! so the study team's safetensors load by name.
 
+use crate::onnx::quantize::{ActivationRanges, ConvRanges};
 use crate::package::spec::NetworkSpec;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, conv2d, linear};
@@ -40,6 +41,23 @@ impl ConvStack {
             x = c.forward(&x)?.relu()?;
         }
         x.mean((2, 3))
+    }
+}
+
+fn abs_values(t: &Tensor) -> Result<Vec<f32>> {
+    t.abs()?.flatten_all()?.to_vec1::<f32>()
+}
+
+impl ConvStack {
+    /// The forward pass, recording each convolution's input and pre-ReLU output in `r`.
+    fn observe(&self, x: &Tensor, r: &mut ConvRanges) -> Result<()> {
+        let mut x = x.clone();
+        for (i, c) in self.convs.iter().enumerate() {
+            let y = c.forward(&x)?;
+            r.observe(i, &abs_values(&x)?, &abs_values(&y)?);
+            x = y.relu()?;
+        }
+        Ok(())
     }
 }
 
@@ -190,6 +208,19 @@ impl CrlmNet {
         self.slide.embed_tiles(tiles)
     }
 
+    /// Widen INT8 calibration ranges with one case's activations (`crlm model quantize`).
+    pub fn observe_activations(&self, input: &NetInput, r: &mut ActivationRanges) -> Result<()> {
+        if let Some(v) = &input.ct {
+            self.ct.convs.observe(&v.unsqueeze(1)?, &mut r.ct)?;
+            r.ct_cases += 1;
+        }
+        if let Some(t) = &input.tiles {
+            self.slide.convs.observe(t, &mut r.tiles)?;
+            r.tiles_seen += t.dim(0)?;
+        }
+        Ok(())
+    }
+
     pub fn forward(&self, input: &NetInput) -> Result<NetOutput> {
         let mut parts = Vec::with_capacity(4);
         let mut mask = [0f32; 3];
@@ -224,7 +255,7 @@ impl CrlmNet {
         let x = Tensor::cat(&parts, D::Minus1)?;
         let logits = self.fusion.fc2.forward(&self.fusion.fc1.forward(&x)?.relu()?)?;
         let hazards = candle_nn::ops::sigmoid(&logits)?.squeeze(0)?.to_vec1::<f32>()?;
-        let survival: f64 = hazards.iter().map(|h| 1.0 - f64::from(*h)).product();
-        Ok(NetOutput { hazards, risk: 1.0 - survival, slice_attention, tile_attention })
+        let risk = crate::backend::risk_from_hazards(&hazards);
+        Ok(NetOutput { hazards, risk, slice_attention, tile_attention })
     }
 }

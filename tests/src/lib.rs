@@ -354,3 +354,17 @@ impl Drop for Subscriber {
         self.stop.store(true, Ordering::Relaxed);
     }
 }
+
+/// libonnxruntime for the onnx backend's tests, or None with a message (the test skips). With
+/// REQUIRE_ONNXRUNTIME=1 (set by .ci/run after installing the onnxruntime wheel) a missing library
+/// fails the test instead.
+pub fn onnx_runtime() -> Option<PathBuf> {
+    match crlm_models::backend::onnx_runtime::find_library(Path::new("")) {
+        Ok(p) => Some(p),
+        Err(why) => {
+            assert!(std::env::var("REQUIRE_ONNXRUNTIME").as_deref() != Ok("1"), "REQUIRE_ONNXRUNTIME=1 but {why}");
+            eprintln!("SKIPPED: ONNX Runtime is not installed here ({why})");
+            None
+        }
+    }
+}

@@ -106,8 +106,13 @@ pub struct ModelPackage {
 }
 
 impl ModelPackage {
-    pub fn weights(&self) -> &[u8] {
-        self.files.get(&self.spec.weights.file).map(Vec::as_slice).unwrap_or_default()
+    /// The safetensors weights, when the package carries them.
+    pub fn weights(&self) -> Option<&[u8]> {
+        self.spec.weights.as_ref().and_then(|w| self.files.get(&w.file)).map(Vec::as_slice)
+    }
+    /// A file of the package (an ONNX graph, say).
+    pub fn file(&self, name: &str) -> Option<&[u8]> {
+        self.files.get(name).map(Vec::as_slice)
     }
     /// Load and verify.
     pub fn load(source: &PackageSource, trust: &TrustStore) -> Result<Self, PackageError> {
@@ -249,8 +254,12 @@ pub fn verify_files(
             signing::key_id(&signer)
         )));
     };
-    if !files.contains_key(&spec.weights.file) {
-        return Err(PackageError::Layout(format!("{} (named in {MODEL_TOML}) is missing", spec.weights.file)));
+    let mut named: Vec<&str> = spec.weights.iter().map(|w| w.file.as_str()).collect();
+    if let Some(onnx) = &spec.onnx {
+        named.extend(onnx.parts().iter().map(|(_, g, _, _)| g.file.as_str()));
+    }
+    if let Some(missing) = named.iter().find(|f| !files.contains_key(**f)) {
+        return Err(PackageError::Layout(format!("{missing} (named in {MODEL_TOML}) is missing")));
     }
     let sha256 = crate::sha256_hex(manifest);
     files.remove(SIGNATURE);
@@ -277,6 +286,18 @@ pub fn parse_spec(bytes: &[u8]) -> Result<ModelSpec, PackageError> {
     if !(0.0..=1.0).contains(&spec.decision.threshold) {
         return Err(PackageError::Spec("decision.threshold must be within 0..1".into()));
     }
+    if spec.weights.is_none() && spec.onnx.is_none() {
+        return Err(PackageError::Spec("neither [weights] nor [onnx]: the package has no network".into()));
+    }
+    if let Some(onnx) = &spec.onnx {
+        for (part, g, n_in, n_out) in onnx.parts() {
+            if g.inputs.len() != n_in || g.outputs.len() != n_out {
+                return Err(PackageError::Spec(format!(
+                    "onnx.{part} must name {n_in} input(s) and {n_out} output(s) (docs/BACKENDS.md)"
+                )));
+            }
+        }
+    }
     if spec.modalities.allowed.is_empty() {
         return Err(PackageError::Spec("modalities.allowed is empty: nothing could ever be predicted".into()));
     }
@@ -301,6 +322,45 @@ pub fn sign_dir(dir: &Path, key: &SigningKey) -> Result<String, PackageError> {
     write_atomic(&dir.join(MANIFEST), manifest.as_bytes())?;
     write_atomic(&dir.join(SIGNATURE), sig_json.as_bytes())?;
     Ok(crate::sha256_hex(manifest.as_bytes()))
+}
+
+/// Write `package` to the new folder `out` with `onnx`'s graphs in place of any it had (the
+/// `[onnx]` tables of model.toml rewritten), then sign it with `key`. Returns the new hash.
+pub fn write_with_onnx(
+    package: &ModelPackage,
+    out: &Path,
+    onnx: &spec::OnnxSpec,
+    graphs: &[crate::onnx::export::ExportedGraph],
+    key: &SigningKey,
+) -> Result<String, PackageError> {
+    if out.exists() && std::fs::read_dir(out).map_err(|e| io(out, e))?.next().is_some() {
+        return Err(PackageError::Io(format!("{}: exists and is not empty", out.display())));
+    }
+    let old: Vec<&str> = package.spec.onnx.iter().flat_map(|o| o.parts().map(|(_, g, _, _)| g.file.as_str())).collect();
+    let text = std::str::from_utf8(package.files.get(MODEL_TOML).map(Vec::as_slice).unwrap_or_default())
+        .map_err(|_| PackageError::Spec("not UTF-8".into()))?;
+    let text = crate::onnx::export::model_toml_with_onnx(text, onnx).map_err(|e| PackageError::Spec(e.to_string()))?;
+    let mut files: BTreeMap<String, Vec<u8>> = package
+        .files
+        .iter()
+        .filter(|(n, _)| *n != MANIFEST && *n != SIGNATURE && !old.contains(&n.as_str()))
+        .map(|(n, b)| (n.clone(), b.clone()))
+        .collect();
+    files.insert(MODEL_TOML.into(), text.into_bytes());
+    for g in graphs {
+        files.insert(g.spec.file.clone(), g.bytes.clone());
+    }
+    for (name, bytes) in &files {
+        let path = out.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        write_atomic(&path, bytes)?;
+    }
+    let hash = sign_dir(out, key)?;
+    // The result must verify as a package before anyone relies on it.
+    parse_spec(files.get(MODEL_TOML).map(Vec::as_slice).unwrap_or_default())?;
+    Ok(hash)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {

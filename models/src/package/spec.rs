@@ -26,7 +26,12 @@ pub struct ModelSpec {
     pub decision: DecisionSpec,
     #[serde(default)]
     pub calibration: Calibration,
-    pub weights: WeightsSpec,
+    /// safetensors weights for the candle backend; a package may carry only ONNX graphs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<WeightsSpec>,
+    /// ONNX graphs of the network's parts for the `onnx` backend (docs/BACKENDS.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<OnnxSpec>,
 }
 
 /// The three inputs of CRLM-Net.
@@ -210,4 +215,70 @@ impl Calibration {
 pub struct WeightsSpec {
     /// safetensors file inside the package, tensors named as in the PyTorch twin's state_dict.
     pub file: String,
+}
+
+/// The network as five ONNX graphs, one per part, so a study team can replace one part (a tile
+/// encoder of their own, say) and so tiles can be encoded in batches of any size. Each part's
+/// `inputs` and `outputs` name the graph's tensors in the order docs/BACKENDS.md gives:
+///
+/// | part | inputs | outputs |
+/// |---|---|---|
+/// | `ct_encoder` | CT `[Z, Y, X]` | embedding `[1, E]`, slice attention `[Z]` |
+/// | `tile_encoder` | tiles `[N, 3, T, T]` (normalised) | embeddings `[N, E]` |
+/// | `slide_pool` | embeddings `[N, E]` | embedding `[1, E]`, tile attention `[N]` |
+/// | `clinical_encoder` | clinical `[1, C]` | embedding `[1, E]` |
+/// | `fusion` | CT, slide, clinical embeddings `[1, E]` each, presence mask `[1, 3]` | hazards `[1, K]` |
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxSpec {
+    /// `fp32`, or `int8` for QDQ graphs made by `crlm model quantize`.
+    #[serde(default)]
+    pub precision: OnnxPrecision,
+    /// How the int8 graphs were calibrated (free text; empty for fp32).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub calibration: String,
+    pub ct_encoder: OnnxGraphSpec,
+    pub tile_encoder: OnnxGraphSpec,
+    pub slide_pool: OnnxGraphSpec,
+    pub clinical_encoder: OnnxGraphSpec,
+    pub fusion: OnnxGraphSpec,
+}
+
+impl OnnxSpec {
+    /// Every part with its name and how many inputs and outputs it must have.
+    pub fn parts(&self) -> [(&'static str, &OnnxGraphSpec, usize, usize); 5] {
+        [
+            ("ct_encoder", &self.ct_encoder, 1, 2),
+            ("tile_encoder", &self.tile_encoder, 1, 1),
+            ("slide_pool", &self.slide_pool, 1, 2),
+            ("clinical_encoder", &self.clinical_encoder, 1, 1),
+            ("fusion", &self.fusion, 4, 1),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnnxPrecision {
+    #[default]
+    Fp32,
+    Int8,
+}
+
+impl OnnxPrecision {
+    pub fn name(self) -> &'static str {
+        match self {
+            OnnxPrecision::Fp32 => "fp32",
+            OnnxPrecision::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnnxGraphSpec {
+    /// `.onnx` file inside the package.
+    pub file: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
 }

@@ -1,0 +1,75 @@
+//! The candle backend: CRLM-Net from the package's safetensors weights, on the CPU.
+
+use super::{Backend, BackendInfo, RawInput};
+use crate::inference::ModelError;
+use crate::net::{CrlmNet, NetInput, NetOutput};
+use crate::package::ModelPackage;
+use candle_core::{Device, Tensor};
+
+pub struct CandleBackend {
+    net: CrlmNet,
+    /// CT `[Z, Y, X]`, tile edge, clinical width.
+    ct_shape: [usize; 3],
+    tile_px: usize,
+    clinical_width: usize,
+}
+
+fn err(e: candle_core::Error) -> ModelError {
+    ModelError::Inference(e.to_string())
+}
+
+impl CandleBackend {
+    pub fn new(package: &ModelPackage) -> Result<Self, ModelError> {
+        let spec = &package.spec;
+        let weights = package.weights().ok_or_else(|| {
+            ModelError::Backend(
+                "the package carries no safetensors weights, only ONNX graphs: use the onnx backend".into(),
+            )
+        })?;
+        let file = spec.weights.as_ref().map(|w| w.file.as_str()).unwrap_or("weights");
+        let width = spec.clinical.width();
+        let net = CrlmNet::from_safetensors(weights, &spec.network, width, &Device::Cpu)
+            .map_err(|e| ModelError::Weights(format!("{file}: {e}")))?;
+        let [x, y, z] = spec.ct.shape;
+        Ok(CandleBackend { net, ct_shape: [z, y, x], tile_px: spec.slide.tile_px as usize, clinical_width: width })
+    }
+
+    pub fn net(&self) -> &CrlmNet {
+        &self.net
+    }
+
+    /// candle tensors from raw inputs.
+    pub fn tensors(&self, input: &RawInput) -> Result<NetInput, ModelError> {
+        let dev = self.net.device();
+        let t = self.tile_px;
+        Ok(NetInput {
+            ct: input
+                .ct
+                .map(|c| Tensor::from_slice(c, (self.ct_shape[0], self.ct_shape[1], self.ct_shape[2]), dev))
+                .transpose()
+                .map_err(err)?,
+            tiles: input.tiles.map(|(p, n)| Tensor::from_slice(p, (n, 3, t, t), dev)).transpose().map_err(err)?,
+            clinical: input
+                .clinical
+                .map(|c| Tensor::from_slice(c, (1, self.clinical_width), dev))
+                .transpose()
+                .map_err(err)?,
+        })
+    }
+}
+
+impl Backend for CandleBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo { name: "candle".into(), provider: "cpu".into(), precision: "fp32".into(), runtime: None }
+    }
+
+    fn forward(&self, input: &RawInput) -> Result<NetOutput, ModelError> {
+        self.net.forward(&self.tensors(input)?).map_err(err)
+    }
+
+    fn embed_tiles(&self, tiles: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.tile_px;
+        let x = Tensor::from_slice(tiles, (n, 3, t, t), self.net.device()).map_err(err)?;
+        self.net.embed_tiles(&x).and_then(|e| e.flatten_all()?.to_vec1::<f32>()).map_err(err)
+    }
+}
