@@ -266,6 +266,49 @@ pub struct MqttConfig {
     /// `mqtts://` only: this box's certificate and key (PEM) for mutual TLS; both or neither.
     pub client_cert_file: PathBuf,
     pub client_key_file: PathBuf,
+    /// The box's MQTT protocol: "3.1.1" or "5".
+    pub protocol: MqttProtocol,
+}
+
+/// MQTT 3.1.1 (protocol level 4) or MQTT 5. Written "3.1.1" or "5" (4 and 5 as numbers too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttProtocol {
+    #[default]
+    V311,
+    V5,
+}
+
+impl MqttProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            MqttProtocol::V311 => "3.1.1",
+            MqttProtocol::V5 => "5",
+        }
+    }
+}
+
+impl Serialize for MqttProtocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttProtocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Number(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(t) if t == "3.1.1" || t == "4" => Ok(MqttProtocol::V311),
+            Raw::Number(4) => Ok(MqttProtocol::V311),
+            Raw::Text(t) if t == "5" || t == "5.0" => Ok(MqttProtocol::V5),
+            Raw::Number(5) => Ok(MqttProtocol::V5),
+            _ => Err(serde::de::Error::custom("expected \"3.1.1\" or \"5\"")),
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -286,6 +329,7 @@ impl Default for MqttConfig {
             ca_file: PathBuf::new(),
             client_cert_file: PathBuf::new(),
             client_key_file: PathBuf::new(),
+            protocol: MqttProtocol::V311,
         }
     }
 }
@@ -403,6 +447,12 @@ impl Config {
         positive("share.poll_seconds", self.share.poll_seconds);
         positive("share.incomplete_timeout_seconds", self.share.incomplete_timeout_seconds);
         positive("cases.partial_after_seconds", self.cases.partial_after_seconds);
+        if self.mqtt.enabled && self.mqtt.protocol == MqttProtocol::V5 && self.mqtt.url.is_empty() {
+            p.push(
+                "mqtt.protocol = \"5\" needs an external broker (mqtt.url): the embedded broker speaks MQTT 3.1.1"
+                    .into(),
+            );
+        }
         if self.onnx.providers.is_empty() {
             p.push("onnx.providers is empty: list some of \"tensorrt\", \"cuda\", \"cpu\"".into());
         }
@@ -656,6 +706,23 @@ mod tests {
         assert!(err.contains("mqtt.ca_file is set but mqtt.url is not mqtts://"), "{err}");
         let c = Config::from_sources("[mqtt]\nurl = \"mqtts://broker\"\n", &[], None).unwrap();
         assert_eq!(c.mqtt.endpoint().unwrap(), ("broker".to_string(), 8883));
+    }
+
+    #[test]
+    fn mqtt_protocol_is_3_1_1_or_5_and_5_needs_an_external_broker() {
+        let c = Config::from_sources("[mqtt]\nurl = \"mqtt://b:1883\"\nprotocol = \"5\"\n", &[], None).unwrap();
+        assert_eq!(c.mqtt.protocol, MqttProtocol::V5);
+        let env = [
+            ("CRLM_MQTT__PROTOCOL".to_string(), "5".to_string()),
+            ("CRLM_MQTT__URL".to_string(), "mqtt://b".to_string()),
+        ];
+        assert_eq!(Config::from_sources("", &env, None).unwrap().mqtt.protocol, MqttProtocol::V5);
+        let env = [("CRLM_MQTT__PROTOCOL".to_string(), "3.1.1".to_string())];
+        assert_eq!(Config::from_sources("", &env, None).unwrap().mqtt.protocol, MqttProtocol::V311);
+        let err = Config::from_sources("[mqtt]\nprotocol = \"5\"\n", &[], None).unwrap_err().to_string();
+        assert!(err.contains("needs an external broker"), "{err}");
+        let err = Config::from_sources("[mqtt]\nprotocol = \"3\"\n", &[], None).unwrap_err().to_string();
+        assert!(err.contains("protocol") && err.contains("3.1.1"), "{err}");
     }
 
     #[test]

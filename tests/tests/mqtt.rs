@@ -308,3 +308,56 @@ fn mutual_tls_with_mosquitto() {
     let log = site.log(0);
     assert!(log.contains("connected to the broker"), "{log}");
 }
+
+/// MQTT 5 (`mqtt.protocol = "5"`) against mosquitto: the retained status and the Last Will reach
+/// an MQTT 5 subscriber, results locked while the broker is away reach the (MQTT 3.1.1)
+/// collector once it is back, and the collector's acks, received over the box's MQTT 5
+/// subscription, empty the outbox.
+#[test]
+fn mqtt5_box_with_mosquitto() {
+    if !have("mosquitto") || !have("mosquitto_sub") {
+        eprintln!("SKIPPED: mosquitto and mosquitto-clients (Debian packages) are not installed");
+        return;
+    }
+    let mut site = Site::new(0.3);
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    site.env.push(("CRLM_MQTT__URL".into(), url.clone()));
+    site.env.push(("CRLM_MQTT__PROTOCOL".into(), "5".into()));
+    site.env.push(("CRLM_MQTT__RECONNECT_MAX_SECONDS".into(), "1".into()));
+    let mut broker = start_broker(BrokerKind::Mosquitto, port, site.dir.path());
+    let collector = Collector::start(site.dir.path(), &url);
+    let db = collector.db.clone();
+    let status = || {
+        let out = Command::new("mosquitto_sub")
+            .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", &port.to_string(), "-t", "crlm/v1/+/+/status"])
+            .args(["-C", "1", "-W", "3"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let mut service = site.start(0);
+    collector.register(&site.state);
+    wait("status online over MQTT 5", Duration::from_secs(20), || status()["state"] == "online");
+    assert!(site.log(0).contains("protocol=\"5\"") || site.log(0).contains("protocol=5"), "{}", site.log(0));
+    write_sample_case(&site.share.join("case-0"), &SampleCase::new("MQTT5-000")).unwrap();
+    wait("the first result at the collector", Duration::from_secs(60), || collected(&db).len() == 1);
+
+    stop(broker);
+    for i in 1..3 {
+        write_sample_case(&site.share.join(format!("case-{i}")), &SampleCase::new(&format!("MQTT5-{i:03}"))).unwrap();
+    }
+    site.wait_cases(Duration::from_secs(120), |c| c.len() == 3 && c.iter().all(|x| x["state"] == "predicted"));
+    assert!(outbox_rows(&site.state) >= 2, "results locked while the broker is away wait in the outbox");
+    broker = start_broker(BrokerKind::Mosquitto, port, site.dir.path());
+    wait("3 results at the collector", Duration::from_secs(60), || collected(&db).len() == 3);
+    wait("the outbox to empty on the collector's acks", Duration::from_secs(30), || outbox_rows(&site.state) == 0);
+    let rows = collected(&db);
+    assert!(rows.iter().all(|r| r["signature_ok"] == true), "{rows:#?}");
+
+    service.kill().unwrap();
+    service.wait().unwrap();
+    wait("status offline (MQTT 5 Last Will)", Duration::from_secs(30), || status()["state"] == "offline");
+    drop(collector);
+    stop(broker);
+}

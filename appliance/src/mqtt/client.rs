@@ -3,11 +3,11 @@
 //! re-subscribes after a reconnect: both are done here (capped exponential back-off with jitter;
 //! the ack topic is subscribed on every CONNACK).
 
+use super::session::{self, Polled, Settings};
 use super::{outbox, status_payload, topic};
 use crate::config::Config;
 use crate::ledger::{self, countersign::Countersignature};
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,38 +45,35 @@ enum Link {
 /// Run until `stop`: connect, publish, heartbeat, take acks; publish `offline` on the way out.
 pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<bool>) {
     let m = cfg.mqtt.clone();
-    let mut opts = match super::mqtt_options(&m, format!("crlm-{}-{}", m.site, m.device)) {
-        Ok(o) => o,
+    let settings = Settings {
+        client_id: format!("crlm-{}-{}", m.site, m.device),
+        keep_alive: Duration::from_secs(10),
+        // Results carry the signed record (a CT lists every slice): allow up to 1 MiB.
+        max_packet_bytes: 1 << 20,
+        will_topic: topic(&m, "status"),
+        will_payload: status_payload(&m, "offline").to_string(),
+    };
+    let (client, mut eventloop) = match session::connect(&m, settings) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!(stage = "mqtt", error = %e, "cannot connect to the broker; results wait in the outbox");
             return;
         }
     };
-    opts.set_keep_alive(Duration::from_secs(10));
-    opts.set_clean_session(true);
-    // Results carry the signed record (a CT lists every slice): allow up to 1 MiB.
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    opts.set_last_will(LastWill::new(
-        topic(&m, "status"),
-        status_payload(&m, "offline").to_string(),
-        QoS::AtLeastOnce,
-        true,
-    ));
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let (link_tx, mut link_rx) = mpsc::channel::<Link>(64);
     let (min, max) = (m.reconnect_min_seconds, m.reconnect_max_seconds);
     let poller = tokio::spawn(async move {
         let mut backoff = min;
         loop {
             let ev = match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Polled::Up => {
                     backoff = min;
                     Link::Up
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => Link::Message(p.topic.clone(), p.payload.to_vec()),
-                Ok(_) => continue,
-                Err(e) => {
-                    let _ = link_tx.send(Link::Down(e.to_string())).await;
+                Polled::Message(t, payload) => Link::Message(t, payload),
+                Polled::Other => continue,
+                Polled::Lost(e) => {
+                    let _ = link_tx.send(Link::Down(e)).await;
                     let jitter = rand::rng().random_range(0.5..1.0);
                     tokio::time::sleep(Duration::from_secs_f64(backoff * jitter)).await;
                     backoff = (backoff * 2.0).min(max);
@@ -119,13 +116,13 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 let Some(ev) = ev else { break };
                 match ev {
                     Link::Up => {
-                        tracing::info!(stage = "mqtt", "connected to the broker");
+                        tracing::info!(stage = "mqtt", protocol = m.protocol.name(), "connected to the broker");
                         connected = true;
                         sent_through = 0;
                         let _ = client
-                            .publish(topic(&m, "status"), QoS::AtLeastOnce, true, status_payload(&m, "online").to_string())
+                            .publish(topic(&m, "status"), true, true, status_payload(&m, "online").to_string().into_bytes())
                             .await;
-                        let _ = client.subscribe(ack_topic.clone(), QoS::AtLeastOnce).await;
+                        let _ = client.subscribe(ack_topic.clone()).await;
                         report(true, &db);
                     }
                     Link::Down(e) => {
@@ -159,7 +156,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 }
                 let rows = outbox::pending(&db.conn, sent_through, 100).unwrap_or_default();
                 for q in rows {
-                    if client.publish(q.topic.clone(), QoS::AtLeastOnce, false, q.payload.clone()).await.is_err() {
+                    if client.publish(q.topic.clone(), true, false, q.payload.clone().into()).await.is_err() {
                         break;
                     }
                     sent_through = q.id;
@@ -193,7 +190,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                         "interval_seconds": m.heartbeat_seconds,
                         "last_error": last_error,
                     });
-                    let _ = client.try_publish(topic(&m, "heartbeat"), QoS::AtMostOnce, false, hb.to_string());
+                    client.try_publish_unreliable(topic(&m, "heartbeat"), hb.to_string().into_bytes());
                 }
             }
             _ = stop.changed() => {
@@ -205,11 +202,11 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
     }
     if connected {
         let _ = client
-            .publish(topic(&m, "status"), QoS::AtLeastOnce, true, status_payload(&m, "offline").to_string())
+            .publish(topic(&m, "status"), true, true, status_payload(&m, "offline").to_string().into_bytes())
             .await;
         // Let the event loop flush the offline status before disconnecting.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let _ = client.disconnect().await;
+        client.disconnect().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     poller.abort();

@@ -10,6 +10,7 @@
 pub mod broker;
 pub mod client;
 pub mod outbox;
+pub mod session;
 pub mod tls;
 
 use crate::config::MqttConfig;
@@ -27,20 +28,27 @@ pub const STREAM_ALERT: &str = "alert";
 pub fn mqtt_options(m: &MqttConfig, client_id: impl Into<String>) -> Result<rumqttc::MqttOptions, String> {
     let (host, port) = m.endpoint()?;
     let mut o = rumqttc::MqttOptions::new(client_id, host, port);
-    if m.tls() {
-        let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
-        let ca = path(&m.ca_file);
-        let identity = path(&m.client_cert_file).zip(path(&m.client_key_file));
-        let config = tls::client_config(ca.as_deref(), identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
-            .map_err(|e| e.to_string())?;
-        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(
-            config,
-        ))));
+    if let Some(t) = transport(m)? {
+        o.set_transport(t);
     }
     if !m.username.is_empty() {
         o.set_credentials(m.username.clone(), m.password.clone());
     }
     Ok(o)
+}
+
+/// The TLS transport for `mqtts://` (server verification and, with a client certificate, mutual
+/// TLS); None for plain TCP. Shared by the MQTT 3.1.1 and MQTT 5 clients.
+pub fn transport(m: &MqttConfig) -> Result<Option<rumqttc::Transport>, String> {
+    if !m.tls() {
+        return Ok(None);
+    }
+    let path = |p: &std::path::Path| (!p.as_os_str().is_empty()).then(|| p.to_path_buf());
+    let ca = path(&m.ca_file);
+    let identity = path(&m.client_cert_file).zip(path(&m.client_key_file));
+    let config = tls::client_config(ca.as_deref(), identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))
+        .map_err(|e| e.to_string())?;
+    Ok(Some(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(config)))))
 }
 
 /// `crlm/v1/<site>/<device>/<leaf>`.
