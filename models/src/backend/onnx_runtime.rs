@@ -243,6 +243,16 @@ impl OnnxBackend {
             graphs.push((g.clone(), bytes));
         }
         let (env, _, version) = runtime(opts)?;
+        // The engine cache lives in the state folder: made when that exists (on the box), so
+        // `crlm predict` in some other folder leaves nothing behind.
+        let cache = &opts.engine_cache;
+        let wanted = opts.providers.contains(&Provider::Tensorrt) && cache.parent().is_some_and(|p| p.is_dir());
+        if wanted
+            && !cache.exists()
+            && let Err(e) = std::fs::create_dir_all(cache)
+        {
+            tracing::warn!(path = %cache.display(), error = %e, "cannot create the TensorRT engine cache");
+        }
         let int8 = onnx.precision == OnnxPrecision::Int8;
         let mut chosen = None;
         let mut failures = Vec::new();
