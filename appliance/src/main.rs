@@ -745,6 +745,13 @@ fn ledger_command(action: LedgerAction) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The case folders directly inside `dir`, sorted (calibration and comparison sets).
+fn case_folders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(dir)?.flatten().map(|e| e.path()).filter(|d| d.is_dir()).collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
 /// The package's ONNX graphs and their declared interfaces (unreadable ones are left out).
 fn onnx_graphs(p: &crlm_models::package::ModelPackage) -> Vec<(&'static str, String, crlm_models::onnx::GraphIo)> {
     let Some(onnx) = &p.spec.onnx else { return Vec::new() };
@@ -931,9 +938,7 @@ fn model_command(action: ModelAction) -> anyhow::Result<ExitCode> {
             };
             let ma = crlm_appliance::predict::load_model_on(&cfg, Some(&a), backend_a)?;
             let mb = crlm_appliance::predict::load_model_on(&cfg, Some(&b), backend_b)?;
-            let mut dirs: Vec<PathBuf> =
-                std::fs::read_dir(&cases)?.flatten().map(|e| e.path()).filter(|d| d.is_dir()).collect();
-            dirs.sort();
+            let dirs = case_folders(&cases)?;
             let c = crlm_appliance::predict::compare(&ma, &mb, &dirs, &cfg)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
@@ -988,9 +993,7 @@ fn model_command(action: ModelAction) -> anyhow::Result<ExitCode> {
             };
             let weights =
                 p.weights().ok_or_else(|| anyhow::anyhow!("the package carries no fp32 weights to calibrate"))?;
-            let mut dirs: Vec<PathBuf> =
-                std::fs::read_dir(&calibration)?.flatten().map(|e| e.path()).filter(|d| d.is_dir()).collect();
-            dirs.sort();
+            let dirs = case_folders(&calibration)?;
             let mut cases = Vec::new();
             for d in &dirs {
                 match crlm_appliance::predict::prepare_case(d, &p.spec, &cfg) {

@@ -86,6 +86,17 @@ fn results_survive_an_outage_of_mosquitto() {
     outage(BrokerKind::Mosquitto);
 }
 
+/// The retained status message as mosquitto_sub (protocol `mqttv311` or `mqttv5`) sees it, or
+/// null when none comes within 3 s.
+fn retained_status(port: u16, protocol: &str) -> serde_json::Value {
+    let out = Command::new("mosquitto_sub")
+        .args(["-V", protocol, "-h", "127.0.0.1", "-p", &port.to_string(), "-t", "crlm/v1/+/+/status"])
+        .args(["-C", "1", "-W", "3"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+}
+
 /// mosquitto_sub, an independent client, sees the retained `online` status, and the Last Will
 /// turns it `offline` when the service is killed.
 #[test]
@@ -98,13 +109,7 @@ fn last_will_marks_a_killed_box_offline() {
     let port = free_port();
     site.env.push(("CRLM_MQTT__URL".into(), format!("mqtt://127.0.0.1:{port}")));
     let broker = start_broker(BrokerKind::Mosquitto, port, site.dir.path());
-    let status = || {
-        let out = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "crlm/v1/+/+/status", "-C", "1", "-W", "3"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
+    let status = || retained_status(port, "mqttv311");
     let mut service = site.start(0);
     wait("status online", Duration::from_secs(20), || status()["state"] == "online");
     let s = status();
@@ -328,14 +333,7 @@ fn mqtt5_box_with_mosquitto() {
     let mut broker = start_broker(BrokerKind::Mosquitto, port, site.dir.path());
     let collector = Collector::start(site.dir.path(), &url);
     let db = collector.db.clone();
-    let status = || {
-        let out = Command::new("mosquitto_sub")
-            .args(["-V", "mqttv5", "-h", "127.0.0.1", "-p", &port.to_string(), "-t", "crlm/v1/+/+/status"])
-            .args(["-C", "1", "-W", "3"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
-    };
+    let status = || retained_status(port, "mqttv5");
     let mut service = site.start(0);
     collector.register(&site.state);
     wait("status online over MQTT 5", Duration::from_secs(20), || status()["state"] == "online");
