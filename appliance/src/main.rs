@@ -218,6 +218,9 @@ enum SynthAction {
         patient_id: String,
         #[arg(long, default_value_t = 24)]
         slices: u32,
+        /// Also write a DICOM SEG of the phantom's liver (the CT crop is centred on it).
+        #[arg(long)]
+        segmentation: bool,
     },
     /// A patient of the synthetic cohort (docs/MODEL.md) as a case folder.
     Patient {
@@ -1304,8 +1307,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Synth { action: SynthAction::Case { dir, patient_id, slices } } => {
-            let case = crlm_models::synth::SampleCase { slices, ..crlm_models::synth::SampleCase::new(&patient_id) };
+        Command::Synth { action: SynthAction::Case { dir, patient_id, slices, segmentation } } => {
+            let case = crlm_models::synth::SampleCase {
+                slices,
+                with_segmentation: segmentation,
+                ..crlm_models::synth::SampleCase::new(&patient_id)
+            };
             let files = crlm_models::synth::write_sample_case(&dir, &case)?;
             println!("{}: {} files", dir.display(), files.len());
             Ok(ExitCode::SUCCESS)

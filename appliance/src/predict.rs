@@ -11,6 +11,7 @@ use crate::ingest::share::{self, ShareEntry};
 use crlm_models::backend::{BackendKind, OnnxOptions, RawInput};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::ct::preprocess::preprocess;
+use crlm_models::ct::roi::{RegionOfInterest, read_roi};
 use crlm_models::ct::volume::load_series_with_headers;
 use crlm_models::dicom::DicomHeader;
 use crlm_models::encode::encode;
@@ -102,6 +103,8 @@ pub fn package_source(cfg: &Config, override_path: Option<&Path>) -> PackageSour
 #[derive(Debug, Default)]
 pub struct CaseFiles {
     pub ct_images: Vec<(PathBuf, DicomHeader)>,
+    /// DICOM SEG and RTSTRUCT files: where the CT crop is centred when one fits the series.
+    pub roi_files: Vec<(PathBuf, DicomHeader)>,
     /// Slide path and its label.
     pub slides: Vec<(PathBuf, String)>,
     pub clinical: Vec<ClinicalRecord>,
@@ -120,6 +123,8 @@ pub struct CtUsed {
     pub images: Vec<(String, String)>,
     /// The header of the first slice (study UIDs and the identity an on-site SR repeats).
     pub first_header: DicomHeader,
+    /// The segmentation the crop was centred on, and its SOPInstanceUID; `None`: the body box.
+    pub roi: Option<(RegionOfInterest, String)>,
 }
 
 /// A slide a case used.
@@ -161,10 +166,9 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
         let file = share::open_beneath(&root, &rel_path)?;
         match recognise(&file, &cfg.limits) {
             Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => out.ct_images.push((p, *header)),
-            Outcome::Usable(Recognised::Dicom { role: DicomRole::RegionOfInterest, .. }) => out.warnings.push(format!(
-                "{}: a segmentation; reading it is not supported yet, the body box is used",
-                rel(dir, &p)
-            )),
+            Outcome::Usable(Recognised::Dicom { header, role: DicomRole::RegionOfInterest }) => {
+                out.roi_files.push((p, *header))
+            }
             Outcome::Usable(Recognised::Dicom { .. }) => {}
             Outcome::Usable(Recognised::Slide(_)) => out.slides.push((p, rel_path.display().to_string())),
             Outcome::Usable(Recognised::Clinical { records, .. }) => out.clinical.extend(records),
@@ -174,6 +178,43 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
         }
     }
     Ok(out)
+}
+
+/// The region of interest for the chosen series: the first SEG or RTSTRUCT (in path order) in
+/// the series' frame of reference that reads and holds the package's labels. Segmentations that
+/// do not fit, or cannot be read, are said in the warnings; the body box is used without one.
+fn region_of_interest(
+    roi_files: &[(PathBuf, DicomHeader)],
+    ct_headers: &[DicomHeader],
+    vol: &crlm_models::ct::CtVolume,
+    labels: &[String],
+    warnings: &mut Vec<String>,
+) -> Option<(RegionOfInterest, String)> {
+    let ct = ct_headers.first()?;
+    for (path, h) in roi_files {
+        let same_frame = match (&h.frame_of_reference_uid, &ct.frame_of_reference_uid) {
+            (Some(a), Some(b)) => a == b,
+            // Without a frame of reference on one side, the same study is the best evidence.
+            _ => h.study_instance_uid.is_some() && h.study_instance_uid == ct.study_instance_uid,
+        };
+        if !same_frame {
+            warnings.push(format!(
+                "{}: a segmentation of another frame of reference than the CT series; not used",
+                path.display()
+            ));
+            continue;
+        }
+        match read_roi(path, h, vol, labels) {
+            Ok(roi) => {
+                if roi.clipped {
+                    warnings.push(format!("{}: the segmentation reaches outside the CT volume", path.display()));
+                }
+                return Some((roi, h.sop_instance_uid.clone().unwrap_or_default()));
+            }
+            Err(e) => warnings.push(format!("CT: {e}; the body box is used")),
+        }
+    }
+    None
 }
 
 /// The result of `predict_case`: the JSON document, and the model's output when it predicted.
@@ -269,14 +310,17 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
                                 (uid.clone(), crlm_models::sha256_hex(&bytes))
                             })
                             .collect();
+                        let roi =
+                            region_of_interest(&files.roi_files, &headers, &vol, &spec.ct.roi_labels, &mut warnings);
+                        let tensor = preprocess(&vol, &spec.ct, roi.as_ref().map(|(r, _)| (r.bbox, r.source)));
                         ct_used = Some(CtUsed {
                             series: chosen.series.clone(),
                             choice: choice.reason.clone(),
                             rejected_series: choice.rejected.len(),
                             images,
                             first_header: headers.first().cloned().unwrap_or_default(),
+                            roi: roi.clone(),
                         });
-                        let tensor = preprocess(&vol, &spec.ct, None);
                         warnings.extend(vol.report.warnings.iter().map(|w| format!("CT: {w}")));
                         inputs_json.insert(
                             "ct".into(),
@@ -287,6 +331,9 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
                                 "choice": choice.reason,
                                 "rejected_series": choice.rejected.len(),
                                 "roi": tensor.roi,
+                                "roi_labels": roi.as_ref().map(|(r, _)| r.labels.clone()).unwrap_or_default(),
+                                "roi_box": roi.as_ref().map(|(r, _)| json!({"min": r.bbox.min, "max": r.bbox.max, "clipped": r.clipped})),
+                                "roi_centre_index": tensor.centre_index,
                                 "spacing_mm": vol.spacing,
                                 "model_shape": tensor.shape,
                             }),

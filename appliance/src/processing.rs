@@ -323,6 +323,11 @@ impl Processor {
                     "choice": ct.choice,
                     "rejected_series": ct.rejected_series,
                     "images": ct.images.iter().map(|(sop, h)| json!({"sop": self.uid(sop), "hu_sha256": h})).collect::<Vec<_>>(),
+                    // The segmentation the crop was centred on (absent: the body box).
+                    "roi": ct.roi.as_ref().map(|(r, sop)| json!({
+                        "source": r.source, "sop": self.uid(sop), "labels": r.labels,
+                        "box_min": r.bbox.min, "box_max": r.bbox.max,
+                    })),
                 }),
             );
         }
@@ -385,6 +390,9 @@ impl Processor {
         for (p, _) in &files.ct_images {
             s = s.replace(&p.display().to_string(), "a CT image");
         }
+        for (p, _) in &files.roi_files {
+            s = s.replace(&p.display().to_string(), "a segmentation");
+        }
         let root = self.cfg.share.path.display().to_string();
         if !root.is_empty() {
             s = s.replace(&root, "the share");
@@ -443,6 +451,9 @@ impl Processor {
                         shas.insert(path.clone(), sha);
                     }
                     files.slides.push((path, format!("slide {slide_no}")));
+                }
+                Outcome::Usable(Recognised::Dicom { header, role: DicomRole::RegionOfInterest }) => {
+                    files.roi_files.push((path, *header))
                 }
                 Outcome::Usable(_) => {}
                 Outcome::NotYet(p) | Outcome::Bad(p) => files.warnings.push(format!("{label}: not used ({})", p.check)),

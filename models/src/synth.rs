@@ -1,7 +1,8 @@
 //! Synthetic cases made with the project's own writers: a CT series, a pyramidal slide and a
 //! clinical file. Tests and `crlm demo` use them, so a fresh clone needs no outside data.
 
-use crate::dicom::{CtSeriesSpec, DicomError, write_ct_series, writer::uid_from};
+use crate::dicom::writer::{phantom_liver, uid_from};
+use crate::dicom::{CtSeriesSpec, DicomError, write_ct_series, write_segmentation};
 use crate::slide::{SlideError, SlideSpec, write_pyramidal_tiff};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,8 @@ pub struct SampleCase {
     pub with_clinical: bool,
     /// Also write a non-contrast series, which series selection must reject.
     pub with_noncontrast_series: bool,
+    /// Also write a DICOM SEG of the phantom's liver on the contrast series' grid.
+    pub with_segmentation: bool,
     pub slide_size: (u32, u32),
     pub resection: &'static str,
     /// Identifying values written into the DICOM headers and the slide's label and description
@@ -48,6 +51,7 @@ impl SampleCase {
             with_slide: true,
             with_clinical: true,
             with_noncontrast_series: false,
+            with_segmentation: false,
             slide_size: (1024, 768),
             resection: "R0",
             patient_name: "DOE^JANE".into(),
@@ -113,6 +117,12 @@ pub fn write_sample_case(dir: &Path, case: &SampleCase) -> Result<Vec<PathBuf>, 
         spec.accession_number = case.accession_number.clone();
         spec.institution_name = case.institution_name.clone();
         files.extend(write_ct_series(&dir.join("ct_portal_venous"), &spec)?);
+        if case.with_segmentation {
+            let p = dir.join("segmentation").join("liver_seg.dcm");
+            std::fs::create_dir_all(dir.join("segmentation"))?;
+            write_segmentation(&p, &spec, "Liver", &|x, y, z| phantom_liver(x, y, z))?;
+            files.push(p);
+        }
         if case.with_noncontrast_series {
             let mut nc = spec.clone();
             nc.series_instance_uid = case.series_uid("nc");

@@ -245,8 +245,13 @@ mod preprocessing {
         let v = load_series(&files, &Limits::default()).unwrap();
         // Whole volume as ROI, 2 mm in-plane, 4 mm between slices: every other voxel, every other slice.
         let roi = crlm_models::ct::preprocess::IndexBox { min: [0, 0, 0], max: [19, 15, 9] };
-        let spec = CtPreprocessSpec { spacing_mm: [2.0, 2.0, 4.0], shape: [10, 8, 5], hu_window: [-400.0, 400.0] };
-        let t = preprocess(&v, &spec, Some(roi));
+        let spec = CtPreprocessSpec {
+            spacing_mm: [2.0, 2.0, 4.0],
+            shape: [10, 8, 5],
+            hu_window: [-400.0, 400.0],
+            roi_labels: vec![],
+        };
+        let t = preprocess(&v, &spec, Some((roi, RoiSource::Segmentation)));
         assert_eq!(t.shape, [10, 8, 5]);
         assert_eq!(t.data.len(), 10 * 8 * 5);
         assert_eq!(t.roi, RoiSource::Segmentation);
@@ -277,12 +282,302 @@ mod preprocessing {
         assert_eq!((b.min[0], b.max[0]), (4, 60));
         assert_eq!((b.min[1], b.max[1]), (4, 60));
         // A box larger than the scan: its edges are air (0 after the window).
-        let spec = CtPreprocessSpec { spacing_mm: [1.0, 1.0, 1.0], shape: [120, 120, 4], hu_window: [-100.0, 200.0] };
+        let spec = CtPreprocessSpec {
+            spacing_mm: [1.0, 1.0, 1.0],
+            shape: [120, 120, 4],
+            hu_window: [-100.0, 200.0],
+            roi_labels: vec![],
+        };
         let t = preprocess(&v, &spec, None);
         assert_eq!(t.roi, RoiSource::Body);
         assert_eq!(t.data[0], 0.0);
         // The centre is water (40 HU) or contrast liver (110 HU), both inside the window.
         let c = t.data[(2 * 120 + 60) * 120 + 60];
         assert!(c > 0.3 && c < 1.0, "{c}");
+    }
+}
+
+mod enhanced_ct {
+    use super::*;
+    use crlm_models::dicom::{read_header, write_enhanced_ct};
+
+    #[test]
+    fn a_multi_frame_file_loads_like_the_same_series_in_single_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = CtSeriesSpec::axial("P", "1.2.3", "1.2.3.4", 7);
+        spec.rows = 16;
+        spec.columns = 20;
+        spec.hu = std::sync::Arc::new(hu_of);
+        // Frames stored out of order: only the Plane Position functional groups place them.
+        spec.write_order = Some(vec![3, 0, 6, 1, 5, 2, 4]);
+        spec.origin = [-5.0, 10.0, 50.0];
+        let single = write_ct_series(&dir.path().join("single"), &spec).unwrap();
+        let multi = dir.path().join("enhanced.dcm");
+        write_enhanced_ct(&multi, &spec).unwrap();
+
+        let h = read_header(&multi, &Limits::default()).unwrap();
+        assert_eq!(h.number_of_frames, Some(7));
+        assert_eq!(h.frames.len(), 7);
+        assert_eq!(h.image_orientation_patient, Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]), "shared orientation");
+
+        let a = load_series(&single, &Limits::default()).unwrap();
+        let b = load_series(std::slice::from_ref(&multi), &Limits::default()).unwrap();
+        assert_eq!((b.columns, b.rows, b.slices), (20, 16, 7));
+        assert_eq!(b.hu, a.hu, "voxels");
+        assert_eq!((b.origin, b.spacing, b.direction), (a.origin, a.spacing, a.direction));
+        assert_eq!(b.frames, vec![2, 4, 6, 1, 7, 5, 3], "1-based frame of each sorted slice");
+        assert!(b.report.warnings.is_empty(), "{:?}", b.report.warnings);
+    }
+
+    #[test]
+    fn frames_without_plane_positions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CtSeriesSpec::axial("P", "1.2.3", "1.2.3.4", 3);
+        let path = dir.path().join("enhanced.dcm");
+        write_enhanced_ct(&path, &spec).unwrap();
+        let mut h = read_header(&path, &Limits::default()).unwrap();
+        h.frames.truncate(2);
+        let err = crlm_models::ct::volume::load_series_with_headers(&[path], &[h], &Limits::default()).unwrap_err();
+        assert!(err.to_string().contains("3 frames but 2 per-frame functional groups"), "{err}");
+    }
+
+    #[test]
+    fn real_enhanced_ct_decodes_with_its_functional_groups() {
+        let Some(d) = shared() else { return };
+        let v = load_series(&[d.join("enhanced/eCT_Supplemental.dcm")], &Limits::default()).unwrap();
+        assert_eq!((v.columns, v.rows, v.slices), (512, 512, 2));
+        assert!((v.spacing[0] - 0.388672).abs() < 1e-9 && (v.spacing[2] - 10.0).abs() < 1e-9, "{:?}", v.spacing);
+        // Orientation (-1,0,0 / 0,1,0): the normal points to -z, so frame 2 (z -149) comes first.
+        assert_eq!(v.frames, vec![2, 1]);
+        assert_eq!(v.origin, [99.5, -301.5, -149.0]);
+        // Values checked with pydicom (pixel_array - 1024, the shared Pixel Value Transformation).
+        let mean =
+            |z: usize| v.hu[z * 512 * 512..(z + 1) * 512 * 512].iter().map(|x| f64::from(*x)).sum::<f64>() / 262144.0;
+        assert!((mean(0) - -648.544506072998).abs() < 1e-6, "{}", mean(0));
+        assert!((mean(1) - -639.379322052002).abs() < 1e-6, "{}", mean(1));
+        assert_eq!(v.at(256, 256, 1), 81.0);
+    }
+}
+
+mod region_of_interest {
+    use super::*;
+    use crlm_models::ct::preprocess::{IndexBox, RoiSource};
+    use crlm_models::ct::roi::read_roi;
+    use crlm_models::dicom::{read_header, write_segmentation, write_structure_set};
+
+    fn spec() -> CtSeriesSpec {
+        let mut spec = CtSeriesSpec::axial("P", "1.2.3", "1.2.3.4", 10);
+        spec.rows = 30;
+        spec.columns = 40;
+        spec.hu = std::sync::Arc::new(hu_of);
+        spec
+    }
+
+    #[test]
+    fn a_seg_gives_the_box_of_its_set_voxels() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec();
+        let v = load_series(&write_ct_series(&dir.path().join("ct"), &spec).unwrap(), &Limits::default()).unwrap();
+        let seg = dir.path().join("seg.dcm");
+        // An L-shaped region: the box is the union over slices, not one slice's extent.
+        write_segmentation(&seg, &spec, "Liver", &|x, y, z| {
+            (z == 3 && (5..=9).contains(&x) && (20..=25).contains(&y)) || (z == 6 && (12..=30).contains(&x) && y == 2)
+        })
+        .unwrap();
+        let h = read_header(&seg, &Limits::default()).unwrap();
+        // 40 x 30 = 1200 bits a frame, 2 frames: not a multiple of 8 per frame would still be
+        // packed; here the mask itself is checked bit for bit through the box.
+        let roi = read_roi(&seg, &h, &v, &[]).unwrap();
+        assert_eq!(roi.bbox, IndexBox { min: [5, 2, 3], max: [30, 25, 6] });
+        assert_eq!(
+            (roi.source, roi.labels.clone(), roi.clipped),
+            (RoiSource::Segmentation, vec!["Liver".into()], false)
+        );
+        // Chosen by label, case-insensitively; a label the file lacks is a clear error.
+        assert_eq!(read_roi(&seg, &h, &v, &["liver".into()]).unwrap().bbox, roi.bbox);
+        let err = read_roi(&seg, &h, &v, &["tumour".into()]).unwrap_err().to_string();
+        assert!(err.contains("no segment named tumour (the file has: Liver)"), "{err}");
+    }
+
+    #[test]
+    fn frames_that_do_not_start_on_a_byte_are_unpacked_right() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = spec();
+        // 13 x 7 = 91 bits a frame: every frame after the first starts mid-byte.
+        spec.columns = 13;
+        spec.rows = 7;
+        let v = load_series(&write_ct_series(&dir.path().join("ct"), &spec).unwrap(), &Limits::default()).unwrap();
+        let seg = dir.path().join("seg.dcm");
+        write_segmentation(&seg, &spec, "Lesion", &|x, y, z| {
+            (z == 1 && x == 0 && y == 0) || (z == 2 && x == 12 && y == 6)
+        })
+        .unwrap();
+        let h = read_header(&seg, &Limits::default()).unwrap();
+        let roi = read_roi(&seg, &h, &v, &[]).unwrap();
+        assert_eq!(roi.bbox, IndexBox { min: [0, 0, 1], max: [12, 6, 2] });
+    }
+
+    #[test]
+    fn an_rtstruct_gives_the_box_of_its_contours_and_clipping_is_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec();
+        let v = load_series(&write_ct_series(&dir.path().join("ct"), &spec).unwrap(), &Limits::default()).unwrap();
+        // Voxel (x, y, z) is at origin + (0.7 x, 0.7 y, 2 z) for this axial series.
+        let at =
+            |x: f64, y: f64, z: f64| [spec.origin[0] + 0.7 * x, spec.origin[1] + 0.7 * y, spec.origin[2] + 2.0 * z];
+        let rt = dir.path().join("rt.dcm");
+        write_structure_set(
+            &rt,
+            &spec,
+            &[
+                ("Liver", vec![at(4.0, 5.0, 2.0), at(20.0, 5.0, 2.0), at(20.0, 18.0, 2.0), at(4.0, 18.0, 2.0)]),
+                ("Body", vec![at(-10.0, 0.0, 0.0), at(39.0, 0.0, 0.0), at(39.0, 29.0, 9.0)]),
+            ],
+        )
+        .unwrap();
+        let h = read_header(&rt, &Limits::default()).unwrap();
+        let liver = read_roi(&rt, &h, &v, &["LIVER".into()]).unwrap();
+        assert_eq!(liver.bbox, IndexBox { min: [4, 5, 2], max: [20, 18, 2] });
+        assert_eq!((liver.source, liver.clipped), (RoiSource::StructureSet, false));
+        let body = read_roi(&rt, &h, &v, &["Body".into()]).unwrap();
+        assert_eq!(body.bbox, IndexBox { min: [0, 0, 0], max: [39, 29, 9] });
+        assert!(body.clipped, "a contour 10 voxels left of the volume");
+    }
+
+    #[test]
+    fn a_region_outside_the_volume_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec();
+        let v = load_series(&write_ct_series(&dir.path().join("ct"), &spec).unwrap(), &Limits::default()).unwrap();
+        let rt = dir.path().join("rt.dcm");
+        write_structure_set(&rt, &spec, &[("Far", vec![[500.0, 500.0, 900.0], [510.0, 500.0, 900.0]])]).unwrap();
+        let h = read_header(&rt, &Limits::default()).unwrap();
+        let err = read_roi(&rt, &h, &v, &[]).unwrap_err().to_string();
+        assert!(err.contains("lies outside the CT volume"), "{err}");
+    }
+
+    #[test]
+    fn real_dcmqi_liver_seg_in_every_encoding_gives_the_same_box() {
+        let Some(d) = shared() else { return };
+        let d = d.join("ct_series/dcmqi_ct3slice");
+        let files: Vec<PathBuf> = ["01", "02", "03"].iter().map(|n| d.join(format!("{n}.dcm"))).collect();
+        let v = load_series(&files, &Limits::default()).unwrap();
+        // Expected from pydicom's pixel_array: rows 145..366, columns 79..350 over the three
+        // frames, which sit at z -128.69, -127.69, -126.69 (volume slices 0, 1, 2).
+        let want = IndexBox { min: [79, 145, 0], max: [350, 366, 2] };
+        for name in
+            ["liver_seg", "liver_seg_nonbyte_aligned", "liver_seg_rle", "liver_seg_j2k", "liver_seg_deflate_frame"]
+        {
+            let path = d.join(format!("{name}.dcm"));
+            let h = read_header(&path, &Limits::default()).unwrap();
+            assert_eq!(
+                h.frame_of_reference_uid,
+                crlm_models::dicom::read_header(&files[0], &Limits::default()).unwrap().frame_of_reference_uid
+            );
+            match read_roi(&path, &h, &v, &["Liver".into()]) {
+                Ok(roi) => assert_eq!(roi.bbox, want, "{name}"),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+    }
+}
+
+mod jpeg_extended_12bit {
+    use super::*;
+    use std::process::Command;
+
+    fn dcmtk(tool: &str) -> bool {
+        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
+        }
+        ok
+    }
+
+    fn run(tool: &str, args: &[&std::ffi::OsStr]) {
+        let out = Command::new(tool).args(args).output().unwrap();
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A CT series written by the project, compressed by DCMTK to 12-bit JPEG Extended (lossy),
+    /// loads to the same HU as DCMTK's own decompression of those files, within one HU (IJG's
+    /// integer inverse DCT against our exact float one).
+    #[test]
+    fn a_12bit_jpeg_series_decodes_like_dcmtk() {
+        if !dcmtk("dcmcjpeg") || !dcmtk("dcmdjpeg") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let originals = series(&dir.path().join("native"), 4, |s| {
+            s.rows = 40;
+            s.columns = 36; // not a multiple of 8: partial blocks at the edges
+        });
+        let (mut jpeg, mut back) = (Vec::new(), Vec::new());
+        for (i, f) in originals.iter().enumerate() {
+            let j = dir.path().join(format!("j{i}.dcm"));
+            let b = dir.path().join(format!("b{i}.dcm"));
+            run("dcmcjpeg", &["+ee".as_ref(), "+un".as_ref(), f.as_os_str(), j.as_os_str()]);
+            run("dcmdjpeg", &[j.as_os_str(), b.as_os_str()]);
+            jpeg.push(j);
+            back.push(b);
+        }
+        let h = crlm_models::dicom::read_header(&jpeg[0], &Limits::default()).unwrap();
+        assert_eq!(h.transfer_syntax_uid, "1.2.840.10008.1.2.4.51");
+        let ours = load_series(&jpeg, &Limits::default()).unwrap();
+        let theirs = load_series(&back, &Limits::default()).unwrap();
+        let original = load_series(&originals, &Limits::default()).unwrap();
+        let max_diff = ours.hu.iter().zip(&theirs.hu).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(max_diff <= 1.0, "ours vs dcmdjpeg: max |diff| {max_diff} HU");
+        let equal = ours.hu.iter().zip(&theirs.hu).filter(|(a, b)| a == b).count();
+        eprintln!("12-bit JPEG: max |ours - dcmdjpeg| {max_diff} HU, {equal} of {} voxels identical", ours.hu.len());
+        assert!(equal * 10 >= ours.hu.len() * 9, "only {equal} of {} voxels identical", ours.hu.len());
+        // Lossy, but close to what was compressed.
+        let mean_loss =
+            ours.hu.iter().zip(&original.hu).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / ours.hu.len() as f64;
+        assert!(mean_loss > 0.0 && mean_loss < 30.0, "mean loss {mean_loss} HU");
+
+        // Damaged codestreams give an error or an image, never a panic.
+        let obj = dicom_object::open_file(&jpeg[0]).unwrap();
+        let stream = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).unwrap().value().fragments().unwrap().concat();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..500 {
+            let mut damaged = stream.clone();
+            for _ in 0..4 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let at = (seed % damaged.len() as u64) as usize;
+                damaged[at] = (seed >> 32) as u8;
+            }
+            damaged.truncate(damaged.len() - (seed % 64) as usize);
+            let _ = crlm_models::dicom::jpeg12::decode(&damaged, 1 << 20);
+        }
+    }
+
+    /// The public 12-bit JPEG Extended file (pydicom's test set; Pillow cannot decode it): our
+    /// decoder against DCMTK's, sample by sample.
+    #[test]
+    fn the_public_12bit_file_matches_dcmtk() {
+        let Some(d) = shared() else { return };
+        if !dcmtk("dcmdjpeg") {
+            return;
+        }
+        let src = d.join("pydicom_test_files/JPGExtended.dcm");
+        let tmp = tempfile::tempdir().unwrap();
+        let back = tmp.path().join("back.dcm");
+        run("dcmdjpeg", &[src.as_os_str(), back.as_os_str()]);
+        let obj = dicom_object::open_file(&src).unwrap();
+        let pixel = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).unwrap();
+        let stream = pixel.value().fragments().unwrap().concat();
+        let img = crlm_models::dicom::jpeg12::decode(&stream, 1 << 24).unwrap();
+        assert_eq!((img.width, img.height), (256, 1024));
+        let reference = dicom_object::open_file(&back).unwrap();
+        let want: Vec<u16> =
+            reference.element(dicom_dictionary_std::tags::PIXEL_DATA).unwrap().to_multi_int::<u16>().unwrap();
+        assert_eq!(want.len(), img.samples.len());
+        let max_diff = img.samples.iter().zip(&want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let equal = img.samples.iter().zip(&want).filter(|(a, b)| a == b).count();
+        eprintln!("JPGExtended.dcm: max |ours - dcmdjpeg| {max_diff}, {equal} of {} samples identical", want.len());
+        assert!(max_diff <= 1, "max |diff| {max_diff}");
     }
 }

@@ -49,7 +49,9 @@ fn schemas() -> HashMap<&'static str, jsonschema::Validator> {
 }
 
 fn write_cases(share: &Path) {
-    write_sample_case(&share.join("full"), &SampleCase::new("E2E-FULL")).unwrap();
+    // The full export carries a DICOM SEG of the liver: the CT crop is centred on it.
+    let full = SampleCase { with_segmentation: true, ..SampleCase::new("E2E-FULL") };
+    write_sample_case(&share.join("full"), &full).unwrap();
     let no_slide = SampleCase { with_slide: false, ..SampleCase::new("E2E-NOSLIDE") };
     write_sample_case(&share.join("no-slide"), &no_slide).unwrap();
     // Staff mark the export complete, so the service need not wait for a slide.
@@ -131,6 +133,16 @@ fn run(kind: BrokerKind) {
     let modalities = |r: &Value| r["modalities_used"].as_str().unwrap_or("").to_string();
     let full = rows.iter().find(|r| r["status"] == "predicted" && modalities(r).contains("slide")).expect("all three");
     assert!(modalities(full).contains("ct") && modalities(full).contains("clinical"), "{full:#}");
+    // The ledger records the segmentation the full case's crop was centred on (pseudonymised).
+    let show = site.command(&["ledger", "show", &full["sequence"].as_u64().unwrap().to_string()]).output().unwrap();
+    let record: Value = serde_json::from_slice(&show.stdout).unwrap_or_else(|_| panic!("{}", site.log(0)));
+    let roi = &record["body"]["inputs"]["ct"]["roi"];
+    assert_eq!(
+        (roi["source"].as_str(), roi["labels"][0].as_str()),
+        (Some("segmentation"), Some("Liver")),
+        "{record:#}"
+    );
+    assert!(roi["sop"].as_str().is_some_and(|s| s.starts_with("R-")), "the SEG's UID is pseudonymised: {roi}");
     let no_slide =
         rows.iter().find(|r| r["status"] == "predicted" && !modalities(r).contains("slide")).expect("no slide");
     assert!(no_slide["risk_2y"].as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)), "{no_slide:#}");

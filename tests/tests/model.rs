@@ -101,3 +101,25 @@ fn predict_reads_real_ct_and_a_real_slide() {
     assert!(doc["inputs"]["slides"][0]["tiles_used"].as_u64().unwrap() > 0);
     assert!(heat.is_file());
 }
+
+#[test]
+fn predict_centres_the_ct_on_a_segmentation_in_the_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let case = tmp.path().join("case");
+    assert!(crlm(&["synth", "case", "--segmentation"]).arg(&case).status().unwrap().success());
+    let out = crlm(&["predict", "--json"]).arg(&case).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ct = &doc["inputs"]["ct"];
+    assert_eq!(ct["roi"], "segmentation", "{doc:#}");
+    assert_eq!(ct["roi_labels"], serde_json::json!(["Liver"]));
+    // The phantom's liver: a disc of radius 10 around column 24, row 26, in all 24 slices.
+    assert_eq!(ct["roi_box"]["min"], serde_json::json!([15, 17, 0]), "{ct:#}");
+    assert_eq!(ct["roi_box"]["max"], serde_json::json!([33, 35, 23]), "{ct:#}");
+
+    // Without the SEG the body box is used.
+    std::fs::remove_dir_all(case.join("segmentation")).unwrap();
+    let out = crlm(&["predict", "--json"]).arg(&case).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["inputs"]["ct"]["roi"], "body");
+}

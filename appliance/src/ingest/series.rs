@@ -75,11 +75,7 @@ pub fn choose_series(images: &[(String, DicomHeader)], cfg: &SeriesConfig) -> Se
     let mut candidates: Vec<(SeriesSummary, bool)> = Vec::new();
     for (key, hs) in &groups {
         let first = hs[0];
-        // Duplicate SOP instances (the same slice exported twice) count once.
-        let mut sops: Vec<&str> = hs.iter().filter_map(|h| h.sop_instance_uid.as_deref()).collect();
-        sops.sort_unstable();
-        sops.dedup();
-        let slices = sops.len() + hs.iter().filter(|h| h.sop_instance_uid.is_none()).count();
+        let slices = plane_count(hs);
         let summary = SeriesSummary {
             series: (*key).to_string(),
             description: first.series_description.clone(),
@@ -186,10 +182,19 @@ fn reject_reason(hs: &[&DicomHeader], cfg: &SeriesConfig) -> Option<String> {
     {
         return Some(format!("slice thickness {t} mm is above {} mm", cfg.max_slice_thickness_mm));
     }
-    if (hs.len() as u32) < cfg.min_slices {
-        return Some(format!("{} slices, fewer than the {} required", hs.len(), cfg.min_slices));
+    let slices = plane_count(hs);
+    if (slices as u64) < u64::from(cfg.min_slices) {
+        return Some(format!("{slices} slices, fewer than the {} required", cfg.min_slices));
     }
     None
+}
+
+/// Image planes in a series: every frame of a multi-frame (Enhanced CT) image counts, and a
+/// SOP instance exported twice counts once.
+fn plane_count(hs: &[&DicomHeader]) -> usize {
+    let frames = |h: &DicomHeader| h.number_of_frames.unwrap_or(1).max(1) as usize;
+    let mut seen = std::collections::HashSet::new();
+    hs.iter().filter(|h| h.sop_instance_uid.as_deref().is_none_or(|uid| seen.insert(uid))).map(|h| frames(h)).sum()
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ pub struct CtPreprocessSpec {
     pub shape: [usize; 3],
     /// HU window [low, high]: values are clipped to it and mapped to 0..1.
     pub hu_window: [f32; 2],
+    /// The segments (SEG SegmentLabel) or structures (RTSTRUCT ROIName) whose box centres the
+    /// crop when the export has a segmentation, case-insensitive; empty: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roi_labels: Vec<String>,
 }
 
 /// A box in volume voxel indices, inclusive.
@@ -31,8 +35,10 @@ pub struct IndexBox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoiSource {
-    /// A segmentation in the export (DICOM SEG / RTSTRUCT).
+    /// A DICOM SEG in the export.
     Segmentation,
+    /// An RTSTRUCT (contours) in the export.
+    StructureSet,
     /// The body, found from HU (no segmentation given).
     Body,
     /// The whole volume (no body found).
@@ -75,9 +81,9 @@ pub fn body_box(vol: &CtVolume) -> Option<IndexBox> {
 }
 
 /// Sample the model's box around `roi` (or the body, or the whole volume).
-pub fn preprocess(vol: &CtVolume, spec: &CtPreprocessSpec, roi: Option<IndexBox>) -> CtTensor {
+pub fn preprocess(vol: &CtVolume, spec: &CtPreprocessSpec, roi: Option<(IndexBox, RoiSource)>) -> CtTensor {
     let (source, bx) = match roi {
-        Some(b) => (RoiSource::Segmentation, b),
+        Some((b, source)) => (source, b),
         None => match body_box(vol) {
             Some(b) => (RoiSource::Body, b),
             None => (

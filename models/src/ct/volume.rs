@@ -56,9 +56,12 @@ pub struct CtVolume {
     /// Mean step between slice origins (LPS, mm): along the normal unless the gantry was tilted.
     pub slice_step: [f64; 3],
     pub hu: Vec<f32>,
-    /// SOPInstanceUIDs in sorted order (empty strings where the export blanked them).
+    /// SOPInstanceUID of each slice in sorted order (empty strings where the export blanked
+    /// them; a multi-frame image repeats its UID, see `frames`).
     pub sop_instance_uids: Vec<String>,
-    /// The files in sorted order.
+    /// The 1-based frame of each slice within its file (1 for single-frame images).
+    pub frames: Vec<u32>,
+    /// The file of each slice, in sorted order (a multi-frame file repeats).
     pub files: Vec<PathBuf>,
     pub report: GeometryReport,
 }
@@ -87,6 +90,75 @@ pub fn load_series(files: &[PathBuf], limits: &Limits) -> Result<CtVolume, CtErr
     load_series_with_headers(files, &headers, limits)
 }
 
+/// One image plane of the series: a single-frame image, or one frame of a multi-frame
+/// (Enhanced CT) image, with the geometry and rescale that apply to it.
+#[derive(Debug, Clone)]
+struct Plane {
+    file: usize,
+    /// 0-based frame within its file (0 for single-frame images).
+    frame: u32,
+    position: [f64; 3],
+    orientation: [f64; 6],
+    spacing: [f64; 2],
+    thickness: Option<f64>,
+    slope: f64,
+    intercept: f64,
+}
+
+/// The planes of every file: one per single-frame image, one per frame of a multi-frame image
+/// (its functional groups give each frame's position, orientation, spacing and rescale).
+fn planes_of(files: &[PathBuf], headers: &[DicomHeader]) -> Result<Vec<Plane>, CtError> {
+    let geo = |m: String| CtError::Geometry(m);
+    let mut planes = Vec::with_capacity(files.len());
+    for (i, (f, h)) in files.iter().zip(headers).enumerate() {
+        let frames = h.number_of_frames.unwrap_or(1).max(1);
+        let slope = h.rescale_slope.unwrap_or(1.0);
+        let intercept = h.rescale_intercept.unwrap_or(0.0);
+        if frames == 1 && h.frames.is_empty() {
+            let position =
+                h.image_position_patient.ok_or_else(|| geo(format!("{}: no ImagePositionPatient", f.display())))?;
+            let orientation = h
+                .image_orientation_patient
+                .ok_or_else(|| geo(format!("{}: no ImageOrientationPatient", f.display())))?;
+            planes.push(Plane {
+                file: i,
+                frame: 0,
+                position,
+                orientation,
+                spacing: h.pixel_spacing.unwrap_or([1.0, 1.0]),
+                thickness: h.slice_thickness,
+                slope,
+                intercept,
+            });
+            continue;
+        }
+        if h.frames.len() != frames as usize {
+            return Err(geo(format!(
+                "{}: {frames} frames but {} per-frame functional groups; a multi-frame image needs each frame's plane position",
+                f.display(),
+                h.frames.len()
+            )));
+        }
+        for (k, fp) in h.frames.iter().enumerate() {
+            let missing = |what: &str| geo(format!("{}: frame {}: no {what}", f.display(), k + 1));
+            planes.push(Plane {
+                file: i,
+                frame: k as u32,
+                position: fp.position.or(h.image_position_patient).ok_or_else(|| missing("Plane Position"))?,
+                orientation: fp
+                    .orientation
+                    .or(h.image_orientation_patient)
+                    .ok_or_else(|| missing("Plane Orientation"))?,
+                spacing: fp.pixel_spacing.or(h.pixel_spacing).unwrap_or([1.0, 1.0]),
+                thickness: fp.slice_thickness.or(h.slice_thickness),
+                slope: fp.rescale_slope.unwrap_or(slope),
+                intercept: fp.rescale_intercept.unwrap_or(intercept),
+            });
+        }
+    }
+    Ok(planes)
+}
+
 /// As [`load_series`], with the headers already read (guarded) by the caller.
 pub fn load_series_with_headers(
     files: &[PathBuf],
@@ -102,17 +174,7 @@ pub fn load_series_with_headers(
     if rows == 0 || columns == 0 {
         return Err(geo(format!("{}: no Rows/Columns", files[0].display())));
     }
-    let o = first
-        .image_orientation_patient
-        .ok_or_else(|| geo(format!("{}: no ImageOrientationPatient", files[0].display())))?;
-    let ps = first.pixel_spacing.unwrap_or([1.0, 1.0]);
     for (f, h) in files.iter().zip(headers) {
-        if h.number_of_frames.unwrap_or(1) > 1 {
-            return Err(geo(format!(
-                "{}: multi-frame (Enhanced) CT is not supported yet; export the series as single-frame CT images",
-                f.display()
-            )));
-        }
         if usize::from(h.rows.unwrap_or(0)) != rows || usize::from(h.columns.unwrap_or(0)) != columns {
             return Err(geo(format!(
                 "mixed image sizes: {columns}x{rows} and {}x{} ({})",
@@ -121,27 +183,36 @@ pub fn load_series_with_headers(
                 f.display()
             )));
         }
-        match h.image_orientation_patient {
-            Some(x) if x.iter().zip(o.iter()).all(|(a, b)| (a - b).abs() <= 1e-4) => {}
-            _ => return Err(geo(format!("mixed orientations within the series ({})", f.display()))),
-        }
-        if h.pixel_spacing.unwrap_or([1.0, 1.0]).iter().zip(ps.iter()).any(|(a, b)| (a - b).abs() > 1e-4) {
-            return Err(geo(format!("mixed pixel spacing within the series ({})", f.display())));
-        }
-        if h.image_position_patient.is_none() {
-            return Err(geo(format!("{}: no ImagePositionPatient", f.display())));
-        }
     }
-    let voxels = (rows * columns) as u64 * files.len() as u64;
+    // Frame counts are bounded by the header guard; the voxel total is checked before planes
+    // are listed, so nothing below grows with an absurd claim.
+    let total_planes: u64 = headers.iter().map(|h| u64::from(h.number_of_frames.unwrap_or(1).max(1))).sum();
+    let voxels = (rows * columns) as u64 * total_planes;
     if voxels > MAX_VOXELS {
         return Err(CtError::TooLarge { voxels, limit: MAX_VOXELS });
+    }
+    let planes = planes_of(files, headers)?;
+    let o = planes[0].orientation;
+    let ps = planes[0].spacing;
+    for p in &planes {
+        let f = files[p.file].display();
+        if p.orientation.iter().zip(o.iter()).any(|(a, b)| (a - b).abs() > 1e-4) {
+            return Err(geo(format!("mixed orientations within the series ({f})")));
+        }
+        if p.spacing.iter().zip(ps.iter()).any(|(a, b)| (a - b).abs() > 1e-4) {
+            return Err(geo(format!("mixed pixel spacing within the series ({f})")));
+        }
     }
     let r = norm([o[0], o[1], o[2]]);
     let c = norm([o[3], o[4], o[5]]);
     let n = norm(cross(r, c));
-    let pos = |i: usize| headers[i].image_position_patient.unwrap_or_default();
+    let pos = |i: usize| planes[i].position;
+    let same_image = |a: usize, b: usize| {
+        planes[a].file == planes[b].file
+            || headers[planes[a].file].sop_instance_uid == headers[planes[b].file].sop_instance_uid
+    };
     // Sort along the normal: the only order that is geometry, whatever InstanceNumber says.
-    let mut order: Vec<usize> = (0..files.len()).collect();
+    let mut order: Vec<usize> = (0..planes.len()).collect();
     order.sort_by(|&a, &b| dot(pos(a), n).total_cmp(&dot(pos(b), n)));
     let mut report = GeometryReport::default();
     let mut kept: Vec<usize> = Vec::with_capacity(order.len());
@@ -149,7 +220,7 @@ pub fn load_series_with_headers(
         if let Some(&prev) = kept.last()
             && (dot(pos(idx), n) - dot(pos(prev), n)).abs() < 1e-3
         {
-            if headers[idx].sop_instance_uid != headers[prev].sop_instance_uid {
+            if !same_image(idx, prev) || planes[idx].frame != planes[prev].frame {
                 report
                     .warnings
                     .push(format!("two images at the same position ({:.2} mm); the first is kept", dot(pos(idx), n)));
@@ -186,7 +257,7 @@ pub fn load_series_with_headers(
         [(b[0] - a[0]) / k, (b[1] - a[1]) / k, (b[2] - a[2]) / k]
     } else {
         // One slice: its thickness is the only extent known (as ITK does).
-        let t = headers[kept[0]].slice_thickness.filter(|t| *t > 0.0).unwrap_or(1.0);
+        let t = planes[kept[0]].thickness.filter(|t| *t > 0.0).unwrap_or(1.0);
         [n[0] * t, n[1] * t, n[2] * t]
     };
     report.gantry_tilt_degrees =
@@ -197,23 +268,28 @@ pub fn load_series_with_headers(
             report.gantry_tilt_degrees
         ));
     }
-    // Allocate once; decode every slice into its place, in parallel.
-    let plane = rows * columns;
-    let mut hu = vec![0f32; plane * kept.len()];
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(kept.len()).max(1);
-    let per = kept.len().div_ceil(threads);
+    // Allocate once; decode every plane into its place, in parallel. Work is handed out in
+    // file and frame order so that a multi-frame file is opened once per worker.
+    let plane_len = rows * columns;
+    let mut hu = vec![0f32; plane_len * kept.len()];
+    let mut slots: Vec<Slot> = kept.iter().copied().zip(hu.chunks_mut(plane_len)).collect();
+    slots.sort_by_key(|(p, _)| (planes[*p].file, planes[*p].frame));
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(slots.len()).max(1);
+    let per = slots.len().div_ceil(threads);
+    let mut work: Vec<Vec<Slot>> = Vec::with_capacity(threads);
+    let mut rest = slots.into_iter();
+    loop {
+        let chunk: Vec<Slot> = rest.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        work.push(chunk);
+    }
+    let planes_ref = &planes;
     let results: Vec<Result<Vec<Padding>, CtError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = hu
-            .chunks_mut(plane * per)
-            .zip(kept.chunks(per))
-            .map(|(out, idxs)| {
-                s.spawn(move || {
-                    idxs.iter()
-                        .zip(out.chunks_mut(plane))
-                        .map(|(&i, dst)| decode_into(&files[i], &headers[i], dst, limits))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|mut chunk| s.spawn(move || decode_chunk(files, headers, planes_ref, &mut chunk, limits)))
             .collect();
         handles
             .into_iter()
@@ -235,52 +311,167 @@ pub fn load_series_with_headers(
         direction: [r, c, n],
         slice_step: step,
         hu,
-        sop_instance_uids: kept.iter().map(|&i| headers[i].sop_instance_uid.clone().unwrap_or_default()).collect(),
-        files: kept.iter().map(|&i| files[i].clone()).collect(),
+        sop_instance_uids: kept
+            .iter()
+            .map(|&i| headers[planes[i].file].sop_instance_uid.clone().unwrap_or_default())
+            .collect(),
+        frames: kept.iter().map(|&i| planes[i].frame + 1).collect(),
+        files: kept.iter().map(|&i| files[planes[i].file].clone()).collect(),
         report,
     })
 }
 
-/// Decode one slice into `dst` (rows x columns HU). Returns (padding voxels, padding HU).
-fn decode_into(path: &Path, h: &DicomHeader, dst: &mut [f32], limits: &Limits) -> Result<Padding, CtError> {
+/// A plane to decode (index into the planes) and its place in the volume.
+type Slot<'a> = (usize, &'a mut [f32]);
+
+/// Decode a worker's planes, opening each file once for its run of frames.
+fn decode_chunk(
+    files: &[PathBuf],
+    headers: &[DicomHeader],
+    planes: &[Plane],
+    chunk: &mut [Slot],
+    limits: &Limits,
+) -> Result<Vec<Padding>, CtError> {
+    let mut out = Vec::with_capacity(chunk.len());
+    let mut start = 0;
+    while start < chunk.len() {
+        let file = planes[chunk[start].0].file;
+        let end = start + chunk[start..].iter().take_while(|(p, _)| planes[*p].file == file).count();
+        out.extend(decode_file(&files[file], &headers[file], planes, &mut chunk[start..end], limits)?);
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Decode frames of one file into their slots (rows x columns HU each). Returns, per frame,
+/// (padding voxels, padding HU).
+fn decode_file(
+    path: &Path,
+    h: &DicomHeader,
+    planes: &[Plane],
+    slots: &mut [Slot],
+    limits: &Limits,
+) -> Result<Vec<Padding>, CtError> {
     let file_s = path.display().to_string();
     let derr = |m: String| CtError::Decode { file: file_s.clone(), message: m };
-    let slope = h.rescale_slope.unwrap_or(1.0);
-    let intercept = h.rescale_intercept.unwrap_or(0.0);
     let native_le = matches!(h.transfer_syntax_uid.as_str(), ts::EXPLICIT_VR_LE | ts::IMPLICIT_VR_LE);
     if native_le && h.bits_allocated == Some(16) && h.samples_per_pixel.unwrap_or(1) == 1 {
         let f = std::fs::File::open(path)?;
+        // Proves the value holds every frame before any is read.
         let ext = dicom::check_pixel_data_file(&f, h, limits)
             .map_err(|e| CtError::Dicom { file: file_s.clone(), source: e })?;
-        let mut bytes = vec![0u8; dst.len() * 2];
-        f.read_exact_at(&mut bytes, ext.value_offset)?;
         let stored_bits = u32::from(h.bits_stored.unwrap_or(16).clamp(1, 16));
         let signed = h.pixel_representation == Some(1);
         let shift = 16 - stored_bits;
-        let (s, i) = (slope as f32, intercept as f32);
-        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-            let raw = u16::from_le_bytes([b[0], b[1]]);
-            // Only the stored bits count; sign-extend from the stored high bit when signed.
+        let mut bytes = Vec::new();
+        let mut out = Vec::with_capacity(slots.len());
+        for (p, dst) in slots.iter_mut() {
+            let plane = &planes[*p];
+            let frame_bytes = dst.len() * 2;
+            bytes.resize(frame_bytes, 0);
+            f.read_exact_at(&mut bytes, ext.value_offset + u64::from(plane.frame) * frame_bytes as u64)?;
+            let (s, i) = (plane.slope as f32, plane.intercept as f32);
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                let raw = u16::from_le_bytes([b[0], b[1]]);
+                // Only the stored bits count; sign-extend from the stored high bit when signed.
+                let v =
+                    if signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 };
+                *d = v * s + i;
+            }
+            out.push(padding_of(h, dst, plane.slope, plane.intercept));
+        }
+        return Ok(out);
+    }
+    let obj = open_object(path, h).map_err(derr)?;
+    let multi_frame = h.number_of_frames.unwrap_or(1) > 1;
+    if h.transfer_syntax_uid == ts::JPEG_EXTENDED_12BIT && h.bits_allocated == Some(16) {
+        return decode_jpeg12_frames(&obj, h, planes, slots).map_err(derr);
+    }
+    let mut out = Vec::with_capacity(slots.len());
+    for (p, dst) in slots.iter_mut() {
+        let plane = &planes[*p];
+        let decoded = if multi_frame { obj.decode_pixel_data_frame(plane.frame) } else { obj.decode_pixel_data() };
+        let decoded = decoded.map_err(|e| {
+            let ts_uid = h.transfer_syntax_uid.as_str();
+            let hint = match ts_uid {
+                "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS: build crlm with feature `jpeg-ls`)",
+                _ => "",
+            };
+            derr(format!("{e} [transfer syntax {ts_uid}]{hint}"))
+        })?;
+        if decoded.samples_per_pixel() != 1 {
+            return Err(derr(format!("expected one grey sample per pixel, got {}", decoded.samples_per_pixel())));
+        }
+        let stored: Vec<f64> = decoded
+            .to_vec_with_options::<f64>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
+            .map_err(|e| derr(e.to_string()))?;
+        if stored.len() != dst.len() {
+            return Err(derr(format!("decoded {} samples, expected {}", stored.len(), dst.len())));
+        }
+        for (d, v) in dst.iter_mut().zip(&stored) {
+            *d = (v * plane.slope + plane.intercept) as f32;
+        }
+        out.push(padding_of(h, dst, plane.slope, plane.intercept));
+    }
+    Ok(out)
+}
+
+/// 12-bit JPEG Extended frames through our own decoder (no Rust crate decodes 12-bit DCT JPEG).
+fn decode_jpeg12_frames(
+    obj: &dicom_object::DefaultDicomObject,
+    h: &DicomHeader,
+    planes: &[Plane],
+    slots: &mut [Slot],
+) -> Result<Vec<Padding>, String> {
+    let element = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let fragments = element.value().fragments().ok_or("JPEG transfer syntax but pixel data not encapsulated")?;
+    let frames = h.number_of_frames.unwrap_or(1).max(1) as usize;
+    let stored_bits = u32::from(h.bits_stored.unwrap_or(12).clamp(1, 16));
+    let signed = h.pixel_representation == Some(1);
+    let shift = 16 - stored_bits;
+    let mut out = Vec::with_capacity(slots.len());
+    for (p, dst) in slots.iter_mut() {
+        let plane = &planes[*p];
+        // One frame: all fragments are its codestream. Several: one fragment per frame.
+        let joined;
+        let stream: &[u8] = if frames == 1 {
+            joined = fragments.concat();
+            &joined
+        } else if fragments.len() == frames {
+            &fragments[plane.frame as usize]
+        } else {
+            return Err(format!("{} fragments for {frames} frames: frames split across fragments", fragments.len()));
+        };
+        let img = crate::dicom::jpeg12::decode(stream, dst.len() as u64)
+            .map_err(|e| format!("12-bit JPEG (frame {}): {e}", plane.frame + 1))?;
+        if img.width * img.height != dst.len() || img.width != usize::from(h.columns.unwrap_or(0)) {
+            return Err(format!("JPEG image {}x{} does not match Rows/Columns", img.width, img.height));
+        }
+        let (s, i) = (plane.slope as f32, plane.intercept as f32);
+        for (d, raw) in dst.iter_mut().zip(&img.samples) {
             let v = if signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 };
             *d = v * s + i;
         }
-        return Ok(padding_of(h, dst, slope, intercept));
+        out.push(padding_of(h, dst, plane.slope, plane.intercept));
     }
-    let obj = match h.layout {
-        Some(DicomLayout::Part10) => OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Always)
-            .open_file(path)
-            .map_err(|e| derr(e.to_string()))?,
-        Some(DicomLayout::MetaWithoutPreamble) => OpenFileOptions::new()
-            .read_preamble(ReadPreamble::Never)
-            .open_file(path)
-            .map_err(|e| derr(e.to_string()))?,
+    Ok(out)
+}
+
+/// Open a whole DICOM object (pixel data included) in the layout its header was read with.
+pub(crate) fn open_object(path: &Path, h: &DicomHeader) -> Result<dicom_object::DefaultDicomObject, String> {
+    match h.layout {
+        Some(DicomLayout::Part10) => {
+            OpenFileOptions::new().read_preamble(ReadPreamble::Always).open_file(path).map_err(|e| e.to_string())
+        }
+        Some(DicomLayout::MetaWithoutPreamble) => {
+            OpenFileOptions::new().read_preamble(ReadPreamble::Never).open_file(path).map_err(|e| e.to_string())
+        }
         Some(DicomLayout::RawDataset { .. }) => {
             let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
             let tsx = dicom_encoding::TransferSyntaxIndex::get(&registry, h.transfer_syntax_uid.as_str())
-                .ok_or_else(|| derr("unknown transfer syntax".into()))?;
-            let ds = InMemDicomObject::read_dataset_with_ts(BufReader::new(std::fs::File::open(path)?), tsx)
-                .map_err(|e| derr(e.to_string()))?;
+                .ok_or_else(|| "unknown transfer syntax".to_string())?;
+            let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+            let ds = InMemDicomObject::read_dataset_with_ts(BufReader::new(file), tsx).map_err(|e| e.to_string())?;
             ds.with_meta(
                 FileMetaTableBuilder::new()
                     .transfer_syntax(h.transfer_syntax_uid.as_str())
@@ -289,34 +480,10 @@ fn decode_into(path: &Path, h: &DicomHeader, dst: &mut [f32], limits: &Limits) -
                     )
                     .media_storage_sop_instance_uid(h.sop_instance_uid.clone().unwrap_or_else(|| "2.25.1".into())),
             )
-            .map_err(|e| derr(e.to_string()))?
+            .map_err(|e| e.to_string())
         }
-        None => return Err(derr("not DICOM".into())),
-    };
-    let decoded = obj.decode_pixel_data().map_err(|e| {
-        let ts_uid = h.transfer_syntax_uid.as_str();
-        let hint = match ts_uid {
-            "1.2.840.10008.1.2.4.51" => {
-                " (12-bit JPEG Extended: no Rust decoder handles it; ask for a lossless or JPEG 2000 export)"
-            }
-            "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS: build crlm with feature `jpeg-ls`)",
-            _ => "",
-        };
-        derr(format!("{e} [transfer syntax {ts_uid}]{hint}"))
-    })?;
-    if decoded.samples_per_pixel() != 1 {
-        return Err(derr(format!("expected one grey sample per pixel, got {}", decoded.samples_per_pixel())));
+        None => Err("not DICOM".into()),
     }
-    let stored: Vec<f64> = decoded
-        .to_vec_with_options::<f64>(&ConvertOptions::new().with_modality_lut(ModalityLutOption::None))
-        .map_err(|e| derr(e.to_string()))?;
-    if stored.len() != dst.len() {
-        return Err(derr(format!("decoded {} samples, expected {}", stored.len(), dst.len())));
-    }
-    for (d, v) in dst.iter_mut().zip(&stored) {
-        *d = (v * slope + intercept) as f32;
-    }
-    Ok(padding_of(h, dst, slope, intercept))
 }
 
 /// Padding (PixelPaddingValue: outside the scan field) keeps its rescaled value, as ITK and

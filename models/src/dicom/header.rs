@@ -90,6 +90,12 @@ pub struct DicomHeader {
     pub acquisition_time: Option<String>,
     pub study_date: Option<String>,
     pub manufacturer: Option<String>,
+    #[serde(rename = "FrameOfReferenceUID")]
+    pub frame_of_reference_uid: Option<String>,
+    /// Multi-frame images (Enhanced CT, SEG): each frame's plane from the shared and per-frame
+    /// functional groups, in frame order. Empty for single-frame images.
+    #[serde(rename = "Frames", skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<FramePlane>,
     /// Identifying study attributes, read for outputs that stay on site (the DICOM SR for the
     /// local PACS). Never serialised: they do not reach the state database, `inspect` or logs.
     #[serde(skip)]
@@ -141,6 +147,22 @@ impl DicomHeader {
     pub(crate) fn encoding(&self) -> Encoding {
         Encoding::for_transfer_syntax(&self.transfer_syntax_uid)
     }
+}
+
+/// One frame of a multi-frame image: its plane (Plane Position, Plane Orientation, Pixel
+/// Measures), its rescale (Pixel Value Transformation) and, in a SEG, its segment. Per-frame
+/// values override the shared ones.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FramePlane {
+    pub position: Option<[f64; 3]>,
+    pub orientation: Option<[f64; 6]>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub slice_thickness: Option<f64>,
+    pub rescale_slope: Option<f64>,
+    pub rescale_intercept: Option<f64>,
+    /// ReferencedSegmentNumber (SEG only).
+    pub segment: Option<u16>,
 }
 
 /// The patient and study attributes a result object for the local PACS must repeat.
@@ -319,6 +341,21 @@ pub fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 fn extract(obj: &InMemDicomObject) -> DicomHeader {
+    let mut h = extract_top_level(obj);
+    // A multi-frame image keeps its plane in the functional groups: the first frame's stands in
+    // for the image-level values series selection reads (orientation, spacing, thickness,
+    // rescale). Loading uses each frame's own.
+    if let Some(f) = h.frames.first().cloned() {
+        h.image_orientation_patient = h.image_orientation_patient.or(f.orientation);
+        h.pixel_spacing = h.pixel_spacing.or(f.pixel_spacing);
+        h.slice_thickness = h.slice_thickness.or(f.slice_thickness);
+        h.rescale_slope = h.rescale_slope.or(f.rescale_slope);
+        h.rescale_intercept = h.rescale_intercept.or(f.rescale_intercept);
+    }
+    h
+}
+
+fn extract_top_level(obj: &InMemDicomObject) -> DicomHeader {
     let s = |tag| text(obj, tag);
     DicomHeader {
         transfer_syntax_uid: String::new(),
@@ -353,6 +390,8 @@ fn extract(obj: &InMemDicomObject) -> DicomHeader {
         acquisition_time: s(tags::ACQUISITION_TIME),
         study_date: s(tags::STUDY_DATE),
         manufacturer: s(tags::MANUFACTURER),
+        frame_of_reference_uid: s(tags::FRAME_OF_REFERENCE_UID),
+        frames: frame_planes(obj),
         identity: StudyIdentity {
             patient_name: s(tags::PATIENT_NAME),
             patient_birth_date: s(tags::PATIENT_BIRTH_DATE),
@@ -366,7 +405,68 @@ fn extract(obj: &InMemDicomObject) -> DicomHeader {
     }
 }
 
-fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
+/// The items of a sequence (none when absent or not a sequence).
+pub(crate) fn items(obj: &InMemDicomObject, tag: dicom_core::Tag) -> &[InMemDicomObject] {
+    obj.element_opt(tag).ok().flatten().and_then(|e| e.items()).unwrap_or(&[])
+}
+
+/// Each frame's plane from the functional groups: the shared group first, then the frame's own.
+fn frame_planes(obj: &InMemDicomObject) -> Vec<FramePlane> {
+    let per_frame = items(obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
+    if per_frame.is_empty() {
+        return Vec::new();
+    }
+    let mut shared = FramePlane::default();
+    if let Some(group) = items(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE).first() {
+        apply_functional_group(group, &mut shared);
+    }
+    per_frame
+        .iter()
+        .map(|group| {
+            let mut plane = shared.clone();
+            apply_functional_group(group, &mut plane);
+            plane
+        })
+        .collect()
+}
+
+fn apply_functional_group(group: &InMemDicomObject, plane: &mut FramePlane) {
+    if let Some(item) = items(group, tags::PLANE_POSITION_SEQUENCE).first()
+        && let Some(p) =
+            floats(item, tags::IMAGE_POSITION_PATIENT).and_then(|v| <[f64; 3]>::try_from(v.as_slice()).ok())
+    {
+        plane.position = Some(p);
+    }
+    if let Some(item) = items(group, tags::PLANE_ORIENTATION_SEQUENCE).first()
+        && let Some(o) =
+            floats(item, tags::IMAGE_ORIENTATION_PATIENT).and_then(|v| <[f64; 6]>::try_from(v.as_slice()).ok())
+    {
+        plane.orientation = Some(o);
+    }
+    if let Some(item) = items(group, tags::PIXEL_MEASURES_SEQUENCE).first() {
+        if let Some(ps) = floats(item, tags::PIXEL_SPACING).and_then(|v| <[f64; 2]>::try_from(v.as_slice()).ok()) {
+            plane.pixel_spacing = Some(ps);
+        }
+        if let Some(t) = floats(item, tags::SLICE_THICKNESS).and_then(|v| v.first().copied()) {
+            plane.slice_thickness = Some(t);
+        }
+    }
+    if let Some(item) = items(group, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE).first() {
+        if let Some(v) = floats(item, tags::RESCALE_SLOPE).and_then(|v| v.first().copied()) {
+            plane.rescale_slope = Some(v);
+        }
+        if let Some(v) = floats(item, tags::RESCALE_INTERCEPT).and_then(|v| v.first().copied()) {
+            plane.rescale_intercept = Some(v);
+        }
+    }
+    if let Some(item) = items(group, tags::SEGMENT_IDENTIFICATION_SEQUENCE).first()
+        && let Some(n) = int::<u16>(item, tags::REFERENCED_SEGMENT_NUMBER)
+    {
+        plane.segment = Some(n);
+    }
+}
+
+pub(crate) fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
     let v = obj.element_opt(tag).ok().flatten()?.to_str().ok()?;
     let t = v.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     (!t.is_empty()).then(|| t.to_string())
@@ -376,17 +476,17 @@ fn multi_text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<String> {
     text(obj, tag).map(|s| s.split('\\').map(|p| p.trim().to_ascii_uppercase()).collect()).unwrap_or_default()
 }
 
-fn floats(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
+pub(crate) fn floats(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
     let v = obj.element_opt(tag).ok().flatten()?.to_multi_float64().ok()?;
     (!v.is_empty() && v.iter().all(|x| x.is_finite())).then_some(v)
 }
 
-fn int<T: num_like::FromI64>(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<T> {
+pub(crate) fn int<T: num_like::FromI64>(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<T> {
     let v = obj.element_opt(tag).ok().flatten()?.to_int::<i64>().ok()?;
     T::from_i64(v)
 }
 
-mod num_like {
+pub(crate) mod num_like {
     /// Range-checked conversion from i64 (a negative or oversized Rows is treated as absent).
     pub trait FromI64: Sized {
         fn from_i64(v: i64) -> Option<Self>;

@@ -7,11 +7,13 @@
 pub mod completeness;
 pub mod guard;
 pub mod header;
+pub(crate) mod j2k;
+pub mod jpeg12;
 pub mod writer;
 
 pub use completeness::{PixelDataExtent, check_pixel_data, check_pixel_data_file};
-pub use header::{DicomHeader, DicomLayout, read_header, read_header_file, read_prefix, sniff_dicom};
-pub use writer::{CtSeriesSpec, write_ct_series};
+pub use header::{DicomHeader, DicomLayout, FramePlane, read_header, read_header_file, read_prefix, sniff_dicom};
+pub use writer::{CtSeriesSpec, write_ct_series, write_enhanced_ct, write_segmentation, write_structure_set};
 
 /// Transfer syntax UIDs this crate names.
 pub mod ts {
@@ -19,6 +21,8 @@ pub mod ts {
     pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
     pub const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
     pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+    /// JPEG Extended (processes 2 and 4): 12-bit CT goes through [`super::jpeg12`].
+    pub const JPEG_EXTENDED_12BIT: &str = "1.2.840.10008.1.2.4.51";
 }
 
 /// SOP Class UIDs this crate names.

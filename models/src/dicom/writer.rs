@@ -98,16 +98,21 @@ impl CtSeriesSpec {
 }
 
 /// A water cylinder with a contrast-enhanced "liver" blob: a recognisable abdomen-like phantom.
-pub fn phantom_hu(x: u32, y: u32, _z: u32) -> i16 {
+pub fn phantom_hu(x: u32, y: u32, z: u32) -> i16 {
     let (cx, cy) = (f64::from(x) - 32.0, f64::from(y) - 32.0);
-    let r2 = cx * cx + cy * cy;
-    if r2 > 28.0 * 28.0 {
+    if cx * cx + cy * cy > 28.0 * 28.0 {
         -1000
-    } else if (cx + 8.0).powi(2) + (cy + 6.0).powi(2) < 100.0 {
+    } else if phantom_liver(x, y, z) {
         110
     } else {
         40
     }
+}
+
+/// The phantom's "liver" blob (a disc of radius 10 centred at column 24, row 26 in every slice).
+pub fn phantom_liver(x: u32, y: u32, _z: u32) -> bool {
+    let (cx, cy) = (f64::from(x) - 32.0, f64::from(y) - 32.0);
+    (cx + 8.0).powi(2) + (cy + 6.0).powi(2) < 100.0
 }
 
 /// A size-independent texture (benchmarks): body-like values that vary with every coordinate.
@@ -145,6 +150,298 @@ pub fn write_ct_series(dir: &Path, spec: &CtSeriesSpec) -> Result<Vec<PathBuf>, 
         out.push(path);
     }
     Ok(out)
+}
+
+fn put_str(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
+    o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+}
+
+fn put_ds(o: &mut InMemDicomObject, tag: dicom_core::Tag, values: &[f64]) {
+    o.put(DataElement::new(tag, VR::DS, PrimitiveValue::Strs(values.iter().map(|v| fmt_ds(*v)).collect())));
+}
+
+fn put_u16(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: u16) {
+    o.put(DataElement::new(tag, VR::US, dicom_value!(U16, [v])));
+}
+
+fn put_seq(o: &mut InMemDicomObject, tag: dicom_core::Tag, items: Vec<InMemDicomObject>) {
+    o.put(DataElement::new(tag, VR::SQ, dicom_core::value::DataSetSequence::from(items)));
+}
+
+fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
+    let mut o = InMemDicomObject::new_empty();
+    f(&mut o);
+    o
+}
+
+/// The frame of reference every object written for `spec` shares.
+pub fn frame_of_reference_uid(spec: &CtSeriesSpec) -> String {
+    uid_from(&format!("{}/for", spec.study_instance_uid))
+}
+
+/// Patient, study and equipment attributes shared by every object written for `spec`.
+fn patient_and_study(o: &mut InMemDicomObject, spec: &CtSeriesSpec, sop_class_uid: &str, sop_uid: &str) {
+    let s = put_str;
+    s(o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
+    s(o, tags::SOP_CLASS_UID, VR::UI, sop_class_uid);
+    s(o, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
+    s(o, tags::STUDY_DATE, VR::DA, &spec.study_date);
+    s(o, tags::STUDY_TIME, VR::TM, "101000");
+    s(o, tags::ACCESSION_NUMBER, VR::SH, &spec.accession_number);
+    s(o, tags::STUDY_ID, VR::SH, "1");
+    s(o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &spec.referring_physician_name);
+    s(o, tags::STUDY_DESCRIPTION, VR::LO, &spec.study_description);
+    s(o, tags::PATIENT_NAME, VR::PN, &spec.patient_name);
+    s(o, tags::PATIENT_ID, VR::LO, &spec.patient_id);
+    s(o, tags::PATIENT_BIRTH_DATE, VR::DA, &spec.patient_birth_date);
+    s(o, tags::PATIENT_SEX, VR::CS, "F");
+    s(o, tags::MANUFACTURER, VR::LO, "CRLM-EDGE SYNTHETIC");
+    s(o, tags::INSTITUTION_NAME, VR::LO, &spec.institution_name);
+    s(o, tags::STUDY_INSTANCE_UID, VR::UI, &spec.study_instance_uid);
+    s(o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference_uid(spec));
+}
+
+fn write_object(
+    path: &Path,
+    obj: InMemDicomObject,
+    sop_class_uid: &str,
+    sop_uid: &str,
+    ts_uid: &str,
+) -> Result<(), DicomError> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class_uid)
+        .media_storage_sop_instance_uid(sop_uid)
+        .transfer_syntax(ts_uid)
+        .implementation_class_uid(uid_from("crlm-edge implementation"))
+        .implementation_version_name("CRLM_EDGE_01")
+        .build()
+        .map_err(|e| DicomError::Parse(e.to_string()))?;
+    obj.with_exact_meta(meta).write_to_file(path).map_err(|e| DicomError::Parse(e.to_string()))
+}
+
+/// Stored value of a HU (HU + 1024, 12 bits), as the series writer stores it.
+fn stored(hu: i16) -> u16 {
+    (i32::from(hu) + 1024).clamp(0, 4095) as u16
+}
+
+/// Write the series as one Enhanced CT Image (multi-frame) file: frames in `write_order`, each
+/// placed by its Plane Position functional group; orientation, spacing and rescale shared.
+pub fn write_enhanced_ct(path: &Path, spec: &CtSeriesSpec) -> Result<(), DicomError> {
+    let order: Vec<u32> = spec.write_order.clone().unwrap_or_else(|| (0..spec.slices).collect());
+    let sop_uid = uid_from(&format!("{}/enhanced", spec.series_instance_uid));
+    let mut o = InMemDicomObject::new_empty();
+    patient_and_study(&mut o, spec, sop_class::ENHANCED_CT_IMAGE, &sop_uid);
+    o.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(spec.image_type.iter().cloned().collect())));
+    put_str(&mut o, tags::MODALITY, VR::CS, &spec.modality);
+    put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &spec.series_description);
+    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &spec.series_instance_uid);
+    put_str(&mut o, tags::SERIES_NUMBER, VR::IS, "3");
+    put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    put_str(&mut o, tags::ACQUISITION_DATE, VR::DA, &spec.study_date);
+    if !spec.contrast_bolus_agent.is_empty() {
+        put_str(&mut o, tags::CONTRAST_BOLUS_AGENT, VR::LO, &spec.contrast_bolus_agent);
+    }
+    put_str(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &order.len().to_string());
+    put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_u16(&mut o, tags::ROWS, spec.rows);
+    put_u16(&mut o, tags::COLUMNS, spec.columns);
+    put_u16(&mut o, tags::BITS_ALLOCATED, 16);
+    put_u16(&mut o, tags::BITS_STORED, 12);
+    put_u16(&mut o, tags::HIGH_BIT, 11);
+    put_u16(&mut o, tags::PIXEL_REPRESENTATION, 0);
+    let shared = item(|g| {
+        put_seq(
+            g,
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(|i| put_ds(i, tags::IMAGE_ORIENTATION_PATIENT, &spec.orientation))],
+        );
+        put_seq(
+            g,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            vec![item(|i| {
+                put_ds(i, tags::PIXEL_SPACING, &spec.pixel_spacing);
+                put_ds(i, tags::SLICE_THICKNESS, &[spec.slice_thickness]);
+            })],
+        );
+        put_seq(
+            g,
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            vec![item(|i| {
+                put_str(i, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
+                put_str(i, tags::RESCALE_SLOPE, VR::DS, "1");
+                put_str(i, tags::RESCALE_TYPE, VR::LO, "HU");
+            })],
+        );
+    });
+    put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
+    let per_frame = order
+        .iter()
+        .map(|&k| {
+            item(|g| {
+                put_seq(
+                    g,
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![item(|i| put_ds(i, tags::IMAGE_POSITION_PATIENT, &spec.position(k)))],
+                );
+            })
+        })
+        .collect();
+    put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+    let mut px: Vec<u16> = Vec::with_capacity(usize::from(spec.rows) * usize::from(spec.columns) * order.len());
+    for &k in &order {
+        for y in 0..u32::from(spec.rows) {
+            for x in 0..u32::from(spec.columns) {
+                px.push(stored((spec.hu)(x, y, k)));
+            }
+        }
+    }
+    o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())));
+    write_object(path, o, sop_class::ENHANCED_CT_IMAGE, &sop_uid, spec.transfer_syntax)
+}
+
+/// Write a BINARY DICOM SEG on the series' grid with one segment, `label`, set where `mask` is
+/// true. Like dcmqi, only slices with set pixels get a frame; frames are bit-packed without byte
+/// alignment (as the standard packs them) and placed by their Plane Position.
+pub fn write_segmentation(
+    path: &Path,
+    spec: &CtSeriesSpec,
+    label: &str,
+    mask: &dyn Fn(u32, u32, u32) -> bool,
+) -> Result<(), DicomError> {
+    let sop_uid = uid_from(&format!("{}/seg/{label}", spec.series_instance_uid));
+    let (rows, cols) = (u32::from(spec.rows), u32::from(spec.columns));
+    let slices: Vec<u32> = (0..spec.slices).filter(|&k| (0..rows).any(|y| (0..cols).any(|x| mask(x, y, k)))).collect();
+    let mut o = InMemDicomObject::new_empty();
+    patient_and_study(&mut o, spec, sop_class::SEGMENTATION, &sop_uid);
+    put_str(&mut o, tags::MODALITY, VR::CS, "SEG");
+    put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, "Segmentation");
+    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &uid_from(&format!("{}/seg-series", spec.series_instance_uid)));
+    put_str(&mut o, tags::SERIES_NUMBER, VR::IS, "99");
+    put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
+    o.put(DataElement::new(
+        tags::IMAGE_TYPE,
+        VR::CS,
+        PrimitiveValue::Strs(["DERIVED".into(), "PRIMARY".into()].into()),
+    ));
+    put_str(&mut o, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
+    put_str(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &slices.len().to_string());
+    put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_u16(&mut o, tags::ROWS, spec.rows);
+    put_u16(&mut o, tags::COLUMNS, spec.columns);
+    put_u16(&mut o, tags::BITS_ALLOCATED, 1);
+    put_u16(&mut o, tags::BITS_STORED, 1);
+    put_u16(&mut o, tags::HIGH_BIT, 0);
+    put_u16(&mut o, tags::PIXEL_REPRESENTATION, 0);
+    put_seq(
+        &mut o,
+        tags::SEGMENT_SEQUENCE,
+        vec![item(|s| {
+            put_u16(s, tags::SEGMENT_NUMBER, 1);
+            put_str(s, tags::SEGMENT_LABEL, VR::LO, label);
+            put_str(s, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "MANUAL");
+        })],
+    );
+    let shared = item(|g| {
+        put_seq(
+            g,
+            tags::PLANE_ORIENTATION_SEQUENCE,
+            vec![item(|i| put_ds(i, tags::IMAGE_ORIENTATION_PATIENT, &spec.orientation))],
+        );
+        put_seq(
+            g,
+            tags::PIXEL_MEASURES_SEQUENCE,
+            vec![item(|i| {
+                put_ds(i, tags::PIXEL_SPACING, &spec.pixel_spacing);
+                put_ds(i, tags::SLICE_THICKNESS, &[spec.slice_thickness]);
+            })],
+        );
+    });
+    put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
+    let per_frame = slices
+        .iter()
+        .map(|&k| {
+            item(|g| {
+                put_seq(
+                    g,
+                    tags::PLANE_POSITION_SEQUENCE,
+                    vec![item(|i| put_ds(i, tags::IMAGE_POSITION_PATIENT, &spec.position(k)))],
+                );
+                put_seq(
+                    g,
+                    tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+                    vec![item(|i| put_u16(i, tags::REFERENCED_SEGMENT_NUMBER, 1))],
+                );
+            })
+        })
+        .collect();
+    put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+    let plane = (rows * cols) as usize;
+    let mut bits = vec![0u8; (plane * slices.len()).div_ceil(8)];
+    for (f, &k) in slices.iter().enumerate() {
+        for y in 0..rows {
+            for x in 0..cols {
+                if mask(x, y, k) {
+                    let bit = f * plane + (y * cols + x) as usize;
+                    bits[bit / 8] |= 1 << (bit % 8);
+                }
+            }
+        }
+    }
+    if bits.len() % 2 == 1 {
+        bits.push(0);
+    }
+    o.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(bits.into())));
+    write_object(path, o, sop_class::SEGMENTATION, &sop_uid, ts::EXPLICIT_VR_LE)
+}
+
+/// Write an RTSTRUCT with one closed planar contour per (label, points) entry, in the series'
+/// frame of reference.
+pub fn write_structure_set(
+    path: &Path,
+    spec: &CtSeriesSpec,
+    contours: &[(&str, Vec<[f64; 3]>)],
+) -> Result<(), DicomError> {
+    let sop_uid = uid_from(&format!("{}/rtstruct", spec.series_instance_uid));
+    let mut o = InMemDicomObject::new_empty();
+    patient_and_study(&mut o, spec, sop_class::RT_STRUCTURE_SET, &sop_uid);
+    put_str(&mut o, tags::MODALITY, VR::CS, "RTSTRUCT");
+    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &uid_from(&format!("{}/rt-series", spec.series_instance_uid)));
+    put_str(&mut o, tags::STRUCTURE_SET_LABEL, VR::SH, "CRLM");
+    let for_uid = frame_of_reference_uid(spec);
+    let rois = contours
+        .iter()
+        .enumerate()
+        .map(|(i, (label, _))| {
+            item(|r| {
+                put_str(r, tags::ROI_NUMBER, VR::IS, &(i + 1).to_string());
+                put_str(r, tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UI, &for_uid);
+                put_str(r, tags::ROI_NAME, VR::LO, label);
+            })
+        })
+        .collect();
+    put_seq(&mut o, tags::STRUCTURE_SET_ROI_SEQUENCE, rois);
+    let roi_contours = contours
+        .iter()
+        .enumerate()
+        .map(|(i, (_, points))| {
+            item(|r| {
+                put_str(r, tags::REFERENCED_ROI_NUMBER, VR::IS, &(i + 1).to_string());
+                put_seq(
+                    r,
+                    tags::CONTOUR_SEQUENCE,
+                    vec![item(|c| {
+                        put_str(c, tags::CONTOUR_GEOMETRIC_TYPE, VR::CS, "CLOSED_PLANAR");
+                        put_str(c, tags::NUMBER_OF_CONTOUR_POINTS, VR::IS, &points.len().to_string());
+                        put_ds(c, tags::CONTOUR_DATA, &points.iter().flatten().copied().collect::<Vec<_>>());
+                    })],
+                );
+            })
+        })
+        .collect();
+    put_seq(&mut o, tags::ROI_CONTOUR_SEQUENCE, roi_contours);
+    write_object(path, o, sop_class::RT_STRUCTURE_SET, &sop_uid, ts::EXPLICIT_VR_LE)
 }
 
 fn slice_object(spec: &CtSeriesSpec, k: u32, instance: u32, sop_uid: &str) -> InMemDicomObject {
@@ -191,7 +488,7 @@ fn slice_object(spec: &CtSeriesSpec, k: u32, instance: u32, sop_uid: &str) -> In
         VR::DS,
         PrimitiveValue::Strs(spec.orientation.iter().map(|v| fmt_ds(*v)).collect()),
     ));
-    s(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &uid_from(&format!("{}/for", spec.study_instance_uid)));
+    s(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference_uid(spec));
     o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [1])));
     s(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
     o.put(DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [spec.rows])));
@@ -211,8 +508,7 @@ fn slice_object(spec: &CtSeriesSpec, k: u32, instance: u32, sop_uid: &str) -> In
     let mut px: Vec<u16> = Vec::with_capacity(usize::from(spec.rows) * usize::from(spec.columns));
     for y in 0..u32::from(spec.rows) {
         for x in 0..u32::from(spec.columns) {
-            let hu = i32::from((spec.hu)(x, y, k));
-            px.push((hu + 1024).clamp(0, 4095) as u16);
+            px.push(stored((spec.hu)(x, y, k)));
         }
     }
     o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())));

@@ -214,42 +214,11 @@ fn ycc_to_rgb_libjpeg(px: &mut [u8]) {
     }
 }
 
-/// JPEG 2000 tiles (Aperio 33003 YCbCr / 33005 RGB, and 34712) go through the same pure-Rust
-/// openjp2 decoder as CT: the codestream is wrapped as one encapsulated DICOM fragment, so no
-/// second JPEG 2000 binding is needed.
+/// JPEG 2000 tiles (Aperio 33003 YCbCr / 33005 RGB, and 34712): the pure-Rust openjp2 decoder
+/// CT uses (see [`crate::dicom::j2k`]).
 fn decode_j2k_tile(raw: &[u8], w: u32, h: u32, ycbcr: bool) -> Result<Vec<u8>, SlideError> {
-    use dicom_core::value::{PixelFragmentSequence, Value};
-    use dicom_core::{DataElement, PrimitiveValue, VR, dicom_value};
-    use dicom_dictionary_std::tags;
-    use dicom_pixeldata::PixelDecoder;
-    let bad = |m: String| SlideError::Broken(format!("JPEG 2000 tile: {m}"));
-    let rows = u16::try_from(h).map_err(|_| bad("tile too tall".into()))?;
-    let cols = u16::try_from(w).map_err(|_| bad("tile too wide".into()))?;
-    let mut obj = dicom_object::InMemDicomObject::new_empty();
-    obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [3])));
-    obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("RGB")));
-    obj.put(DataElement::new(tags::PLANAR_CONFIGURATION, VR::US, dicom_value!(U16, [0])));
-    obj.put(DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [rows])));
-    obj.put(DataElement::new(tags::COLUMNS, VR::US, dicom_value!(U16, [cols])));
-    obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [8])));
-    obj.put(DataElement::new(tags::BITS_STORED, VR::US, dicom_value!(U16, [8])));
-    obj.put(DataElement::new(tags::HIGH_BIT, VR::US, dicom_value!(U16, [7])));
-    obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [0])));
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OB,
-        Value::PixelSequence(PixelFragmentSequence::new_fragments(vec![raw.to_vec()])),
-    ));
-    let file = obj
-        .with_meta(
-            dicom_object::FileMetaTableBuilder::new()
-                .transfer_syntax("1.2.840.10008.1.2.4.91")
-                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
-                .media_storage_sop_instance_uid("2.25.1"),
-        )
-        .map_err(|e| bad(e.to_string()))?;
-    let decoded = file.decode_pixel_data().map_err(|e| bad(e.to_string()))?;
-    let mut px: Vec<u8> = decoded.to_vec().map_err(|e| bad(e.to_string()))?;
+    let mut px = crate::dicom::j2k::decode_j2k_8bit(raw, w, h, 3, 8)
+        .map_err(|m| SlideError::Broken(format!("JPEG 2000 tile: {m}")))?;
     if ycbcr {
         ycc_to_rgb_libjpeg(&mut px);
     }
