@@ -5,6 +5,10 @@ thread count, same run.
 Usage: /usr/bin/python3 bench_tiles.py CRLM_BIN SLIDE [--repeat 10] [--threads 1 2]
 Regions are the slide's native level-0 tiles (whole tiles only), each read --repeat times.
 Needs Debian's python3-openslide. Prints regions/s for each and the ratio, and crlm's peak RSS.
+
+The third peer is bare libjpeg-turbo: Pillow (Debian's python3-pil, linked to libjpeg-turbo)
+decoding the same level-0 JPEG tile streams, tables spliced in, from memory, with no region
+assembly: the floor the issue measures against. It needs a classic-TIFF JPEG level 0 (SVS).
 """
 import argparse
 import json
@@ -15,7 +19,36 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import io
+import struct
+
 import openslide
+
+
+def jpeg_tile_streams(path):
+    """Level 0's JPEG tiles (first IFD of a classic little-endian TIFF), tables spliced in."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"II*\0":
+        return None
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (n,) = struct.unpack_from("<H", data, ifd)
+    tags = {}
+    sizes = {1: 1, 2: 1, 3: 2, 4: 4, 7: 1, 16: 8}
+    for i in range(n):
+        tag, typ, count, value = struct.unpack_from("<HHII", data, ifd + 2 + 12 * i)
+        size = sizes.get(typ, 1) * count
+        at = ifd + 2 + 12 * i + 8 if size <= 4 else value
+        if typ == 3:
+            tags[tag] = struct.unpack_from(f"<{count}H", data, at)
+        elif typ == 4:
+            tags[tag] = struct.unpack_from(f"<{count}I", data, at)
+        else:
+            tags[tag] = data[at:at + size]
+    if tags.get(259, (0,))[0] != 7 or 324 not in tags:
+        return None
+    tables = tags.get(347, b"\xff\xd8\xff\xd9")
+    return [tables[:-2] + data[o + 2:o + c] for o, c in zip(tags[324], tags[325])]
 
 
 def main():
@@ -33,7 +66,30 @@ def main():
         json.dump(origins, f)
         path = f.name
     print(f"{a.slide}: {len(origins)} regions of {tw} px ({len(origins) // a.repeat} tiles x {a.repeat}), {os.cpu_count()} CPUs")
+    streams = jpeg_tile_streams(a.slide)
+    turbo = None
+    try:
+        from PIL import Image
+    except ImportError:
+        Image = None
     for t in a.threads:
+        if streams and Image:
+            # Whole tiles only (as the regions), the same count as the regions.
+            work = (streams * (len(origins) // len(streams) + 1))[:len(origins)]
+
+            def decode(b):
+                im = Image.open(io.BytesIO(b))
+                im.load()
+
+            start = time.perf_counter()
+            if t == 1:
+                for b in work:
+                    decode(b)
+            else:
+                with ThreadPoolExecutor(t) as ex:
+                    list(ex.map(decode, work))
+            turbo = len(work) / (time.perf_counter() - start)
+
         def one(o):
             return s.read_region(o, 0, (tw, tw))
 
@@ -50,7 +106,10 @@ def main():
             check=True, capture_output=True, text=True)
         ours = float(re.search(r"([0-9.]+) regions/s", out.stdout).group(1))
         rss = int(re.search(r"RSS (\d+)", out.stderr).group(1)) / 1024
-        print(f"threads {t}: openslide {osl:7.0f} regions/s   crlm {ours:7.0f} regions/s   crlm/openslide {ours / osl:4.2f}   crlm peak RSS {rss:.0f} MB")
+        line = f"threads {t}: openslide {osl:7.0f} regions/s   crlm {ours:7.0f} regions/s   crlm/openslide {ours / osl:4.2f}"
+        if turbo:
+            line += f"   bare libjpeg-turbo {turbo:7.0f} tiles/s   crlm/turbo {ours / turbo:4.2f}"
+        print(line + f"   crlm peak RSS {rss:.0f} MB")
     os.unlink(path)
 
 

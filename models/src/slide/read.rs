@@ -140,24 +140,7 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
                 }
                 _ => raw.to_vec(),
             };
-            let mut d = jpeg_decoder::Decoder::new(std::io::Cursor::new(stream));
-            // RGB tiles are taken as they are; YCbCr tiles are converted below with libjpeg's
-            // own integer formula, so colours match what OpenSlide (libjpeg) shows. `RGB`
-            // interleaves the components without converting them (`None` writes them planar).
-            let ycbcr = l.photometric != 2;
-            d.set_color_transform(jpeg_decoder::ColorTransform::RGB);
-            let mut px = d.decode().map_err(|e| bad(format!("JPEG tile: {e}")))?;
-            let info = d.info().ok_or_else(|| bad("JPEG tile without header".into()))?;
-            match info.pixel_format {
-                jpeg_decoder::PixelFormat::RGB24 => {
-                    if ycbcr {
-                        ycc_to_rgb_libjpeg(&mut px);
-                    }
-                    px
-                }
-                jpeg_decoder::PixelFormat::L8 => px.iter().flat_map(|v| [*v, *v, *v]).collect(),
-                other => return Err(bad(format!("JPEG tile pixel format {other:?} is not supported"))),
-            }
+            decode_jpeg_tile(stream, w, h, l.photometric).map_err(|e| bad(format!("JPEG tile: {e}")))?
         }
         1 => raw.to_vec(),
         5 => {
@@ -194,6 +177,74 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
     }
     rgb.truncate(n * 3);
     Ok(Rgb { width: w, height: h, pixels: rgb })
+}
+
+/// Decode one JPEG tile with zune-jpeg (several times faster than jpeg-decoder here; see
+/// docs/PERFORMANCE.md). RGB tiles (Photometric 2, as Aperio writes them) are taken as they are;
+/// YCbCr tiles are converted with libjpeg's own integer formula, so colours match what OpenSlide
+/// (libjpeg) shows. The decoder's size limits are the tile's.
+fn decode_jpeg_tile(mut stream: Vec<u8>, w: u32, h: u32, photometric: u16) -> Result<Vec<u8>, String> {
+    use zune_core::bytestream::ZCursor;
+    use zune_core::colorspace::ColorSpace;
+    use zune_core::options::DecoderOptions;
+    let rgb = photometric == 2;
+    if rgb {
+        // zune-jpeg takes three components as RGB only when their ids are 'R', 'G', 'B' (libjpeg
+        // goes by the TIFF's photometric instead): rename them in the frame and scan headers.
+        name_components_rgb(&mut stream);
+    }
+    let out = if rgb { ColorSpace::RGB } else { ColorSpace::YCbCr };
+    let opts =
+        DecoderOptions::default().set_max_width(w as usize).set_max_height(h as usize).jpeg_set_out_colorspace(out);
+    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(stream.as_slice()), opts);
+    let mut px = d.decode().map_err(|e| e.to_string())?;
+    let info = d.info().ok_or("no header")?;
+    if (u32::from(info.width), u32::from(info.height)) != (w, h) {
+        return Err(format!("{}x{} in a {w}x{h} tile", info.width, info.height));
+    }
+    match d.output_colorspace().map(|c| c.num_components()) {
+        Some(3) => {
+            if !rgb {
+                ycc_to_rgb_libjpeg(&mut px);
+            }
+            Ok(px)
+        }
+        Some(1) => Ok(px.iter().flat_map(|v| [*v, *v, *v]).collect()),
+        other => Err(format!("{other:?} components are not supported")),
+    }
+}
+
+/// Rename the components of a three-component JPEG to 'R', 'G', 'B' in its SOF and SOS headers
+/// (markers before the entropy-coded data only; a stream it does not understand is left alone).
+fn name_components_rgb(s: &mut [u8]) {
+    let mut ids = [0u8; 3];
+    let mut i = 2;
+    while i + 4 <= s.len() && s[i] == 0xFF {
+        let marker = s[i + 1];
+        let len = usize::from(u16::from_be_bytes([s[i + 2], s[i + 3]]));
+        let Some(seg) = s.get_mut(i + 4..i + 2 + len) else { return };
+        match marker {
+            0xC0..=0xC3 if seg.len() >= 15 && seg[5] == 3 => {
+                for (c, name) in b"RGB".iter().enumerate() {
+                    ids[c] = seg[6 + 3 * c];
+                    seg[6 + 3 * c] = *name;
+                }
+            }
+            0xDA => {
+                let n = usize::from(*seg.first().unwrap_or(&0));
+                for c in 0..n {
+                    if let Some(id) = seg.get_mut(1 + 2 * c)
+                        && let Some(k) = ids.iter().position(|x| x == id)
+                    {
+                        *id = b"RGB"[k];
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        i += 2 + len;
+    }
 }
 
 /// YCbCr to RGB exactly as libjpeg's jdcolor.c does it (16-bit fixed point, same rounding).
