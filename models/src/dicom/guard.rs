@@ -23,6 +23,53 @@ impl ByteSource for File {
     }
 }
 
+/// A file read through a 64 KiB window. The guard reads many small element headers close
+/// together: one `pread` per window instead of one per header (about 50 fewer system calls for
+/// each CT slice). The size is taken once, when the window is made.
+pub struct WindowedFile<'a> {
+    file: &'a File,
+    size: u64,
+    /// (offset of the window in the file, its bytes).
+    window: std::cell::RefCell<(u64, Vec<u8>)>,
+}
+
+const WINDOW: usize = 64 << 10;
+
+impl<'a> WindowedFile<'a> {
+    pub fn new(file: &'a File) -> Self {
+        WindowedFile { file, size: file.size(), window: std::cell::RefCell::new((0, Vec::new())) }
+    }
+}
+
+impl ByteSource for WindowedFile<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> bool {
+        let want_end = pos.saturating_add(buf.len() as u64);
+        if want_end > self.size {
+            return false;
+        }
+        if buf.len() > WINDOW {
+            return self.file.read_exact_at(buf, pos).is_ok();
+        }
+        let mut w = self.window.borrow_mut();
+        let (start, data) = &mut *w;
+        if pos < *start || want_end > *start + data.len() as u64 {
+            let n = (self.size - pos).min(WINDOW as u64) as usize;
+            data.resize(n, 0);
+            if self.file.read_exact_at(data, pos).is_err() {
+                data.clear();
+                return false;
+            }
+            *start = pos;
+        }
+        let from = (pos - *start) as usize;
+        buf.copy_from_slice(&data[from..from + buf.len()]);
+        true
+    }
+}
+
 impl ByteSource for [u8] {
     fn size(&self) -> u64 {
         <[u8]>::len(self) as u64
@@ -225,6 +272,25 @@ mod tests {
         v.extend_from_slice(&(value.len() as u16).to_le_bytes());
         v.extend_from_slice(value);
         v
+    }
+
+    #[test]
+    fn the_windowed_file_reads_what_the_file_holds() {
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut f = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut f, &bytes).unwrap();
+        let w = WindowedFile::new(&f);
+        assert_eq!(w.size(), 200_000);
+        // Forward, backward, across a window's end, larger than a window, past the end.
+        for (pos, len) in [(0, 8), (10, 4), (65_530, 12), (5, 3), (100_000, 70_000), (199_990, 10), (199_995, 6)] {
+            let mut buf = vec![0u8; len];
+            let ok = w.read_at(&mut buf, pos as u64);
+            let want = bytes.get(pos..pos + len);
+            assert_eq!(ok, want.is_some(), "{pos}+{len}");
+            if let Some(want) = want {
+                assert_eq!(buf, want, "{pos}+{len}");
+            }
+        }
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn guard_lengths(file: &File, layout: DicomLayout, limits: &Limits) -> Result<(S
         return Ok((ts_uid, offset));
     }
     let enc = super::Encoding::for_transfer_syntax(&ts_uid);
-    super::guard::check_lengths(file, offset, enc.explicit_vr, enc.big_endian)?;
+    super::guard::check_lengths(&super::guard::WindowedFile::new(file), offset, enc.explicit_vr, enc.big_endian)?;
     Ok((ts_uid, offset))
 }
 
