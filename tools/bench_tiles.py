@@ -51,6 +51,18 @@ def jpeg_tile_streams(path):
     return [tables[:-2] + data[o + 2:o + c] for o, c in zip(tags[324], tags[325])]
 
 
+def per_second(fn, items, threads):
+    """Items handled per second by `fn` on `threads` Python threads (inline for one)."""
+    start = time.perf_counter()
+    if threads == 1:
+        for x in items:
+            fn(x)
+    else:
+        with ThreadPoolExecutor(threads) as ex:
+            list(ex.map(fn, items))
+    return len(items) / (time.perf_counter() - start)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("crlm")
@@ -81,26 +93,9 @@ def main():
                 im = Image.open(io.BytesIO(b))
                 im.load()
 
-            start = time.perf_counter()
-            if t == 1:
-                for b in work:
-                    decode(b)
-            else:
-                with ThreadPoolExecutor(t) as ex:
-                    list(ex.map(decode, work))
-            turbo = len(work) / (time.perf_counter() - start)
+            turbo = per_second(decode, work, t)
 
-        def one(o):
-            return s.read_region(o, 0, (tw, tw))
-
-        start = time.perf_counter()
-        if t == 1:
-            for o in origins:
-                one(o)
-        else:
-            with ThreadPoolExecutor(t) as ex:
-                list(ex.map(one, origins))
-        osl = len(origins) / (time.perf_counter() - start)
+        osl = per_second(lambda o: s.read_region(o, 0, (tw, tw)), origins, t)
         out = subprocess.run(
             ["/usr/bin/time", "-f", "RSS %M", a.crlm, "wsi", "bench", a.slide, "--threads", str(t), "--origins", path],
             check=True, capture_output=True, text=True)

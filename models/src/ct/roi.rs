@@ -137,10 +137,7 @@ fn seg_points(
             }
             Some(_) => return Err(format!("BitsAllocated {bits} in a segmentation (1 or 8 expected)")),
             None if bits == 1 && matches!(h.transfer_syntax_uid.as_str(), RLE_LOSSLESS | DEFLATED_IMAGE_FRAME) => {
-                let fragment = fragments
-                    .filter(|f| f.len() == h.frames.len())
-                    .and_then(|f| f.get(k))
-                    .ok_or("encapsulated pixel data without one fragment per frame")?;
+                let fragment = frame_fragment(fragments, h.frames.len(), k)?;
                 let packed = packed_frame(fragment, &h.transfer_syntax_uid, plane.div_ceil(8))
                     .map_err(|e| format!("frame {}: {e}", k + 1))?;
                 unpack_bits(&packed, 0, &mut mask);
@@ -148,10 +145,7 @@ fn seg_points(
             None if bits == 1 && h.transfer_syntax_uid.starts_with("1.2.840.10008.1.2.4.9") => {
                 // 1-bit JPEG 2000 frames: dicom-pixeldata refuses BitsAllocated 1, so the frame's
                 // codestream is decoded as 1-bit-deep 8-bit samples.
-                let fragment = fragments
-                    .filter(|f| f.len() == h.frames.len())
-                    .and_then(|f| f.get(k))
-                    .ok_or("encapsulated pixel data without one fragment per frame")?;
+                let fragment = frame_fragment(fragments, h.frames.len(), k)?;
                 let values = crate::dicom::j2k::decode_j2k_8bit(fragment, cols as u32, rows as u32, 1, 1)
                     .map_err(|e| format!("frame {}: JPEG 2000: {e}", k + 1))?;
                 if values.len() != plane {
@@ -194,6 +188,15 @@ fn seg_points(
         ));
     }
     Ok((points, chosen.into_iter().map(|(_, l)| l).collect()))
+}
+
+/// Frame `k`'s codestream: encapsulated frames are read one fragment per frame.
+fn frame_fragment(fragments: Option<&[Vec<u8>]>, frames: usize, k: usize) -> Result<&[u8], String> {
+    fragments
+        .filter(|f| f.len() == frames)
+        .and_then(|f| f.get(k))
+        .map(Vec::as_slice)
+        .ok_or_else(|| "encapsulated pixel data without one fragment per frame".to_string())
 }
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";

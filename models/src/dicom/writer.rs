@@ -224,6 +224,51 @@ fn stored(hu: i16) -> u16 {
     (i32::from(hu) + 1024).clamp(0, 4095) as u16
 }
 
+/// Image Pixel attributes of a multi-frame greyscale image on the series' grid.
+fn put_multi_frame_pixel_module(
+    o: &mut InMemDicomObject,
+    spec: &CtSeriesSpec,
+    frames: usize,
+    allocated: u16,
+    stored: u16,
+) {
+    put_str(o, tags::NUMBER_OF_FRAMES, VR::IS, &frames.to_string());
+    put_u16(o, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_u16(o, tags::ROWS, spec.rows);
+    put_u16(o, tags::COLUMNS, spec.columns);
+    put_u16(o, tags::BITS_ALLOCATED, allocated);
+    put_u16(o, tags::BITS_STORED, stored);
+    put_u16(o, tags::HIGH_BIT, stored - 1);
+    put_u16(o, tags::PIXEL_REPRESENTATION, 0);
+}
+
+/// The shared functional groups every frame of the series' grid has: orientation and spacing.
+fn put_plane_groups(g: &mut InMemDicomObject, spec: &CtSeriesSpec) {
+    put_seq(
+        g,
+        tags::PLANE_ORIENTATION_SEQUENCE,
+        vec![item(|i| put_ds(i, tags::IMAGE_ORIENTATION_PATIENT, &spec.orientation))],
+    );
+    put_seq(
+        g,
+        tags::PIXEL_MEASURES_SEQUENCE,
+        vec![item(|i| {
+            put_ds(i, tags::PIXEL_SPACING, &spec.pixel_spacing);
+            put_ds(i, tags::SLICE_THICKNESS, &[spec.slice_thickness]);
+        })],
+    );
+}
+
+/// The per-frame Plane Position of slice `k`.
+fn put_plane_position(g: &mut InMemDicomObject, spec: &CtSeriesSpec, k: u32) {
+    put_seq(
+        g,
+        tags::PLANE_POSITION_SEQUENCE,
+        vec![item(|i| put_ds(i, tags::IMAGE_POSITION_PATIENT, &spec.position(k)))],
+    );
+}
+
 /// Write the series as one Enhanced CT Image (multi-frame) file: frames in `write_order`, each
 /// placed by its Plane Position functional group; orientation, spacing and rescale shared.
 pub fn write_enhanced_ct(path: &Path, spec: &CtSeriesSpec) -> Result<(), DicomError> {
@@ -241,29 +286,9 @@ pub fn write_enhanced_ct(path: &Path, spec: &CtSeriesSpec) -> Result<(), DicomEr
     if !spec.contrast_bolus_agent.is_empty() {
         put_str(&mut o, tags::CONTRAST_BOLUS_AGENT, VR::LO, &spec.contrast_bolus_agent);
     }
-    put_str(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &order.len().to_string());
-    put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-    put_u16(&mut o, tags::ROWS, spec.rows);
-    put_u16(&mut o, tags::COLUMNS, spec.columns);
-    put_u16(&mut o, tags::BITS_ALLOCATED, 16);
-    put_u16(&mut o, tags::BITS_STORED, 12);
-    put_u16(&mut o, tags::HIGH_BIT, 11);
-    put_u16(&mut o, tags::PIXEL_REPRESENTATION, 0);
+    put_multi_frame_pixel_module(&mut o, spec, order.len(), 16, 12);
     let shared = item(|g| {
-        put_seq(
-            g,
-            tags::PLANE_ORIENTATION_SEQUENCE,
-            vec![item(|i| put_ds(i, tags::IMAGE_ORIENTATION_PATIENT, &spec.orientation))],
-        );
-        put_seq(
-            g,
-            tags::PIXEL_MEASURES_SEQUENCE,
-            vec![item(|i| {
-                put_ds(i, tags::PIXEL_SPACING, &spec.pixel_spacing);
-                put_ds(i, tags::SLICE_THICKNESS, &[spec.slice_thickness]);
-            })],
-        );
+        put_plane_groups(g, spec);
         put_seq(
             g,
             tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
@@ -275,18 +300,7 @@ pub fn write_enhanced_ct(path: &Path, spec: &CtSeriesSpec) -> Result<(), DicomEr
         );
     });
     put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
-    let per_frame = order
-        .iter()
-        .map(|&k| {
-            item(|g| {
-                put_seq(
-                    g,
-                    tags::PLANE_POSITION_SEQUENCE,
-                    vec![item(|i| put_ds(i, tags::IMAGE_POSITION_PATIENT, &spec.position(k)))],
-                );
-            })
-        })
-        .collect();
+    let per_frame = order.iter().map(|&k| item(|g| put_plane_position(g, spec, k))).collect();
     put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
     let mut px: Vec<u16> = Vec::with_capacity(usize::from(spec.rows) * usize::from(spec.columns) * order.len());
     for &k in &order {
@@ -325,15 +339,7 @@ pub fn write_segmentation(
         PrimitiveValue::Strs(["DERIVED".into(), "PRIMARY".into()].into()),
     ));
     put_str(&mut o, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
-    put_str(&mut o, tags::NUMBER_OF_FRAMES, VR::IS, &slices.len().to_string());
-    put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-    put_u16(&mut o, tags::ROWS, spec.rows);
-    put_u16(&mut o, tags::COLUMNS, spec.columns);
-    put_u16(&mut o, tags::BITS_ALLOCATED, 1);
-    put_u16(&mut o, tags::BITS_STORED, 1);
-    put_u16(&mut o, tags::HIGH_BIT, 0);
-    put_u16(&mut o, tags::PIXEL_REPRESENTATION, 0);
+    put_multi_frame_pixel_module(&mut o, spec, slices.len(), 1, 1);
     put_seq(
         &mut o,
         tags::SEGMENT_SEQUENCE,
@@ -343,31 +349,12 @@ pub fn write_segmentation(
             put_str(s, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "MANUAL");
         })],
     );
-    let shared = item(|g| {
-        put_seq(
-            g,
-            tags::PLANE_ORIENTATION_SEQUENCE,
-            vec![item(|i| put_ds(i, tags::IMAGE_ORIENTATION_PATIENT, &spec.orientation))],
-        );
-        put_seq(
-            g,
-            tags::PIXEL_MEASURES_SEQUENCE,
-            vec![item(|i| {
-                put_ds(i, tags::PIXEL_SPACING, &spec.pixel_spacing);
-                put_ds(i, tags::SLICE_THICKNESS, &[spec.slice_thickness]);
-            })],
-        );
-    });
-    put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
+    put_seq(&mut o, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![item(|g| put_plane_groups(g, spec))]);
     let per_frame = slices
         .iter()
         .map(|&k| {
             item(|g| {
-                put_seq(
-                    g,
-                    tags::PLANE_POSITION_SEQUENCE,
-                    vec![item(|i| put_ds(i, tags::IMAGE_POSITION_PATIENT, &spec.position(k)))],
-                );
+                put_plane_position(g, spec, k);
                 put_seq(
                     g,
                     tags::SEGMENT_IDENTIFICATION_SEQUENCE,
