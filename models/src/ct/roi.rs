@@ -99,19 +99,12 @@ fn seg_points(
     // A fractional value counts when it is at least half the maximum (probability >= 0.5).
     let max_fraction = int::<i64>(obj, tags::MAXIMUM_FRACTIONAL_VALUE).unwrap_or(255).max(1);
     let threshold = if fractional { (max_fraction + 1) / 2 } else { 1 };
-    let native = !h.is_encapsulated();
-    let native_bytes = if native {
-        Some(
-            obj.element(tags::PIXEL_DATA)
-                .map_err(|e| e.to_string())?
-                .to_bytes()
-                .map_err(|e| format!("pixel data unreadable: {e}"))?,
-        )
+    let pixel_data = obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let (native_bytes, fragments) = if h.is_encapsulated() {
+        (None, pixel_data.value().fragments())
     } else {
-        None
+        (Some(pixel_data.to_bytes().map_err(|e| format!("pixel data unreadable: {e}"))?), None)
     };
-    let fragments: Option<&[Vec<u8>]> =
-        if native { None } else { obj.element(tags::PIXEL_DATA).map_err(|e| e.to_string())?.value().fragments() };
     let plane = rows * cols;
     let mut points = Vec::new();
     let mut mask = vec![false; plane];

@@ -360,9 +360,7 @@ fn decode_file(
         // Proves the value holds every frame before any is read.
         let ext = dicom::check_pixel_data_file(&f, h, limits)
             .map_err(|e| CtError::Dicom { file: file_s.clone(), source: e })?;
-        let stored_bits = u32::from(h.bits_stored.unwrap_or(16).clamp(1, 16));
-        let signed = h.pixel_representation == Some(1);
-        let shift = 16 - stored_bits;
+        let stored = StoredBits::of(h, 16);
         let mut bytes = Vec::new();
         let mut out = Vec::with_capacity(slots.len());
         for (p, dst) in slots.iter_mut() {
@@ -372,11 +370,7 @@ fn decode_file(
             f.read_exact_at(&mut bytes, ext.value_offset + u64::from(plane.frame) * frame_bytes as u64)?;
             let (s, i) = (plane.slope as f32, plane.intercept as f32);
             for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                let raw = u16::from_le_bytes([b[0], b[1]]);
-                // Only the stored bits count; sign-extend from the stored high bit when signed.
-                let v =
-                    if signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 };
-                *d = v * s + i;
+                *d = stored.value(u16::from_le_bytes([b[0], b[1]])) * s + i;
             }
             out.push(padding_of(h, dst, plane.slope, plane.intercept));
         }
@@ -416,6 +410,28 @@ fn decode_file(
     Ok(out)
 }
 
+/// How a 16-bit stored sample becomes a value: only the stored bits count, sign-extended from
+/// the stored high bit when Pixel Representation is signed.
+#[derive(Clone, Copy)]
+struct StoredBits {
+    shift: u32,
+    signed: bool,
+}
+
+impl StoredBits {
+    /// From the header; `default_bits` when BitsStored is absent.
+    fn of(h: &DicomHeader, default_bits: u16) -> Self {
+        let bits = u32::from(h.bits_stored.unwrap_or(default_bits).clamp(1, 16));
+        StoredBits { shift: 16 - bits, signed: h.pixel_representation == Some(1) }
+    }
+
+    #[inline]
+    fn value(self, raw: u16) -> f32 {
+        let shift = self.shift;
+        if self.signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 }
+    }
+}
+
 /// 12-bit JPEG Extended frames through our own decoder (no Rust crate decodes 12-bit DCT JPEG).
 fn decode_jpeg12_frames(
     obj: &dicom_object::DefaultDicomObject,
@@ -426,9 +442,7 @@ fn decode_jpeg12_frames(
     let element = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).map_err(|e| e.to_string())?;
     let fragments = element.value().fragments().ok_or("JPEG transfer syntax but pixel data not encapsulated")?;
     let frames = h.number_of_frames.unwrap_or(1).max(1) as usize;
-    let stored_bits = u32::from(h.bits_stored.unwrap_or(12).clamp(1, 16));
-    let signed = h.pixel_representation == Some(1);
-    let shift = 16 - stored_bits;
+    let stored = StoredBits::of(h, 12);
     let mut out = Vec::with_capacity(slots.len());
     for (p, dst) in slots.iter_mut() {
         let plane = &planes[*p];
@@ -449,8 +463,7 @@ fn decode_jpeg12_frames(
         }
         let (s, i) = (plane.slope as f32, plane.intercept as f32);
         for (d, raw) in dst.iter_mut().zip(&img.samples) {
-            let v = if signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 };
-            *d = v * s + i;
+            *d = stored.value(*raw) * s + i;
         }
         out.push(padding_of(h, dst, plane.slope, plane.intercept));
     }

@@ -276,16 +276,7 @@ pub fn write_enhanced_ct(path: &Path, spec: &CtSeriesSpec) -> Result<(), DicomEr
     let sop_uid = uid_from(&format!("{}/enhanced", spec.series_instance_uid));
     let mut o = InMemDicomObject::new_empty();
     patient_and_study(&mut o, spec, sop_class::ENHANCED_CT_IMAGE, &sop_uid);
-    o.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(spec.image_type.iter().cloned().collect())));
-    put_str(&mut o, tags::MODALITY, VR::CS, &spec.modality);
-    put_str(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &spec.series_description);
-    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &spec.series_instance_uid);
-    put_str(&mut o, tags::SERIES_NUMBER, VR::IS, "3");
-    put_str(&mut o, tags::INSTANCE_NUMBER, VR::IS, "1");
-    put_str(&mut o, tags::ACQUISITION_DATE, VR::DA, &spec.study_date);
-    if !spec.contrast_bolus_agent.is_empty() {
-        put_str(&mut o, tags::CONTRAST_BOLUS_AGENT, VR::LO, &spec.contrast_bolus_agent);
-    }
+    put_ct_series(&mut o, spec, "3", 1);
     put_multi_frame_pixel_module(&mut o, spec, order.len(), 16, 12);
     let shared = item(|g| {
         put_plane_groups(g, spec);
@@ -304,11 +295,7 @@ pub fn write_enhanced_ct(path: &Path, spec: &CtSeriesSpec) -> Result<(), DicomEr
     put_seq(&mut o, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
     let mut px: Vec<u16> = Vec::with_capacity(usize::from(spec.rows) * usize::from(spec.columns) * order.len());
     for &k in &order {
-        for y in 0..u32::from(spec.rows) {
-            for x in 0..u32::from(spec.columns) {
-                px.push(stored((spec.hu)(x, y, k)));
-            }
-        }
+        push_stored_slice(&mut px, spec, k);
     }
     o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())));
     write_object(path, o, sop_class::ENHANCED_CT_IMAGE, &sop_uid, spec.transfer_syntax)
@@ -433,73 +420,51 @@ pub fn write_structure_set(
 
 fn slice_object(spec: &CtSeriesSpec, k: u32, instance: u32, sop_uid: &str) -> InMemDicomObject {
     let mut o = InMemDicomObject::new_empty();
-    let s = |o: &mut InMemDicomObject, tag, vr, v: &str| {
-        o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-    };
-    s(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
-    o.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(spec.image_type.iter().cloned().collect())));
-    s(&mut o, tags::SOP_CLASS_UID, VR::UI, sop_class::CT_IMAGE);
-    s(&mut o, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
-    s(&mut o, tags::STUDY_DATE, VR::DA, &spec.study_date);
-    s(&mut o, tags::ACQUISITION_DATE, VR::DA, &spec.study_date);
-    s(&mut o, tags::ACQUISITION_TIME, VR::TM, "101500");
-    s(&mut o, tags::ACCESSION_NUMBER, VR::SH, &spec.accession_number);
-    s(&mut o, tags::STUDY_TIME, VR::TM, "101000");
-    s(&mut o, tags::STUDY_ID, VR::SH, "1");
-    s(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &spec.referring_physician_name);
-    s(&mut o, tags::STUDY_DESCRIPTION, VR::LO, &spec.study_description);
-    s(&mut o, tags::PATIENT_SEX, VR::CS, "F");
-    s(&mut o, tags::MODALITY, VR::CS, &spec.modality);
-    s(&mut o, tags::MANUFACTURER, VR::LO, "CRLM-EDGE SYNTHETIC");
-    s(&mut o, tags::INSTITUTION_NAME, VR::LO, &spec.institution_name);
-    s(&mut o, tags::SERIES_DESCRIPTION, VR::LO, &spec.series_description);
-    s(&mut o, tags::PATIENT_NAME, VR::PN, &spec.patient_name);
-    s(&mut o, tags::PATIENT_ID, VR::LO, &spec.patient_id);
-    s(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, &spec.patient_birth_date);
-    if !spec.contrast_bolus_agent.is_empty() {
-        s(&mut o, tags::CONTRAST_BOLUS_AGENT, VR::LO, &spec.contrast_bolus_agent);
-    }
-    s(&mut o, tags::SLICE_THICKNESS, VR::DS, &fmt_ds(spec.slice_thickness));
-    s(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, &spec.study_instance_uid);
-    s(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, &spec.series_instance_uid);
-    s(&mut o, tags::SERIES_NUMBER, VR::IS, "2");
-    s(&mut o, tags::INSTANCE_NUMBER, VR::IS, &instance.to_string());
-    let p = spec.position(k);
-    o.put(DataElement::new(
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        PrimitiveValue::Strs(p.iter().map(|v| fmt_ds(*v)).collect()),
-    ));
-    o.put(DataElement::new(
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        PrimitiveValue::Strs(spec.orientation.iter().map(|v| fmt_ds(*v)).collect()),
-    ));
-    s(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference_uid(spec));
-    o.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, dicom_value!(U16, [1])));
-    s(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-    o.put(DataElement::new(tags::ROWS, VR::US, dicom_value!(U16, [spec.rows])));
-    o.put(DataElement::new(tags::COLUMNS, VR::US, dicom_value!(U16, [spec.columns])));
-    o.put(DataElement::new(
-        tags::PIXEL_SPACING,
-        VR::DS,
-        PrimitiveValue::Strs(spec.pixel_spacing.iter().map(|v| fmt_ds(*v)).collect()),
-    ));
-    o.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, dicom_value!(U16, [16])));
-    o.put(DataElement::new(tags::BITS_STORED, VR::US, dicom_value!(U16, [12])));
-    o.put(DataElement::new(tags::HIGH_BIT, VR::US, dicom_value!(U16, [11])));
-    o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, dicom_value!(U16, [0])));
-    s(&mut o, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
-    s(&mut o, tags::RESCALE_SLOPE, VR::DS, "1");
-    s(&mut o, tags::RESCALE_TYPE, VR::LO, "HU");
+    patient_and_study(&mut o, spec, sop_class::CT_IMAGE, sop_uid);
+    put_ct_series(&mut o, spec, "2", instance);
+    put_str(&mut o, tags::ACQUISITION_TIME, VR::TM, "101500");
+    put_ds(&mut o, tags::SLICE_THICKNESS, &[spec.slice_thickness]);
+    put_ds(&mut o, tags::IMAGE_POSITION_PATIENT, &spec.position(k));
+    put_ds(&mut o, tags::IMAGE_ORIENTATION_PATIENT, &spec.orientation);
+    put_u16(&mut o, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    put_u16(&mut o, tags::ROWS, spec.rows);
+    put_u16(&mut o, tags::COLUMNS, spec.columns);
+    put_ds(&mut o, tags::PIXEL_SPACING, &spec.pixel_spacing);
+    put_u16(&mut o, tags::BITS_ALLOCATED, 16);
+    put_u16(&mut o, tags::BITS_STORED, 12);
+    put_u16(&mut o, tags::HIGH_BIT, 11);
+    put_u16(&mut o, tags::PIXEL_REPRESENTATION, 0);
+    put_str(&mut o, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
+    put_str(&mut o, tags::RESCALE_SLOPE, VR::DS, "1");
+    put_str(&mut o, tags::RESCALE_TYPE, VR::LO, "HU");
     let mut px: Vec<u16> = Vec::with_capacity(usize::from(spec.rows) * usize::from(spec.columns));
+    push_stored_slice(&mut px, spec, k);
+    o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())));
+    o
+}
+
+/// The CT series attributes single-frame slices and the Enhanced CT file share.
+fn put_ct_series(o: &mut InMemDicomObject, spec: &CtSeriesSpec, series_number: &str, instance: u32) {
+    o.put(DataElement::new(tags::IMAGE_TYPE, VR::CS, PrimitiveValue::Strs(spec.image_type.iter().cloned().collect())));
+    put_str(o, tags::MODALITY, VR::CS, &spec.modality);
+    put_str(o, tags::SERIES_DESCRIPTION, VR::LO, &spec.series_description);
+    put_str(o, tags::SERIES_INSTANCE_UID, VR::UI, &spec.series_instance_uid);
+    put_str(o, tags::SERIES_NUMBER, VR::IS, series_number);
+    put_str(o, tags::INSTANCE_NUMBER, VR::IS, &instance.to_string());
+    put_str(o, tags::ACQUISITION_DATE, VR::DA, &spec.study_date);
+    if !spec.contrast_bolus_agent.is_empty() {
+        put_str(o, tags::CONTRAST_BOLUS_AGENT, VR::LO, &spec.contrast_bolus_agent);
+    }
+}
+
+/// Append slice `k`'s stored values, row by row.
+fn push_stored_slice(px: &mut Vec<u16>, spec: &CtSeriesSpec, k: u32) {
     for y in 0..u32::from(spec.rows) {
         for x in 0..u32::from(spec.columns) {
             px.push(stored((spec.hu)(x, y, k)));
         }
     }
-    o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.into())));
-    o
 }
 
 /// Decimal String: at most 16 characters.
