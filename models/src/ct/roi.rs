@@ -349,6 +349,27 @@ mod tests {
     }
 
     #[test]
+    fn damaged_1bit_frames_are_refused_with_the_reason() {
+        let rle = |body: &[u8]| {
+            let mut f = vec![0u8; 64];
+            f[0] = 1;
+            f[4] = 64;
+            f.extend_from_slice(body);
+            f
+        };
+        // A literal run of 4 bytes with only 2 present; a repeat with no byte; too short.
+        assert!(packed_frame(&rle(&[3, 1, 2]), RLE_LOSSLESS, 4).unwrap_err().contains("literal run past the end"));
+        assert!(packed_frame(&rle(&[0xFE]), RLE_LOSSLESS, 4).unwrap_err().contains("repeat past the end"));
+        assert!(packed_frame(&rle(&[0xFD, 7]), RLE_LOSSLESS, 8).unwrap_err().contains("decoded 4 bytes, 8 expected"));
+        assert_eq!(packed_frame(&rle(&[0xFD, 7, 1, 9, 8]), RLE_LOSSLESS, 6).unwrap(), vec![7, 7, 7, 7, 9, 8]);
+        let mut two_segments = rle(&[0]);
+        two_segments[0] = 2;
+        assert!(packed_frame(&two_segments, RLE_LOSSLESS, 4).unwrap_err().contains("2 segments"));
+        assert!(packed_frame(&[1, 0], RLE_LOSSLESS, 4).unwrap_err().contains("RLE header truncated"));
+        assert!(packed_frame(b"not deflate at all", DEFLATED_IMAGE_FRAME, 4).unwrap_err().contains("deflate"));
+    }
+
+    #[test]
     fn occupied_rows_and_columns() {
         let mut mask = vec![false; 20];
         assert_eq!(occupied(&mask, 4, 5), None);
