@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// The `crlm` binary of this build. Cargo builds it for `cargo test --workspace`, but not for
 /// `cargo test -p crlm-e2e`, so it is brought up to date once per test process. A binary newer
-/// than every source it is built from is used as is: `cargo build -p crlm-appliance` resolves
+/// than every source it is built from is used as is: `cargo build -p crlm` resolves
 /// features differently from the workspace's test build and would rebuild everything (minutes).
 pub fn crlm_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -26,7 +26,7 @@ pub fn crlm_bin() -> PathBuf {
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "crlm-appliance", "--bin", "crlm"])
+            .args(["build", "--quiet", "-p", "crlm", "--bin", "crlm"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo build");

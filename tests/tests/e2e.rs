@@ -55,7 +55,7 @@ fn write_cases(share: &Path) {
     let no_slide = SampleCase { with_slide: false, ..SampleCase::new("E2E-NOSLIDE") };
     write_sample_case(&share.join("no-slide"), &no_slide).unwrap();
     // Staff mark the export complete, so the service need not wait for a slide.
-    std::fs::write(share.join("no-slide").join(crlm_appliance::ingest::share::CASE_READY_MARKER), b"").unwrap();
+    std::fs::write(share.join("no-slide").join(crlm_ingest::share::CASE_READY_MARKER), b"").unwrap();
     let old = SampleCase { age: 81, ..SampleCase::new("E2E-OLD") };
     write_sample_case(&share.join("old"), &old).unwrap();
     // A malformed export: a DICOM file that never becomes readable and a clinical file whose
@@ -223,7 +223,7 @@ fn run(kind: BrokerKind) {
     assert!(words.contains(last["pseudonym"].as_str().unwrap()), "{words}");
     assert!(words.contains("Broker connected") && words.contains("Outbox 0"), "{words}");
     let risks: Vec<String> =
-        rows.iter().filter_map(|r| r["risk_2y"].as_f64()).map(crlm_appliance::panel::ui::format_risk).collect();
+        rows.iter().filter_map(|r| r["risk_2y"].as_f64()).map(crlm_panel::ui::format_risk).collect();
     assert_eq!(risks.len(), 2);
     for f in &frames {
         assert!(!f.contains("RISK"), "blinded: no risk group on the panel: {f}");

@@ -1,8 +1,8 @@
 //! `crlm ledger verify` and `show` on a ledger written by the appliance's ledger code, in the
 //! state folder where the service keeps it.
 
-use crlm_appliance::ledger::{LEDGER_FILE, Ledger, device_key};
 use crlm_e2e::Site;
+use crlm_ledger::{LEDGER_FILE, Ledger, device_key};
 
 #[test]
 fn verify_passes_a_good_ledger_and_names_the_first_changed_record() {

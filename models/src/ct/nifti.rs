@@ -11,20 +11,17 @@ use std::path::Path;
 /// Write `vol` to `path`; gzip-compressed when the name ends in `.gz`.
 pub fn write_nifti(vol: &CtVolume, path: &Path) -> Result<(), CtError> {
     let gz = path.extension().is_some_and(|e| e == "gz");
-    let tmp = path.with_extension("tmp-nifti");
-    {
-        let f = std::fs::File::create(&tmp)?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    // Temp file, fsync, rename, fsync the directory: a crash leaves the old file or the new one.
+    crlm_core::fsutil::write_atomic_with(path, 0o644, |w| {
         if gz {
             let mut enc = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
             write_body(vol, &mut enc)?;
-            w = enc.finish()?;
+            enc.finish()?;
+            Ok(())
         } else {
-            write_body(vol, &mut w)?;
+            write_body(vol, w)
         }
-        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
+    })?;
     Ok(())
 }
 

@@ -364,34 +364,24 @@ pub fn write_with_onnx(
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent).and_then(|d| d.sync_all()).map_err(|e| io(parent, e))?;
-    }
-    Ok(())
+    crlm_core::fsutil::write_atomic(path, bytes, 0o644).map_err(|e| io(path, e))
 }
 
 /// Write the package's files as a reproducible tar (sorted, mtime 0, root-owned, 0644).
 pub fn pack_tar(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<(), PackageError> {
-    let tmp = out.with_extension("tar.tmp");
-    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    let mut builder = tar::Builder::new(file);
-    for (name, bytes) in files {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(bytes.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut h, name, bytes.as_slice()).map_err(|e| io(&tmp, e))?;
-    }
-    let file = builder.into_inner().map_err(|e| io(&tmp, e))?;
-    file.sync_all().map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, out).map_err(|e| io(out, e))?;
-    Ok(())
+    crlm_core::fsutil::write_atomic_with(out, 0o644, |w| {
+        let mut builder = tar::Builder::new(w);
+        for (name, bytes) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(bytes.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut h, name, bytes.as_slice())?;
+        }
+        builder.finish()
+    })
+    .map_err(|e| io(out, e))
 }

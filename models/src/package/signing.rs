@@ -81,21 +81,19 @@ pub fn generate_key() -> SigningKey {
 /// Write a new key pair: `path` (hex seed, mode 0600, never overwritten) and the public key at
 /// `path` with extension `.pub`.
 pub fn write_new_key(path: &Path) -> Result<VerifyingKey, PackageError> {
-    use std::io::Write;
-    let key = generate_key();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| PackageError::Io(format!("{}: {e}", path.display())))?;
-    f.write_all(hex::encode(key.to_bytes()).as_bytes())
-        .and_then(|_| f.write_all(b"\n"))
-        .and_then(|_| f.sync_all())
-        .map_err(|e| PackageError::Io(format!("{}: {e}", path.display())))?;
+    write_key_pair(path, &generate_key())
+}
+
+/// Write `key` as a key pair: `path` (hex seed, mode 0600, never overwritten: an existing file is
+/// an error) and the public key (hex, 0644) at `path` with extension `.pub`, both durably.
+pub fn write_key_pair(path: &Path, key: &SigningKey) -> Result<VerifyingKey, PackageError> {
+    let err = |p: &Path, e: std::io::Error| PackageError::Io(format!("{}: {e}", p.display()));
+    crlm_core::fsutil::write_new(path, format!("{}\n", hex::encode(key.to_bytes())).as_bytes(), 0o600)
+        .map_err(|e| err(path, e))?;
     let public = key.verifying_key();
     let pub_path = path.with_extension("pub");
-    std::fs::write(&pub_path, format!("{}\n", hex::encode(public.as_bytes())))
-        .map_err(|e| PackageError::Io(format!("{}: {e}", pub_path.display())))?;
+    crlm_core::fsutil::write_atomic(&pub_path, format!("{}\n", hex::encode(public.as_bytes())).as_bytes(), 0o644)
+        .map_err(|e| err(&pub_path, e))?;
     Ok(public)
 }
 

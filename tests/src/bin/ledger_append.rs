@@ -2,7 +2,7 @@
 //! then appends records forever, printing `<seq> <id>` once each append has returned, i.e. once
 //! the record is durable. The test kills it at random and checks every printed record survived.
 
-use crlm_appliance::ledger::{Ledger, device_key};
+use crlm_ledger::{Ledger, device_key};
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -1,0 +1,66 @@
+use super::*;
+
+#[derive(Args)]
+pub struct CasesArgs {
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: CasesArgs) -> anyhow::Result<ExitCode> {
+    let CasesArgs { config, json } = args;
+    let path = config_path(config);
+    let cfg = match load_config(path.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let db_path = cfg.database_path();
+    if !db_path.exists() {
+        anyhow::bail!("no state database at {} (has `crlm run` started with this configuration?)", db_path.display());
+    }
+    let db = crlm_state::StateDb::open_read_only(&db_path).with_context(|| format!("opening {}", db_path.display()))?;
+    let rows = db.cases()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_cases(&rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A readable table of cases.
+pub fn print_cases(rows: &[crlm_state::CaseRow]) {
+    println!("{:<16} {:<12} {:<34} reasons", "case", "state", "modalities");
+    for r in rows {
+        let m = |k: &str| {
+            let s = r.modalities.get(k).and_then(|v| v.get("status")).and_then(|v| v.as_str()).unwrap_or("?");
+            format!("{k}:{}", if s == "found" { "yes" } else { "no" })
+        };
+        println!(
+            "{:<16} {:<12} {:<34} {}",
+            r.pseudonym,
+            r.state,
+            format!("{} {} {}", m("ct"), m("slide"), m("clinical")),
+            if r.reasons.is_empty() { "-".to_string() } else { r.reasons.join("; ") }
+        );
+        if let Some(c) = r.series_choice.as_ref().and_then(|s| s.get("chosen")).filter(|c| !c.is_null()) {
+            println!(
+                "{:<16} CT series chosen: \"{}\", {} slices",
+                "",
+                c.get("description").and_then(|d| d.as_str()).unwrap_or("?"),
+                c.get("slices").and_then(|d| d.as_u64()).unwrap_or(0)
+            );
+        }
+        for rej in
+            r.series_choice.as_ref().and_then(|s| s.get("rejected")).and_then(|v| v.as_array()).into_iter().flatten()
+        {
+            println!(
+                "{:<16} CT series rejected: \"{}\": {}",
+                "",
+                rej.get("description").and_then(|d| d.as_str()).unwrap_or("?"),
+                rej.get("reason").and_then(|d| d.as_str()).unwrap_or("?")
+            );
+        }
+    }
+}

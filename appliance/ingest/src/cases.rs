@@ -1,0 +1,521 @@
+//! Cases: which case a file belongs to, and when a case is complete.
+//!
+//! A case is a top-level folder of the share (`share/<case>/...`, any depth inside), or for
+//! loose DICOM at the share root, PatientID + StudyInstanceUID (joined to the root clinical file
+//! that names that patient). A case closes when it holds every required modality and has been
+//! quiet for the quiet window (or its folder has `READY`), or as partial when
+//! `cases.partial_after_seconds` pass with a modality missing. Closing checks eligibility.
+
+use super::recognise::{DicomRole, Problem, Recognised};
+use super::series::{self, SeriesChoice};
+use super::{IngestError, Ingestor, ScanReport, eligibility};
+use crlm_models::clinical::ClinicalRecord;
+use crlm_models::dicom::DicomHeader;
+use crlm_state::{case_state, now_ms};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+/// A case that changed state in a scan (for logs, the display and the service status).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CaseChange {
+    pub case: String,
+    pub state: String,
+    pub reasons: Vec<String>,
+}
+
+enum CaseKey {
+    Folder(String),
+    Study { patient_id: String, study: String },
+}
+
+impl CaseKey {
+    fn as_key(&self) -> String {
+        match self {
+            CaseKey::Folder(f) => format!("folder:{f}"),
+            CaseKey::Study { patient_id, study } => format!("study:{patient_id}|{study}"),
+        }
+    }
+}
+
+/// Accept a recognised file: a duplicate of known content, part of a case, or (root clinical
+/// file) a source of records for root studies. One transaction.
+pub(super) fn accept_file(
+    ing: &mut Ingestor,
+    rel: &Path,
+    size: u64,
+    mtime_ns: i64,
+    sha: &str,
+    rec: Recognised,
+    report: &mut ScanReport,
+) -> Result<(), IngestError> {
+    let rel_s = rel.to_string_lossy().into_owned();
+    let now = now_ms();
+    let kind = rec.kind().as_str();
+    let details = rec.details().to_string();
+    // Identical content already accepted: a re-export, not a new case.
+    let original: Option<Option<i64>> = ing
+        .db
+        .conn
+        .query_row("SELECT case_id FROM files WHERE sha256=?1 AND status='accepted' LIMIT 1", params![sha], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if let Some(case_id) = original {
+        ing.db.conn.execute(
+            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
+            params![rel_s, size as i64, mtime_ns, sha, kind, case_id, details, now],
+        )?;
+        report.duplicates += 1;
+        tracing::info!(stage = "ingest", file = %super::short_hash(rel), "identical re-export ignored");
+        return Ok(());
+    }
+    let in_folder = rel.components().count() > 1;
+    let key = if in_folder {
+        let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        Some(CaseKey::Folder(top))
+    } else {
+        match &rec {
+            Recognised::Dicom { header, .. } => match &header.patient_id {
+                Some(pid) => Some(CaseKey::Study {
+                    patient_id: pid.clone(),
+                    study: header
+                        .study_instance_uid
+                        .clone()
+                        .or_else(|| header.study_date.clone().map(|d| format!("date:{d}")))
+                        .unwrap_or_else(|| "unknown".into()),
+                }),
+                None => {
+                    let p = Problem {
+                        kind: rec.kind(),
+                        check: "case.grouping",
+                        reason: "loose DICOM at the share root without a PatientID cannot be grouped into a case"
+                            .into(),
+                        action: "Put the series into a case folder (share/<case>/...) together with its slide and clinical file.",
+                    };
+                    return ing.refuse(rel, size, mtime_ns, Some(sha.to_string()), p, report);
+                }
+            },
+            Recognised::Slide(_) => {
+                let p = Problem {
+                    kind: rec.kind(),
+                    check: "case.grouping",
+                    reason: "a slide at the share root cannot be assigned to a case (slides carry no patient ID)"
+                        .into(),
+                    action: "Put the slide into its case folder (share/<case>/...).",
+                };
+                return ing.refuse(rel, size, mtime_ns, Some(sha.to_string()), p, report);
+            }
+            Recognised::Clinical { .. } => None,
+        }
+    };
+    let tx = ing.db.conn.transaction()?;
+    let mut case_id: Option<i64> = None;
+    if let Some(key) = &key {
+        let case_key = key.as_key();
+        let pseudonym = match key {
+            CaseKey::Study { patient_id, .. } => ing.secret.patient_pseudonym(patient_id),
+            CaseKey::Folder(_) => ing.secret.case_pseudonym(&case_key),
+        };
+        tx.execute(
+            "INSERT OR IGNORE INTO cases(case_key, pseudonym, state, created_ms, updated_ms, last_file_ms)
+             VALUES (?1, ?2, 'waiting', ?3, ?3, ?3)",
+            params![case_key, pseudonym, now],
+        )?;
+        let (id, state, patient): (i64, String, Option<String>) =
+            tx.query_row("SELECT id, state, patient_id FROM cases WHERE case_key=?1", params![case_key], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        case_id = Some(id);
+        if state != case_state::WAITING {
+            let reason =
+                format!("a {kind} file arrived after the case was {state}; it was not used (export a new case folder)");
+            append_reason(&tx, id, &reason)?;
+        }
+        tx.execute("UPDATE cases SET last_file_ms=?2, updated_ms=?2 WHERE id=?1", params![id, now])?;
+        // The patient becomes known from the CT or the clinical file: the pseudonym follows it.
+        let pid = match &rec {
+            Recognised::Dicom { header, .. } => header.patient_id.clone(),
+            Recognised::Clinical { records, .. } if records.len() == 1 => Some(records[0].patient_id().to_string()),
+            _ => None,
+        };
+        if patient.is_none()
+            && let Some(pid) = pid
+        {
+            tx.execute(
+                "UPDATE cases SET patient_id=?2, pseudonym=?3 WHERE id=?1",
+                params![id, pid, ing.secret.patient_pseudonym(&pid)],
+            )?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'accepted', ?6, ?7, ?8)",
+        params![rel_s, size as i64, mtime_ns, sha, kind, case_id, details, now],
+    )?;
+    let file_id = tx.last_insert_rowid();
+    if let Recognised::Clinical { records, .. } = &rec {
+        let case_ref = key.as_ref().map(|k| k.as_key());
+        for (i, r) in records.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO clinical_records(file_id, row, patient_id, case_ref, record, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![file_id, i as i64 + 1, r.patient_id(), case_ref, serde_json::to_string(r).unwrap_or_default(), r.hash()],
+            )?;
+            if key.is_none() {
+                // A root clinical file wakes the root studies of that patient.
+                tx.execute(
+                    "UPDATE cases SET last_file_ms=?2 WHERE patient_id=?1 AND case_key LIKE 'study:%' AND state='waiting'",
+                    params![r.patient_id(), now],
+                )?;
+            }
+        }
+    }
+    tx.commit()?;
+    report.accepted += 1;
+    tracing::info!(stage = "ingest", kind, file = %super::short_hash(rel), "file accepted");
+    Ok(())
+}
+
+fn append_reason(tx: &rusqlite::Transaction<'_>, case_id: i64, reason: &str) -> rusqlite::Result<()> {
+    let reasons: String = tx.query_row("SELECT reasons FROM cases WHERE id=?1", params![case_id], |r| r.get(0))?;
+    let mut v: Vec<String> = serde_json::from_str(&reasons).unwrap_or_default();
+    if !v.iter().any(|r| r == reason) {
+        v.push(reason.to_string());
+    }
+    tx.execute(
+        "UPDATE cases SET reasons=?2 WHERE id=?1",
+        params![case_id, serde_json::to_string(&v).unwrap_or_default()],
+    )?;
+    Ok(())
+}
+
+struct OpenCase {
+    id: i64,
+    key: String,
+    pseudonym: String,
+    patient_id: Option<String>,
+    created_ms: i64,
+    last_file_ms: i64,
+}
+
+/// Re-evaluate every waiting case; close those that are complete, partial, ineligible or in conflict.
+pub(super) fn evaluate(ing: &mut Ingestor, ready_folders: &HashSet<PathBuf>) -> Result<Vec<CaseChange>, IngestError> {
+    let open: Vec<OpenCase> = {
+        let mut st = ing.db.conn.prepare(
+            "SELECT id, case_key, pseudonym, patient_id, created_ms, last_file_ms FROM cases WHERE state='waiting' ORDER BY id",
+        )?;
+        st.query_map([], |r| {
+            Ok(OpenCase {
+                id: r.get(0)?,
+                key: r.get(1)?,
+                pseudonym: r.get(2)?,
+                patient_id: r.get(3)?,
+                created_ms: r.get(4)?,
+                last_file_ms: r.get(5)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?
+    };
+    let mut changes = Vec::new();
+    for case in open {
+        if let Some(change) = evaluate_case(ing, &case, ready_folders)? {
+            changes.push(change);
+        }
+    }
+    Ok(changes)
+}
+
+fn evaluate_case(
+    ing: &mut Ingestor,
+    case: &OpenCase,
+    ready_folders: &HashSet<PathBuf>,
+) -> Result<Option<CaseChange>, IngestError> {
+    let now = now_ms();
+    let cfg = ing.cfg.clone();
+    // Files of the case.
+    let files: Vec<(String, String, String)> = {
+        let mut st = ing
+            .db
+            .conn
+            .prepare("SELECT path, kind, COALESCE(details, '{}') FROM files WHERE case_id=?1 AND status='accepted' ORDER BY path")?;
+        st.query_map(params![case.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?
+    };
+    let mut ct_images: Vec<(String, DicomHeader)> = Vec::new();
+    let mut dicom_patients = BTreeSet::new();
+    let mut roi_files = 0usize;
+    let mut slides = 0usize;
+    let mut ct_study_date = None;
+    for (path, kind, details) in &files {
+        match kind.as_str() {
+            "dicom" => {
+                let v: serde_json::Value = serde_json::from_str(details).unwrap_or_default();
+                let role: Option<DicomRole> = v.get("role").and_then(|r| serde_json::from_value(r.clone()).ok());
+                let Ok(h) = serde_json::from_value::<DicomHeader>(v) else { continue };
+                if let Some(p) = &h.patient_id {
+                    dicom_patients.insert(p.clone());
+                }
+                match role {
+                    Some(DicomRole::CtImage) => {
+                        let folder =
+                            Path::new(path).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                        ct_images.push((series::series_key(&h, &folder), h));
+                    }
+                    Some(DicomRole::RegionOfInterest) => roi_files += 1,
+                    _ => {}
+                }
+            }
+            "slide" => slides += 1,
+            _ => {}
+        }
+    }
+    let choice: SeriesChoice = series::choose_series(&ct_images, &cfg.series);
+    if let Some(chosen) = &choice.chosen {
+        ct_study_date = ct_images
+            .iter()
+            .find(|(k, _)| *k == chosen.series)
+            .and_then(|(_, h)| h.acquisition_date.clone().or_else(|| h.study_date.clone()))
+            .and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y%m%d").ok());
+    }
+    // Clinical record(s) of the case.
+    let records: Vec<(String, String)> = {
+        let sql = if case.key.starts_with("folder:") {
+            "SELECT c.record, c.hash FROM clinical_records c JOIN files f ON f.id=c.file_id
+             WHERE f.case_id=?1 AND f.status='accepted' ORDER BY c.id"
+        } else {
+            "SELECT c.record, c.hash FROM clinical_records c JOIN files f ON f.id=c.file_id
+             WHERE c.case_ref IS NULL AND f.status='accepted' AND c.patient_id=?2 ORDER BY c.id"
+        };
+        let mut st = ing.db.conn.prepare(sql)?;
+        if case.key.starts_with("folder:") {
+            st.query_map(params![case.id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?
+        } else {
+            st.query_map(params![case.id, case.patient_id.clone().unwrap_or_default()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?
+        }
+    };
+    let folder_name = case.key.strip_prefix("folder:").unwrap_or("");
+    let parsed: Vec<(ClinicalRecord, String)> = records
+        .into_iter()
+        .filter_map(|(r, h)| serde_json::from_str::<ClinicalRecordOwned>(&r).ok().map(|r| (r.into_record(), h)))
+        .collect();
+    // Several rows: keep the one naming this case's patient or folder.
+    let mut matching: Vec<&(ClinicalRecord, String)> = parsed
+        .iter()
+        .filter(|(r, _)| {
+            parsed.len() == 1
+                || dicom_patients.contains(r.patient_id())
+                || (!folder_name.is_empty() && r.case_id() == Some(folder_name))
+        })
+        .collect();
+    matching.dedup_by(|a, b| a.1 == b.1);
+    let mut conflicts = Vec::new();
+    if dicom_patients.len() > 1 {
+        conflicts.push(format!("CT images of {} different patients in one case", dicom_patients.len()));
+    }
+    if matching.len() > 1 {
+        conflicts.push(format!(
+            "{} different clinical records match this case; keep one clinical file per case",
+            matching.len()
+        ));
+    }
+    let clinical = matching.first().map(|(r, h)| (r.clone(), h.clone()));
+    if let Some((r, _)) = &clinical
+        && !dicom_patients.is_empty()
+        && !dicom_patients.contains(r.patient_id())
+    {
+        conflicts.push("the clinical file names a different patient than the CT (patient IDs differ)".into());
+    }
+    let patient_id = clinical
+        .as_ref()
+        .map(|(r, _)| r.patient_id().to_string())
+        .or_else(|| dicom_patients.iter().next().cloned())
+        .or(case.patient_id.clone());
+    let pseudonym =
+        patient_id.as_deref().map(|p| ing.secret.patient_pseudonym(p)).unwrap_or_else(|| case.pseudonym.clone());
+
+    let modalities = serde_json::json!({
+        "ct": match &choice.chosen {
+            Some(c) => serde_json::json!({"status": "found", "series_description": c.description, "slices": c.slices, "roi_files": roi_files}),
+            None => serde_json::json!({"status": "missing", "reason": choice.reason}),
+        },
+        "slide": if slides > 0 { serde_json::json!({"status": "found", "count": slides}) } else { serde_json::json!({"status": "missing"}) },
+        "clinical": match &clinical {
+            Some((_, h)) => serde_json::json!({"status": "found", "record_hash": h}),
+            None => serde_json::json!({"status": "missing"}),
+        },
+    });
+    let present = |m: &str| match m {
+        "ct" => choice.chosen.is_some(),
+        "slide" => slides > 0,
+        "clinical" => clinical.is_some(),
+        _ => true,
+    };
+    let missing: Vec<&str> = cfg.cases.require.iter().map(String::as_str).filter(|m| !present(m)).collect();
+    let ready = Path::new(folder_name).components().next().is_some() && ready_folders.contains(Path::new(folder_name));
+    let quiet_ms = (cfg.share.quiet_seconds * 1000.0) as i64;
+    let settled = ready || now - case.last_file_ms >= quiet_ms;
+    let timed_out = now - case.created_ms >= (cfg.cases.partial_after_seconds * 1000.0) as i64;
+    let series_json = serde_json::to_string(&choice).unwrap_or_default();
+    let clinical_hash = clinical.as_ref().map(|(_, h)| h.clone());
+
+    let (state, mut reasons) = if !conflicts.is_empty() && settled {
+        (case_state::QUARANTINED, conflicts)
+    } else if !settled || (!missing.is_empty() && !ready && !timed_out) {
+        // Still waiting: keep the live view current.
+        ing.db.conn.execute(
+            "UPDATE cases SET modalities=?2, series_choice=?3, pseudonym=?4, patient_id=COALESCE(patient_id, ?5) WHERE id=?1",
+            params![case.id, modalities.to_string(), series_json, pseudonym, patient_id],
+        )?;
+        return Ok(None);
+    } else {
+        let mut reasons: Vec<String> = missing
+            .iter()
+            .map(|m| {
+                let why = if ready { "the folder is marked READY" } else { "the waiting time ran out" };
+                match *m {
+                    "ct" => format!("no usable CT series ({}) and {why}", choice.reason),
+                    other => format!("{other} missing and {why}"),
+                }
+            })
+            .collect();
+        let ineligible = match &clinical {
+            Some((r, _)) => eligibility::check(r, ct_study_date, &cfg.eligibility),
+            None if cfg.eligibility.enabled => {
+                vec!["no clinical file: eligibility (age, stage, resection) cannot be checked".into()]
+            }
+            None => vec![],
+        };
+        if !ineligible.is_empty() {
+            reasons.extend(ineligible);
+            (case_state::INELIGIBLE, reasons)
+        } else if missing.is_empty() {
+            (case_state::COMPLETE, reasons)
+        } else {
+            (case_state::PARTIAL, reasons)
+        }
+    };
+    // Keep reasons recorded earlier (late files), then write the closing state atomically.
+    let earlier: String =
+        ing.db.conn.query_row("SELECT reasons FROM cases WHERE id=?1", params![case.id], |r| r.get(0))?;
+    let mut all: Vec<String> = serde_json::from_str(&earlier).unwrap_or_default();
+    all.append(&mut reasons);
+    // A case-level quarantine record first (deterministic name: a rerun rewrites it), then the
+    // closing state and its quarantine row in one transaction.
+    let quarantine_row = if state == case_state::INELIGIBLE || state == case_state::QUARANTINED {
+        let id = format!("case-{}-{state}", case.id);
+        let (check, action) = if state == case_state::INELIGIBLE {
+            (
+                "case.eligibility",
+                "No prediction will be made. If the clinical data are wrong, correct the clinical file and export the case again as a new folder.",
+            )
+        } else {
+            (
+                "case.consistency",
+                "Check that the folder holds one patient's CT, slide and clinical file; export it again as a new folder.",
+            )
+        };
+        let rec = super::quarantine::QuarantineRecord {
+            version: super::quarantine::RECORD_VERSION,
+            id,
+            created_at: crlm_state::rfc3339(now),
+            file: None,
+            case: Some(pseudonym.clone()),
+            kind: "case".into(),
+            check: check.into(),
+            reason: all.join("; "),
+            action: action.into(),
+            sha256: None,
+            moved_to: None,
+        };
+        let record_file = ing
+            .quarantine
+            .record(&ing.share_root, rec)
+            .map_err(|e| IngestError::Quarantine { path: ing.quarantine.dir.display().to_string(), source: e })?;
+        Some((check, action, record_file))
+    } else {
+        None
+    };
+    let tx = ing.db.conn.transaction()?;
+    if let Some((check, action, record_file)) = &quarantine_row {
+        tx.execute(
+            "INSERT INTO quarantine(case_id, check_name, reason, action, record_file, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![case.id, check, all.join("; "), action, record_file.display().to_string(), now],
+        )?;
+    }
+    close(
+        &tx,
+        case.id,
+        state,
+        &modalities,
+        &all,
+        &series_json,
+        clinical_hash.as_deref(),
+        &pseudonym,
+        patient_id.as_deref(),
+        now,
+    )?;
+    tx.commit()?;
+    tracing::info!(stage = "case", case = %pseudonym, state, "case closed");
+    Ok(Some(CaseChange { case: pseudonym, state: state.to_string(), reasons: all }))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn close(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    state: &str,
+    modalities: &serde_json::Value,
+    reasons: &[String],
+    series_json: &str,
+    clinical_hash: Option<&str>,
+    pseudonym: &str,
+    patient_id: Option<&str>,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE cases SET state=?2, modalities=?3, reasons=?4, series_choice=?5, clinical_hash=?6, pseudonym=?7,
+                          patient_id=COALESCE(patient_id, ?8), updated_ms=?9 WHERE id=?1 AND state='waiting'",
+        params![
+            id,
+            state,
+            modalities.to_string(),
+            serde_json::to_string(reasons).unwrap_or_default(),
+            series_json,
+            clinical_hash,
+            pseudonym,
+            patient_id,
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// The stored JSON form of a clinical record (as serialised by `ClinicalRecord`).
+#[derive(serde::Deserialize)]
+pub struct ClinicalRecordOwned {
+    schema_version: u32,
+    values: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl ClinicalRecordOwned {
+    pub fn into_record(self) -> ClinicalRecord {
+        use crlm_models::clinical::{ClinicalValue, UnknownMarker};
+        let values = self
+            .values
+            .into_iter()
+            .map(|(k, v)| {
+                let cv = match v {
+                    serde_json::Value::Bool(b) => ClinicalValue::Bool(b),
+                    serde_json::Value::Number(n) => ClinicalValue::Number(n.as_f64().unwrap_or(f64::NAN)),
+                    serde_json::Value::String(s) if s == "unknown" => ClinicalValue::Unknown(UnknownMarker::Unknown),
+                    serde_json::Value::String(s) => ClinicalValue::Text(s),
+                    _ => ClinicalValue::Unknown(UnknownMarker::Unknown),
+                };
+                (k, cv)
+            })
+            .collect();
+        ClinicalRecord { schema_version: self.schema_version, values }
+    }
+}

@@ -1,0 +1,324 @@
+//! Ingest: the watched share becomes files, and files become cases.
+//!
+//! One [`Ingestor::scan_once`] is a full pass: walk the share ([`share`]), judge each file's
+//! stability ([`stability`]), recognise it by content ([`recognise`]), accept it into a case or
+//! quarantine it ([`quarantine`]), then re-evaluate open cases ([`cases`]): series selection
+//! ([`series`]), completeness, eligibility ([`eligibility`]). Every state change is one SQLite
+//! transaction, so a kill -9 anywhere leaves a state the next pass resumes from.
+
+pub mod cases;
+pub mod eligibility;
+pub mod inspect;
+pub mod pseudonym;
+pub mod quarantine;
+pub mod recognise;
+pub mod series;
+pub mod share;
+pub mod stability;
+
+use cap_std::fs::Dir;
+use crlm_config::Config;
+use crlm_state::{StateDb, StateError, now_ms};
+use pseudonym::SiteSecret;
+use quarantine::{Quarantine, QuarantineRecord};
+use recognise::{FileKind, Outcome, Problem};
+use serde::Serialize;
+use share::ShareEntry;
+use stability::{Observation, StabilityTracker, Verdict};
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("share {path} cannot be read: {source}; check share.path and that the share is mounted")]
+    Share { path: String, source: std::io::Error },
+    #[error("state directory {path}: {source}")]
+    StateDir { path: String, source: std::io::Error },
+    #[error("quarantine folder {path} cannot be written: {source}")]
+    Quarantine { path: String, source: std::io::Error },
+}
+
+impl From<rusqlite::Error> for IngestError {
+    fn from(e: rusqlite::Error) -> Self {
+        IngestError::State(StateError::Sqlite(e))
+    }
+}
+
+/// What one scan did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ScanReport {
+    pub files_seen: usize,
+    pub waiting: usize,
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub quarantined: usize,
+    pub case_changes: Vec<cases::CaseChange>,
+}
+
+pub struct Ingestor {
+    pub(crate) cfg: Config,
+    pub(crate) db: StateDb,
+    share: Dir,
+    pub(crate) share_root: PathBuf,
+    tracker: StabilityTracker,
+    pub(crate) secret: SiteSecret,
+    pub(crate) quarantine: Quarantine,
+    started: Instant,
+    skip_top: HashSet<String>,
+    /// Bumped whenever work progresses (the watchdog pings only while it moves).
+    pub progress: Arc<AtomicU64>,
+}
+
+impl Ingestor {
+    pub fn open(cfg: &Config) -> Result<Self, IngestError> {
+        let state_dir = &cfg.state.path;
+        crlm_core::fsutil::ensure_dir(state_dir, 0o750)
+            .map_err(|e| IngestError::StateDir { path: state_dir.display().to_string(), source: e })?;
+        let db = StateDb::open(&cfg.database_path())?;
+        let secret_path = state_dir.join("keys").join("site.secret");
+        let secret = SiteSecret::load_or_create(&secret_path)
+            .map_err(|e| IngestError::StateDir { path: secret_path.display().to_string(), source: e })?;
+        let share = share::open_share(&cfg.share.path)
+            .map_err(|e| IngestError::Share { path: cfg.share.path.display().to_string(), source: e })?;
+        // Never ingest our own folders if an operator put them inside the share.
+        let mut skip_top = HashSet::new();
+        for inner in [cfg.quarantine_dir(), cfg.state.path.clone()] {
+            if let (Ok(a), Ok(b)) = (inner.canonicalize(), cfg.share.path.canonicalize())
+                && let Ok(rel) = a.strip_prefix(&b)
+                && let Some(top) = rel.components().next()
+            {
+                skip_top.insert(top.as_os_str().to_string_lossy().into_owned());
+            }
+        }
+        Ok(Ingestor {
+            quarantine: Quarantine { dir: cfg.quarantine_dir(), mode: cfg.quarantine.mode },
+            share_root: cfg.share.path.clone(),
+            cfg: cfg.clone(),
+            db,
+            share,
+            tracker: StabilityTracker::default(),
+            secret,
+            started: Instant::now(),
+            skip_top,
+            progress: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn tick(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One full pass over the share and the open cases.
+    pub fn scan_once(&mut self) -> Result<ScanReport, IngestError> {
+        let now = self.started.elapsed().as_secs_f64();
+        let mut report = ScanReport::default();
+        let scan = share::walk(&self.share, &self.skip_top)
+            .map_err(|e| IngestError::Share { path: self.share_root.display().to_string(), source: e })?;
+        let mut seen = HashSet::new();
+        for entry in &scan.entries {
+            self.tick();
+            match entry {
+                ShareEntry::Symlink { rel, mtime_ns } => {
+                    let p = Problem {
+                        kind: FileKind::Unknown,
+                        check: "share.no_symlinks",
+                        reason: "symbolic link: the appliance never follows links (one could point outside the share)"
+                            .into(),
+                        action: "Copy the real file into the case folder instead of a link.",
+                    };
+                    self.refuse(rel, 0, *mtime_ns, None, p, &mut report)?;
+                }
+                ShareEntry::Special { rel } => {
+                    let p = Problem {
+                        kind: FileKind::Unknown,
+                        check: "share.regular_file",
+                        reason: "not a regular file (a pipe, socket or device)".into(),
+                        action: "Remove it from the share.",
+                    };
+                    self.refuse(rel, 0, 0, None, p, &mut report)?;
+                }
+                ShareEntry::File { rel, size, mtime_ns, ino, nlink } => {
+                    report.files_seen += 1;
+                    seen.insert(rel.clone());
+                    self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?;
+                }
+            }
+        }
+        for deep in &scan.too_deep {
+            tracing::warn!(stage = "ingest", depth_limit = 16, folder_hash = %short_hash(deep), "folder nested too deep; not scanned");
+        }
+        self.tracker.retain_seen(&seen);
+        let ready: HashSet<PathBuf> = scan.ready_folders.clone();
+        report.case_changes = cases::evaluate(self, &ready)?;
+        Ok(report)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn consider_file(
+        &mut self,
+        rel: &Path,
+        size: u64,
+        mtime_ns: i64,
+        ino: u64,
+        nlink: u64,
+        now: f64,
+        scan: &share::ShareScan,
+        report: &mut ScanReport,
+    ) -> Result<(), IngestError> {
+        let rel_s = rel.to_string_lossy().into_owned();
+        if self.db.file_known(&rel_s, size, mtime_ns)? {
+            return Ok(());
+        }
+        if nlink > 1 {
+            let p = Problem {
+                kind: FileKind::Unknown,
+                check: "share.no_hard_links",
+                reason: format!("the file has {nlink} hard links: it may be another file's content under a new name"),
+                action: "Copy the file into the share instead of linking it.",
+            };
+            return self.refuse(rel, size, mtime_ns, None, p, report);
+        }
+        let top_ready = rel.components().next().map(|c| PathBuf::from(c.as_os_str()));
+        let marked = scan.done.contains(rel)
+            || (rel.components().count() > 1 && top_ready.as_ref().is_some_and(|t| scan.ready_folders.contains(t)));
+        let obs = Observation { size, mtime_ns, ino };
+        if self.tracker.observe(rel, obs, now, self.cfg.share.quiet_seconds, marked) == Verdict::Wait {
+            report.waiting += 1;
+            return Ok(());
+        }
+        let file = match share::open_beneath(&self.share, rel) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(stage = "ingest", error = %e, "file vanished or cannot be opened; will look again");
+                return Ok(());
+            }
+        };
+        if !same_version(&file, obs) {
+            return Ok(()); // changed since the walk: the next pass sees the new version
+        }
+        match recognise::recognise(&file, &self.cfg.limits) {
+            Outcome::Usable(rec) => {
+                let Some(sha) = self.hash_file(&file) else { return Ok(()) };
+                if !same_version(&file, obs) {
+                    return Ok(());
+                }
+                self.tracker.forget(rel);
+                cases::accept_file(self, rel, size, mtime_ns, &sha, rec, report)?;
+            }
+            Outcome::NotYet(p) => {
+                let for_s = self.tracker.incomplete_for(rel, now);
+                if for_s >= self.cfg.share.incomplete_timeout_seconds {
+                    let p = Problem {
+                        reason: format!("{} (unchanged and still incomplete after {:.0} s)", p.reason, for_s),
+                        ..p
+                    };
+                    let sha = self.hash_file(&file);
+                    self.refuse(rel, size, mtime_ns, sha, p, report)?;
+                } else {
+                    report.waiting += 1;
+                }
+            }
+            Outcome::Bad(p) => {
+                let sha = self.hash_file(&file);
+                self.refuse(rel, size, mtime_ns, sha, p, report)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// SHA-256 of the whole file, streamed; `None` if reading fails (looked at again later).
+    fn hash_file(&self, file: &std::fs::File) -> Option<String> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut r = file;
+        use std::io::Seek;
+        r.seek(std::io::SeekFrom::Start(0)).ok()?;
+        loop {
+            let n = r.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            self.tick();
+        }
+        Some(hex::encode(h.finalize()))
+    }
+
+    /// Quarantine one file version: reason file (and move), then the database row.
+    fn refuse(
+        &mut self,
+        rel: &Path,
+        size: u64,
+        mtime_ns: i64,
+        sha: Option<String>,
+        p: Problem,
+        report: &mut ScanReport,
+    ) -> Result<(), IngestError> {
+        let rel_s = rel.to_string_lossy().into_owned();
+        if self.db.file_known(&rel_s, size, mtime_ns)? {
+            return Ok(());
+        }
+        // Deterministic id: a rerun after a crash rewrites the same record, never a second one.
+        let id = format!("file-{}", &crlm_models::sha256_hex(format!("{rel_s}\0{size}\0{mtime_ns}").as_bytes())[..16]);
+        let rec = QuarantineRecord {
+            version: quarantine::RECORD_VERSION,
+            id: id.clone(),
+            created_at: crlm_state::rfc3339(now_ms()),
+            file: Some(rel_s.clone()),
+            case: None,
+            kind: p.kind.as_str().into(),
+            check: p.check.into(),
+            reason: p.reason.clone(),
+            action: p.action.into(),
+            sha256: sha.clone(),
+            moved_to: None,
+        };
+        let record_file = self
+            .quarantine
+            .record(&self.share_root, rec)
+            .map_err(|e| IngestError::Quarantine { path: self.quarantine.dir.display().to_string(), source: e })?;
+        let tx = self.db.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, problem, seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'quarantined', ?6, ?7)",
+            rusqlite::params![rel_s, size as i64, mtime_ns, sha, p.kind.as_str(), p.reason, now_ms()],
+        )?;
+        let file_id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO quarantine(file_id, path, check_name, reason, action, record_file, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![file_id, rel_s, p.check, p.reason, p.action, record_file.display().to_string(), now_ms()],
+        )?;
+        tx.commit()?;
+        self.tracker.forget(rel);
+        report.quarantined += 1;
+        // Logs carry the check and a hash of the path, never the name (names can identify patients).
+        tracing::warn!(stage = "ingest", error_kind = p.check, file = %short_hash(rel), record = %id, "file quarantined: {}", p.check);
+        Ok(())
+    }
+
+    pub fn database(&self) -> &StateDb {
+        &self.db
+    }
+}
+
+fn same_version(file: &std::fs::File, obs: Observation) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .map(|m| {
+            m.len() == obs.size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == obs.mtime_ns && m.ino() == obs.ino
+        })
+        .unwrap_or(false)
+}
+
+/// A short non-reversible tag for a path, for logs.
+pub fn short_hash(p: &Path) -> String {
+    crlm_models::sha256_hex(p.as_os_str().as_encoded_bytes())[..10].to_string()
+}

@@ -1,0 +1,105 @@
+//! The panel's state from the service's own records: the state database and the last scan.
+//! Only pseudonyms reach the panel; clinical-file problems are summarised without echoing values.
+
+use super::state::{IngestView, ItemView, PanelState, ProblemView};
+use crlm_config::Config;
+use crlm_state::{StateDb, now_ms};
+use rusqlite::OptionalExtension;
+
+/// Build the panel state now.
+pub fn build(db: &StateDb, cfg: &Config) -> PanelState {
+    let now = now_ms();
+    let mut st = PanelState {
+        device: cfg.display.device_name.clone(),
+        time: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        broker: "not configured".into(),
+        disk_free_bytes: crlm_drivers::health::disk_free_bytes(&cfg.state.path),
+        ..PanelState::default()
+    };
+    st.last_case = db
+        .conn
+        .query_row("SELECT pseudonym, state FROM cases ORDER BY updated_ms DESC, id DESC LIMIT 1", [], |r| {
+            Ok(format!("{} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .optional()
+        .ok()
+        .flatten();
+    st.ingest = db
+        .conn
+        .query_row(
+            "SELECT pseudonym, modalities, created_ms FROM cases WHERE state='waiting' ORDER BY updated_ms DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .map(|(case, modalities, created)| {
+            let m: serde_json::Value = serde_json::from_str(&modalities).unwrap_or_default();
+            let found = |k: &str| m[k]["status"] == "found";
+            IngestView {
+                case,
+                ct: ItemView {
+                    found: found("ct"),
+                    detail: if found("ct") {
+                        format!(
+                            "{}, {} slices",
+                            m["ct"]["series_description"].as_str().unwrap_or("CT series"),
+                            m["ct"]["slices"].as_u64().unwrap_or(0)
+                        )
+                    } else {
+                        String::new()
+                    },
+                },
+                slide: ItemView {
+                    found: found("slide"),
+                    detail: if found("slide") {
+                        format!("{} slide(s)", m["slide"]["count"].as_u64().unwrap_or(0))
+                    } else {
+                        String::new()
+                    },
+                },
+                clinical: ItemView {
+                    found: found("clinical"),
+                    detail: if found("clinical") { "clinical file".into() } else { String::new() },
+                },
+                waiting_seconds: u64::try_from((now - created) / 1000).unwrap_or(0),
+            }
+        });
+    let since = now - (cfg.display.problem_seconds * 1000.0) as i64;
+    st.problem = db
+        .conn
+        .query_row(
+            "SELECT q.check_name, q.reason, q.action, c.pseudonym FROM quarantine q LEFT JOIN cases c ON c.id = q.case_id
+             WHERE q.created_ms >= ?1 ORDER BY q.id DESC LIMIT 1",
+            [since],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)),
+        )
+        .optional()
+        .ok()
+        .flatten()
+        .map(|(check, reason, action, case)| problem_view(&check, &reason, &action, case.as_deref()));
+    st
+}
+
+fn problem_view(check: &str, reason: &str, action: &str, case: Option<&str>) -> ProblemView {
+    let title = match check {
+        "case.eligibility" => "Case not eligible for the study".to_string(),
+        "case.consistency" => "Case folder is inconsistent".to_string(),
+        c if c.starts_with("clinical.") => "Clinical file rejected".to_string(),
+        c if c.starts_with("slide.") => "Slide rejected".to_string(),
+        c if c.starts_with("dicom.") => "CT file rejected".to_string(),
+        _ => "File rejected".to_string(),
+    };
+    // Clinical-file messages can echo field values typed by staff: summarise instead.
+    let what = if check.starts_with("clinical.") {
+        "The clinical file does not follow schema v1; the quarantine record on the box lists every problem.".to_string()
+    } else {
+        reason.to_string()
+    };
+    let what = match case {
+        Some(c) => format!("Case {c}: {what}"),
+        None => what,
+    };
+    ProblemView { title, what, action: action.to_string(), code: check.to_string() }
+}

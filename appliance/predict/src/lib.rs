@@ -1,0 +1,93 @@
+//! `crlm predict`: one case folder through the service's own recognition, series selection,
+//! eligibility, preprocessing and the model, without the service. Each modality ends `used`,
+//! `missing` or `refused` with a reason; the package decides whether the subset present may be
+//! predicted from.
+
+use crlm_config::Config;
+use crlm_models::backend::{BackendKind, OnnxOptions};
+use crlm_models::inference::{Model, ModelError};
+use crlm_models::package::{ModelPackage, PackageSource, TrustStore};
+use serde_json::{Value, json};
+use std::path::Path;
+
+pub mod cohort_export;
+mod prepare;
+mod run;
+mod tools;
+pub use prepare::*;
+pub use run::*;
+pub use tools::*;
+
+/// What every output of a demo package carries.
+pub const DEMO_NOTICE: &str = "DEMO - NOT FOR CLINICAL USE";
+/// Version of the `crlm predict --json` document.
+pub const PREDICT_FORMAT: u32 = 1;
+/// How many of the highest-attention tiles are reported.
+pub const TOP_TILES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PredictError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Case(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Load the configured package (or `override_path`), verify it, and build the network on the
+/// configured backend.
+pub fn load_model(cfg: &Config, override_path: Option<&Path>) -> Result<Model, ModelError> {
+    load_model_on(cfg, override_path, cfg.model.backend)
+}
+
+/// As [`load_model`], on the given backend.
+pub fn load_model_on(cfg: &Config, override_path: Option<&Path>, backend: BackendKind) -> Result<Model, ModelError> {
+    let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
+    let package = ModelPackage::load(&package_source(cfg, override_path), &trust)?;
+    let model = Model::with_backend(package, backend, &onnx_options(cfg))?;
+    let info = model.backend_info();
+    tracing::info!(
+        backend = %info.name, provider = %info.provider, precision = %info.precision,
+        onnxruntime = info.runtime.as_deref().unwrap_or("-"), "model backend"
+    );
+    Ok(model)
+}
+
+/// `[onnx]` with the engine cache defaulting to `<state.path>/trt-engines`.
+pub fn onnx_options(cfg: &Config) -> OnnxOptions {
+    let mut o = cfg.onnx.clone();
+    if o.engine_cache.as_os_str().is_empty() {
+        o.engine_cache = cfg.state.path.join("trt-engines");
+    }
+    o
+}
+
+/// The model block of every prediction document and ledger record: the package and what ran it.
+pub fn model_json(model: &Model) -> Value {
+    let p = &model.package;
+    let b = model.backend_info();
+    let mut v = json!({
+        "name": p.spec.name,
+        "version": p.spec.version,
+        "sha256": p.sha256,
+        "demo": p.spec.demo,
+        "signer_key_id": p.signer_key_id,
+        "backend": b.name,
+        "device": b.provider,
+        "precision": b.precision,
+    });
+    if let Some(r) = b.runtime {
+        v["onnxruntime"] = json!(r);
+    }
+    v
+}
+
+/// Which package: `override_path`, else `model.path`, else the built-in demo.
+pub fn package_source(cfg: &Config, override_path: Option<&Path>) -> PackageSource {
+    match override_path {
+        Some(p) => PackageSource::from_path(p),
+        None if cfg.model.path.as_os_str().is_empty() => PackageSource::BuiltInDemo,
+        None => PackageSource::from_path(&cfg.model.path),
+    }
+}

@@ -1,0 +1,197 @@
+//! A prepared case through the model: the `crlm predict --json` document, refusals, the summary.
+
+use crate::*;
+use crlm_config::Config;
+use crlm_models::clinical::ClinicalRecord;
+use crlm_models::inference::{ModalityInput, Model, ModelError, ModelOutput};
+use crlm_models::slide::sample::ModelTiles;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The result of `predict_case`: the JSON document, and the model's output when it predicted.
+#[derive(Default)]
+pub struct CaseResult {
+    pub json: Value,
+    pub output: Option<ModelOutput>,
+    /// Tiles per slide (for the heatmap), in the order of the attention.
+    pub slides: Vec<(PathBuf, ModelTiles)>,
+    pub ct_used: Option<CtUsed>,
+    pub slides_used: Vec<SlideUsed>,
+    pub clinical_used: Option<ClinicalRecord>,
+}
+
+pub(crate) fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Run one case folder through preprocessing and the model. A refusal (not eligible, or a
+/// modality subset the package forbids) is a document with `status: refused`, not an error.
+pub fn predict_case(dir: &Path, model: &Model, cfg: &Config) -> Result<CaseResult, PredictError> {
+    let t_all = Instant::now();
+    let prepared = prepare_case(dir, &model.package.spec, cfg)?;
+    predict_prepared(prepared, model, t_all)
+}
+
+/// The model on a prepared case (`t_all`: when the case's work began, for the timings).
+pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -> Result<CaseResult, PredictError> {
+    let PreparedCase {
+        inputs,
+        slide_files,
+        ct_used,
+        slides_used,
+        clinical_used,
+        inputs_json,
+        eligibility: eligibility_json,
+        refusal: not_eligible,
+        warnings,
+        mut timings_ms,
+    } = prepared;
+    let used = |mut r: CaseResult| {
+        r.ct_used = ct_used.clone();
+        r.slides_used = slides_used.clone();
+        r.clinical_used = clinical_used.clone();
+        r
+    };
+    if let Some(reason) = not_eligible {
+        return Ok(used(refusal(model, reason, eligibility_json, warnings)));
+    }
+    let modalities = json!({
+        "ct": status_json(inputs.ct.status()),
+        "slide": status_json(inputs.slides.status()),
+        "clinical": status_json(inputs.clinical.status()),
+    });
+    let t = Instant::now();
+    let output = match model.predict(&inputs) {
+        Ok(o) => o,
+        Err(e @ ModelError::ModalitiesNotAllowed { .. }) => {
+            let mut r = refusal(model, e.to_string(), eligibility_json, warnings);
+            r.json["modalities"] = modalities;
+            return Ok(used(r));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    timings_ms.push(("model", ms(t)));
+    let slides: Vec<(PathBuf, ModelTiles)> = match inputs.slides {
+        ModalityInput::Used(tiles) => slide_files.into_iter().zip(tiles).collect(),
+        _ => Vec::new(),
+    };
+    timings_ms.push(("total", ms(t_all)));
+
+    let mut top: Vec<(usize, usize, f32)> = Vec::new();
+    if let Some(att) = &output.tile_attention {
+        let mut k = 0;
+        for (s, (_, m)) in slides.iter().enumerate() {
+            for i in 0..m.tiles.len() {
+                top.push((s, i, att.get(k).copied().unwrap_or(0.0)));
+                k += 1;
+            }
+        }
+        top.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        top.truncate(TOP_TILES);
+    }
+    let top_tiles: Vec<Value> = top
+        .iter()
+        .map(|(s, i, a)| {
+            let (_, m) = &slides[*s];
+            let tile = m.tiles[*i];
+            let label = slides_used.get(*s).map(|u| u.label.as_str()).unwrap_or("slide");
+            json!({"slide": label, "x": tile.x, "y": tile.y, "size": tile.size, "attention": a})
+        })
+        .collect();
+    let mut d = match model_header(model, "predicted") {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    d.insert("risk_2y".into(), json!(output.risk_2y));
+    d.insert("risk_group".into(), json!(output.risk_group));
+    d.insert("threshold".into(), json!(output.threshold));
+    d.insert("risk_2y_uncalibrated".into(), json!(output.risk_2y_uncalibrated));
+    d.insert("hazards".into(), json!(output.hazards));
+    d.insert(
+        "hazard_intervals_months".into(),
+        json!((0..output.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect::<Vec<_>>()),
+    );
+    d.insert("modalities".into(), modalities);
+    d.insert("eligibility".into(), eligibility_json);
+    d.insert("inputs".into(), Value::Object(inputs_json));
+    d.insert("top_tiles".into(), Value::Array(top_tiles));
+    d.insert("slice_attention".into(), json!(output.slice_attention));
+    d.insert(
+        "timings_ms".into(),
+        Value::Object(timings_ms.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
+    );
+    d.insert("warnings".into(), json!(warnings));
+    Ok(used(CaseResult { json: Value::Object(d), output: Some(output), slides, ..CaseResult::default() }))
+}
+
+pub(crate) fn status_json((status, reason): (&str, Option<&str>)) -> Value {
+    match reason {
+        Some(r) => json!({"status": status, "reason": r}),
+        None => json!({"status": status}),
+    }
+}
+
+/// The fields every document starts with: format, status, model identity, the demo notice.
+pub(crate) fn model_header(model: &Model, status: &str) -> Value {
+    let p = &model.package;
+    let mut m = model_json(model);
+    m["trust"] = json!(p.trust);
+    let mut v = json!({
+        "format": PREDICT_FORMAT,
+        "status": status,
+        "model": m,
+    });
+    if p.spec.demo {
+        v["notice"] = json!(DEMO_NOTICE);
+    }
+    v
+}
+
+pub(crate) fn refusal(model: &Model, reason: String, eligibility: Value, warnings: Vec<String>) -> CaseResult {
+    let mut v = model_header(model, "refused");
+    v["refusal"] = json!(reason);
+    v["eligibility"] = eligibility;
+    v["warnings"] = json!(warnings);
+    CaseResult { json: v, ..CaseResult::default() }
+}
+
+/// A human summary of a result document.
+pub fn summary(doc: &Value) -> String {
+    let mut s = String::new();
+    if let Some(n) = doc["notice"].as_str() {
+        s.push_str(&format!("*** {n} ***\n"));
+    }
+    let m = &doc["model"];
+    let sha: String = m["sha256"].as_str().unwrap_or("?").chars().take(12).collect();
+    s.push_str(&format!(
+        "model: {} {} (sha256 {sha}...), candle on CPU\n",
+        m["name"].as_str().unwrap_or("?"),
+        m["version"].as_str().unwrap_or("?"),
+    ));
+    if doc["status"] == "refused" {
+        s.push_str(&format!("REFUSED: {}\n", doc["refusal"].as_str().unwrap_or("?")));
+    } else {
+        s.push_str(&format!(
+            "2-year liver-metastasis risk: {:.3}  group: {} (threshold {})\n",
+            doc["risk_2y"].as_f64().unwrap_or(f64::NAN),
+            doc["risk_group"].as_str().unwrap_or("?"),
+            doc["threshold"]
+        ));
+    }
+    if let Some(mods) = doc["modalities"].as_object() {
+        for (k, v) in mods {
+            s.push_str(&format!(
+                "  {k}: {}{}\n",
+                v["status"].as_str().unwrap_or("?"),
+                v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
+            ));
+        }
+    }
+    if let Some(ws) = doc["warnings"].as_array() {
+        for w in ws {
+            s.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
+        }
+    }
+    s
+}

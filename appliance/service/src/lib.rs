@@ -1,0 +1,390 @@
+//! `crlm run`: the long-running service. Start-up, the scan loop, supervisor notifications and
+//! clean shutdown. Ingest work runs on a blocking thread; the async loop keeps the watchdog and
+//! status current and wakes early on inotify events. Shutdown waits for the scan in flight:
+//! each of its steps is a committed transaction, so nothing in flight is lost.
+
+use crlm_config::Config;
+use crlm_ingest::{IngestError, Ingestor, ScanReport};
+use crlm_panel::state::{PanelState, ProcessingView, ResultView};
+pub mod processing;
+
+use crate::processing::{ProcessError, Processed, Processor};
+use crlm_drivers::watchdog::Watchdog;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    #[error("ingest thread failed: {0}")]
+    Join(String),
+    /// The configured model package failed verification (or does not build): the service does
+    /// not start, so nothing is ever predicted by an altered or unknown model.
+    #[error("model package refused: {0}")]
+    Model(#[from] crlm_models::inference::ModelError),
+    /// The ledger or the state cannot be opened: nothing may be predicted without a lock.
+    #[error("cannot start predicting: {0}")]
+    Processing(#[from] ProcessError),
+}
+
+/// What the service tells its caller (the demo prints it; `crlm run` logs it already).
+pub enum ServiceEvent<'a> {
+    Scan(&'a ScanReport),
+    /// A case was locked in the ledger and its outputs written.
+    Locked(&'a Processed),
+    /// A case could not be processed (the service goes on with the next).
+    Failed {
+        case: &'a str,
+        error: &'a str,
+    },
+}
+
+/// What the processing worker shows on the panel besides the database's view.
+#[derive(Default)]
+struct PanelExtras {
+    processing: Option<ProcessingView>,
+    result: Option<ResultView>,
+    link: Option<crlm_mqtt::client::LinkView>,
+}
+
+enum WorkerEvent {
+    Locked(Processed),
+    Failed { case: String, error: String },
+    Progress,
+}
+
+/// Run until `stop` turns true. `on_scan` sees every scan report (the demo prints progress).
+pub async fn run(
+    cfg: Config,
+    watchdog: Arc<dyn Watchdog>,
+    mut stop: watch::Receiver<bool>,
+    mut on_event: impl FnMut(ServiceEvent<'_>) + Send,
+) -> Result<(), ServiceError> {
+    let model_cfg = cfg.clone();
+    let model = tokio::task::spawn_blocking(move || crlm_predict::load_model(&model_cfg, None))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    let model = Arc::new(model);
+    let spec = &model.package.spec;
+    tracing::info!(
+        stage = "model",
+        name = %spec.name,
+        version = %spec.version,
+        sha256 = %model.package.sha256,
+        demo = spec.demo,
+        signer = %model.package.signer_key_id,
+        "model package verified"
+    );
+    let model_view = crlm_panel::state::ModelView {
+        name: spec.name.clone(),
+        version: spec.version.clone(),
+        sha256: model.package.sha256.clone(),
+        demo: spec.demo,
+    };
+    let extras = Arc::new(std::sync::Mutex::new(PanelExtras::default()));
+    let panel_extras = extras.clone();
+    let with_model = move |mut st: PanelState| {
+        st.model = Some(model_view.clone());
+        if let Ok(x) = panel_extras.lock() {
+            st.processing = x.processing.clone();
+            st.result = x.result.clone();
+            if let Some(l) = &x.link {
+                st.broker = l.broker.clone();
+                st.outbox_depth = u32::try_from(l.outbox_messages).unwrap_or(u32::MAX);
+            }
+        }
+        st
+    };
+    let open_cfg = cfg.clone();
+    let mut ingestor = tokio::task::spawn_blocking(move || Ingestor::open(&open_cfg))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    // The ledger opens before anything is predicted; a torn last record is cut and recorded.
+    let proc_cfg = cfg.clone();
+    let proc_model = model.clone();
+    let (processor, recovery) = tokio::task::spawn_blocking(move || Processor::open(&proc_cfg, proc_model))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))??;
+    if let Some(r) = recovery {
+        tracing::warn!(
+            stage = "ledger",
+            alert = "ledger_recovery",
+            cut_bytes = r.cut_bytes,
+            "the ledger ended in a torn record (power cut during a write); it was cut off and the cut recorded"
+        );
+    }
+    tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
+    // Fleet reporting: the embedded broker when none is configured, then the publisher.
+    let (mqtt_stop_tx, mqtt_stop_rx) = watch::channel(false);
+    let outbox_wake = Arc::new(tokio::sync::Notify::new());
+    let publisher = if cfg.mqtt.enabled {
+        if cfg.mqtt.url.is_empty() {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], cfg.mqtt.embedded_port));
+            match tokio::task::spawn_blocking(move || crlm_mqtt::broker::start(addr)).await {
+                Ok(Ok(())) => tracing::info!(stage = "mqtt", %addr, "embedded broker listening"),
+                Ok(Err(e)) => tracing::error!(stage = "mqtt", error = %e, "embedded broker not started"),
+                Err(e) => tracing::error!(stage = "mqtt", error = %e, "embedded broker not started"),
+            }
+        }
+        let link_extras = extras.clone();
+        let ctx = crlm_mqtt::client::PublisherContext {
+            model_sha256: model.package.sha256.clone(),
+            demo: model.package.spec.demo,
+            device_key_id: processor.ledger().key_id().to_string(),
+            on_link: Arc::new(move |l| {
+                if let Ok(mut x) = link_extras.lock() {
+                    x.link = Some(l);
+                }
+            }),
+            outbox_wake: outbox_wake.clone(),
+        };
+        Some(tokio::spawn(crlm_mqtt::client::run(cfg.clone(), ctx, mqtt_stop_rx)))
+    } else {
+        None
+    };
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let (event_tx, mut event_rx) = mpsc::channel::<WorkerEvent>(64);
+    let worker_progress = ingestor.progress.clone();
+    let worker = std::thread::Builder::new()
+        .name("crlm-predict".into())
+        .spawn({
+            let extras = extras.clone();
+            let outbox_wake = outbox_wake.clone();
+            move || processing_worker(processor, work_rx, event_tx, extras, worker_progress, outbox_wake)
+        })
+        .map_err(|e| ServiceError::Join(e.to_string()))?;
+    let progress = ingestor.progress.clone();
+    // The panel runs on its own task; the scan loop only publishes the newest state.
+    let (panel_tx, panel_rx) = watch::channel(with_model(crlm_panel::feed::build(ingestor.database(), &cfg)));
+    let panel = crlm_panel::task::open_display(&cfg);
+    let panel_task = tokio::spawn(crlm_panel::task::run_panel(
+        panel,
+        cfg.display.mode,
+        panel_rx,
+        4.0,
+        crlm_panel::task::texts_path(&cfg),
+    ));
+    panel_tx.send_modify(|_| {}); // draw the first frame now
+    let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
+    let _watcher = if cfg.share.inotify { start_inotify(&cfg, wake_tx) } else { None };
+    tracing::info!(
+        stage = "service",
+        version = env!("CARGO_PKG_VERSION"),
+        poll_seconds = cfg.share.poll_seconds,
+        quiet_seconds = cfg.share.quiet_seconds,
+        "crlm started"
+    );
+    watchdog.ready();
+    watchdog.status("watching the share");
+    let poll = Duration::from_secs_f64(cfg.share.poll_seconds);
+    let ping_every = watchdog.interval().map(|d| d / 2).unwrap_or(Duration::from_secs(5));
+    let mut last_progress = (progress.load(Ordering::Relaxed), Instant::now());
+    loop {
+        // One scan on a blocking thread; keep the watchdog fed only while it makes progress.
+        let panel_cfg = cfg.clone();
+        let decorate = with_model.clone();
+        let mut job = tokio::task::spawn_blocking(move || {
+            let r = ingestor.scan_once();
+            let panel_state = decorate(crlm_panel::feed::build(ingestor.database(), &panel_cfg));
+            (ingestor, r.map(|rep| (rep, panel_state)))
+        });
+        let (back, result) = loop {
+            tokio::select! {
+                done = &mut job => break done.map_err(|e| ServiceError::Join(e.to_string()))?,
+                // Locks are reported while a long scan runs, not after it.
+                Some(ev) = event_rx.recv() => {
+                    report_worker_event(&ev, &mut on_event);
+                    panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
+                }
+                _ = tokio::time::sleep(ping_every) => {
+                    let p = progress.load(Ordering::Relaxed);
+                    if p != last_progress.0 {
+                        last_progress = (p, Instant::now());
+                    }
+                    // A scan stuck without progress for 4 ping periods stops the pings: systemd restarts us.
+                    if last_progress.1.elapsed() < ping_every * 4 {
+                        watchdog.ping();
+                    }
+                }
+            }
+        };
+        ingestor = back;
+        match result {
+            Ok((report, panel_state)) => {
+                panel_tx.send_if_modified(|old| {
+                    let changed = *old != panel_state;
+                    *old = panel_state;
+                    changed
+                });
+                for c in &report.case_changes {
+                    tracing::info!(stage = "case", case = %c.case, state = %c.state, reasons = c.reasons.len(), "case {}", c.state);
+                }
+                watchdog.status(&format!(
+                    "watching the share: {} files, {} waiting, {} quarantined this pass",
+                    report.files_seen, report.waiting, report.quarantined
+                ));
+                on_event(ServiceEvent::Scan(&report));
+                if report.quarantined > 0 && cfg.mqtt.enabled {
+                    let why = format!(
+                        "{} file(s) quarantined; the reasons are in the quarantine records on the box",
+                        report.quarantined
+                    );
+                    if let Ok(db) = crlm_state::StateDb::open(&cfg.database_path())
+                        && let Err(e) = crlm_mqtt::outbox::enqueue_alert(&db.conn, &cfg.mqtt, "quarantine", &why, None)
+                    {
+                        tracing::error!(stage = "mqtt", error = %e, "cannot queue the quarantine alert");
+                    }
+                }
+                // Closed cases (and any left from before a restart) go to the worker.
+                let _ = work_tx.try_send(());
+            }
+            Err(e) => {
+                tracing::error!(stage = "ingest", error_kind = "scan", error = %e, "scan failed; retrying");
+                watchdog.status(&format!("problem: {e}"));
+            }
+        }
+        last_progress = (progress.load(Ordering::Relaxed), Instant::now());
+        watchdog.ping();
+        let deadline = tokio::time::Instant::now() + poll;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = wake_rx.recv() => {
+                    // Let a burst of events settle into one scan.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while wake_rx.try_recv().is_ok() {}
+                    break;
+                }
+                ev = event_rx.recv() => {
+                    let Some(ev) = ev else { break };
+                    report_worker_event(&ev, &mut on_event);
+                    panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
+                    watchdog.ping();
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        if *stop.borrow() {
+            break;
+        }
+    }
+    watchdog.stopping();
+    // The worker finishes the case in hand (its lock is one fsynced append), then stops.
+    drop(work_tx);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    while let Ok(ev) = event_rx.try_recv() {
+        report_worker_event(&ev, &mut on_event);
+    }
+    let _ = mqtt_stop_tx.send(true);
+    if let Some(p) = publisher {
+        let _ = tokio::time::timeout(Duration::from_secs(3), p).await;
+    }
+    // The last frame shows the last lock, not the case in hand before it.
+    panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
+    drop(panel_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), panel_task).await;
+    tracing::info!(stage = "service", "crlm stopped cleanly");
+    Ok(())
+}
+
+/// Log a worker event and pass it to the caller.
+fn report_worker_event(ev: &WorkerEvent, on_event: &mut impl FnMut(ServiceEvent<'_>)) {
+    match ev {
+        WorkerEvent::Locked(p) => {
+            tracing::info!(stage = "ledger", case = %p.case, state = %p.state, seq = p.seq,
+                record = %&p.record_hash[..16], resumed = p.resumed, seconds = p.seconds,
+                timings_ms = %p.timings_ms, "case {} and locked", p.state);
+            on_event(ServiceEvent::Locked(p));
+        }
+        WorkerEvent::Failed { case, error } => {
+            tracing::error!(stage = "predict", alert = "case_failed", case = %case, error = %error,
+                "case could not be processed; the next goes on");
+            on_event(ServiceEvent::Failed { case, error });
+        }
+        WorkerEvent::Progress => {}
+    }
+}
+
+/// inotify makes pick-up fast on local disks; polling stays on for network shares.
+fn start_inotify(cfg: &Config, wake: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let handler = move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = wake.try_send(());
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut w) => match w.watch(&cfg.share.path, notify::RecursiveMode::Recursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(stage = "service", error = %e, "inotify unavailable on the share; polling only");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(stage = "service", error = %e, "inotify unavailable; polling only");
+            None
+        }
+    }
+}
+
+/// The prediction worker: on each wake, every pending case in turn (predict, lock, outputs).
+/// Runs on its own thread so a slow slide never delays scans, the panel or the watchdog.
+fn processing_worker(
+    mut processor: Processor,
+    wake: std::sync::mpsc::Receiver<()>,
+    events: mpsc::Sender<WorkerEvent>,
+    extras: Arc<std::sync::Mutex<PanelExtras>>,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    outbox_wake: Arc<tokio::sync::Notify>,
+) {
+    while wake.recv().is_ok() {
+        let pending = match processor.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = events.blocking_send(WorkerEvent::Failed { case: "-".into(), error: e.to_string() });
+                continue;
+            }
+        };
+        for case_id in pending {
+            let case = processor.pseudonym(case_id).unwrap_or_else(|| "?".into());
+            if let Ok(mut x) = extras.lock() {
+                x.processing = Some(ProcessingView { case: case.clone(), stage: "model".into(), ..Default::default() });
+            }
+            let _ = events.blocking_send(WorkerEvent::Progress);
+            let r = processor.process(case_id);
+            progress.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut x) = extras.lock() {
+                x.processing = None;
+                if let Ok(p) = &r {
+                    let locked_at = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
+                    x.result = Some(ResultView {
+                        case: p.case.clone(),
+                        risk_2y: p.risk_2y,
+                        risk_group: p.risk_group.clone(),
+                        threshold: None,
+                        modalities: Vec::new(),
+                        ledger_sequence: p.seq,
+                        locked_at,
+                    });
+                }
+            }
+            let ev = match r {
+                Ok(p) => WorkerEvent::Locked(p),
+                Err(e) => {
+                    let error = e.to_string();
+                    if let Err(e2) = processor.mark_failed(case_id, &error) {
+                        tracing::error!(stage = "predict", error = %e2, "cannot record the failure");
+                    }
+                    WorkerEvent::Failed { case, error }
+                }
+            };
+            // The result (or the failure's alert) is in the outbox: send it now.
+            outbox_wake.notify_one();
+            let _ = events.blocking_send(ev);
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! Closed cases through the model, into the ledger, then into the outbox.
+//!
+//! The study's rule is "locked before shown or sent", so the order is fixed: (1) predict,
+//! (2) append the record to the ledger (fsynced: the lock), (3) record the lock in the state
+//! database, (4) write the outputs. A crash between any two steps is resumed at start-up: a case
+//! whose lock is in the ledger but not in the database is found by its `case_ref` and never
+//! predicted twice; outputs are a function of the locked record and are rewritten atomically.
+//!
+//! Nothing that identifies the patient enters a record: the case pseudonym, keyed references for
+//! DICOM UIDs (unless `privacy.keep_uids`), content hashes, and file labels (`slide 1`) instead of
+//! names. Messages from readers are scrubbed of the case's paths before they are recorded.
+
+use crlm_config::Config;
+use crlm_ingest::cases::ClinicalRecordOwned;
+use crlm_ingest::pseudonym::SiteSecret;
+use crlm_ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
+use crlm_ingest::share;
+use crlm_ledger::{self as ledger, Ledger, LedgerError, Record, Recovery};
+use crlm_models::clinical::ClinicalRecord;
+use crlm_models::dicom::DicomHeader;
+use crlm_models::inference::Model;
+use crlm_mqtt as mqtt;
+use crlm_outputs::{self as outputs, OutputError, SiteStudy};
+use crlm_predict::{CaseFiles, CaseResult, PredictError, predict_prepared, prepare_files};
+use crlm_state::{StateDb, StateError, case_state, now_ms};
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("state database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Predict(#[from] PredictError),
+    #[error(transparent)]
+    Outputs(#[from] OutputError),
+    #[error("cannot open {what}: {source}")]
+    Open { what: String, source: std::io::Error },
+}
+
+/// A case that went through (or was resumed): what the service reports and shows.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Processed {
+    pub case: String,
+    /// `predicted`, `refused` or `ineligible`.
+    pub state: String,
+    pub seq: u64,
+    pub record_hash: String,
+    pub risk_2y: Option<f64>,
+    pub risk_group: Option<String>,
+    pub outputs: Vec<PathBuf>,
+    pub seconds: f64,
+    /// The lock was found in the ledger after a restart (not predicted again).
+    pub resumed: bool,
+    /// Where the time went, in ms: `files` (listed and hashed), the model's `ct`, `clinical`,
+    /// `slide`, `model` and `total` when it ran, `ledger` (the fsynced append), `outputs`.
+    pub timings_ms: Value,
+}
+
+struct CaseRowFull {
+    id: i64,
+    key: String,
+    pseudonym: String,
+    state: String,
+    reasons: Vec<String>,
+    clinical_hash: Option<String>,
+    ledger_seq: Option<i64>,
+}
+
+pub struct Processor {
+    cfg: Config,
+    model: Arc<Model>,
+    ledger: Ledger,
+    db: StateDb,
+    secret: SiteSecret,
+    share: cap_std::fs::Dir,
+}
+
+impl Processor {
+    /// Open the ledger (cutting off a torn last record, reported for an alert) and the state.
+    pub fn open(cfg: &Config, model: Arc<Model>) -> Result<(Self, Option<Recovery>), ProcessError> {
+        let key = ledger::device_key(&cfg.keys_dir())?;
+        let (mut ledger, recovery) = Ledger::open(&cfg.ledger_dir(), key)?;
+        if let Some(r) = &recovery {
+            // The cut is itself recorded, so an auditor sees it in the chain.
+            ledger.append("recovery", json!({"torn_bytes_cut": r.cut_bytes}))?;
+        }
+        let db = StateDb::open(&cfg.database_path())?;
+        let secret_path = cfg.keys_dir().join("site.secret");
+        let secret = SiteSecret::load_or_create(&secret_path)
+            .map_err(|e| ProcessError::Open { what: secret_path.display().to_string(), source: e })?;
+        let share = share::open_share(&cfg.share.path)
+            .map_err(|e| ProcessError::Open { what: "the share".into(), source: e })?;
+        let p = Processor { cfg: cfg.clone(), model, ledger, db, secret, share };
+        if let Some(r) = &recovery {
+            p.alert(
+                "ledger_recovery",
+                &format!("a torn last ledger record ({} bytes) was cut off at start-up", r.cut_bytes),
+            )?;
+        }
+        Ok((p, recovery))
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Cases waiting for a lock, or locked without their outputs, oldest first.
+    pub fn pending(&self) -> Result<Vec<i64>, ProcessError> {
+        let mut st = self.db.conn.prepare(
+            "SELECT id FROM cases WHERE failure IS NULL AND (
+                 (ledger_seq IS NULL AND state IN ('complete', 'partial', 'ineligible'))
+                 OR (ledger_seq IS NOT NULL AND outputs_ms IS NULL))
+             ORDER BY updated_ms, id",
+        )?;
+        Ok(st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+    }
+
+    /// The pseudonym of a case (for progress messages).
+    pub fn pseudonym(&self, case_id: i64) -> Option<String> {
+        self.db.conn.query_row("SELECT pseudonym FROM cases WHERE id=?1", [case_id], |r| r.get(0)).optional().ok()?
+    }
+
+    /// Record that a case could not be processed for a reason outside it; it is not retried
+    /// automatically (`crlm cases` shows the failure).
+    pub fn mark_failed(&self, case_id: i64, why: &str) -> Result<(), ProcessError> {
+        let tx = self.db.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE cases SET failure=?2, state=?3, updated_ms=?4 WHERE id=?1",
+            params![case_id, why, case_state::FAILED, now_ms()],
+        )?;
+        if self.cfg.mqtt.enabled {
+            let case = self.pseudonym(case_id);
+            let why = self.scrub(why, &CaseFiles::default());
+            mqtt::outbox::enqueue_alert(&tx, &self.cfg.mqtt, "case_failed", &why, case.as_deref())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Queue an alert for the fleet (nothing is queued with MQTT off).
+    pub fn alert(&self, code: &str, message: &str) -> Result<(), ProcessError> {
+        if self.cfg.mqtt.enabled {
+            mqtt::outbox::enqueue_alert(&self.db.conn, &self.cfg.mqtt, code, message, None)?;
+        }
+        Ok(())
+    }
+
+    fn case_row(&self, case_id: i64) -> Result<CaseRowFull, ProcessError> {
+        Ok(self.db.conn.query_row(
+            "SELECT id, case_key, pseudonym, state, reasons, clinical_hash, ledger_seq FROM cases WHERE id=?1",
+            [case_id],
+            |r| {
+                let reasons: String = r.get(4)?;
+                Ok(CaseRowFull {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    pseudonym: r.get(2)?,
+                    state: r.get(3)?,
+                    reasons: serde_json::from_str(&reasons).unwrap_or_default(),
+                    clinical_hash: r.get(5)?,
+                    ledger_seq: r.get(6)?,
+                })
+            },
+        )?)
+    }
+
+    /// Predict (or refuse), lock and write the outputs of one case.
+    pub fn process(&mut self, case_id: i64) -> Result<Processed, ProcessError> {
+        let t = Instant::now();
+        let case = self.case_row(case_id)?;
+        let case_ref = self.secret.keyed_ref("case", &case.key);
+        // The model's own timings, plus this worker's steps (ms).
+        let mut timings = json!({});
+        let ms = |t: Instant| (t.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+        let existing = match case.ledger_seq {
+            Some(seq) => Some(seq as u64),
+            None => self.ledger.find_case(&case_ref).map(|(seq, _)| seq),
+        };
+        let (record, hash, files, resumed) = match existing {
+            Some(seq) => {
+                let (record, hash) = ledger::read_record(&self.cfg.ledger_dir(), seq)?.ok_or_else(|| {
+                    LedgerError::Bad { line: seq as usize + 1, reason: "the record the state names is missing".into() }
+                })?;
+                let files = self.case_files(&case)?;
+                (record, hash, files, true)
+            }
+            None => {
+                let step = Instant::now();
+                let files = self.case_files(&case)?;
+                let files_ms = ms(step);
+                let (kind, body, model_timings) = self.decide(&case, &case_ref, &files)?;
+                if let Value::Object(m) = model_timings {
+                    timings = Value::Object(m);
+                }
+                timings["files"] = json!(files_ms);
+                let step = Instant::now();
+                let record = self.ledger.append(kind, body)?;
+                timings["ledger"] = json!(ms(step));
+                let hash = record.hash();
+                (record, hash, files, false)
+            }
+        };
+        let state = match (record.core.kind.as_str(), case.state.as_str()) {
+            (_, case_state::INELIGIBLE) => case_state::INELIGIBLE,
+            ("prediction", _) => case_state::PREDICTED,
+            _ => case_state::REFUSED,
+        };
+        // The lock enters the state database together with the messages that report it.
+        let tx = self.db.conn.unchecked_transaction()?;
+        tx.execute(
+            "UPDATE cases SET ledger_seq=?2, record_hash=?3, state=?4, updated_ms=?5 WHERE id=?1",
+            params![case.id, record.core.seq as i64, hash, state, now_ms()],
+        )?;
+        if self.cfg.mqtt.enabled && case.ledger_seq.is_none() {
+            let m = &self.cfg.mqtt;
+            mqtt::outbox::enqueue(
+                &tx,
+                mqtt::STREAM_RESULT,
+                &mqtt::topic(m, "result"),
+                mqtt::result_payload(m, &record, &hash),
+            )?;
+            if record.core.kind == "refusal" {
+                let why = record.core.body["refusal"].as_str().unwrap_or("refused");
+                mqtt::outbox::enqueue_alert(&tx, m, "refusal", why, Some(&case.pseudonym))?;
+            }
+        }
+        tx.commit()?;
+        let site = self.site_study(&record, &files.0);
+        let step = Instant::now();
+        let written = outputs::write_all(&self.cfg, &record, &hash, self.ledger.key_id(), site.as_ref())?;
+        timings["outputs"] = json!(ms(step));
+        self.db.conn.execute("UPDATE cases SET outputs_ms=?2 WHERE id=?1", params![case.id, now_ms()])?;
+        let out = &record.core.body["outputs"];
+        Ok(Processed {
+            case: case.pseudonym,
+            state: state.to_string(),
+            seq: record.core.seq,
+            record_hash: hash,
+            risk_2y: out["risk_2y"].as_f64(),
+            risk_group: out["risk_group"].as_str().map(str::to_string),
+            outputs: written,
+            seconds: t.elapsed().as_secs_f64(),
+            timings_ms: timings,
+            resumed,
+        })
+    }
+
+    /// Run the model (or not, for an ineligible case) and compose the ledger record's body.
+    fn decide(
+        &self,
+        case: &CaseRowFull,
+        case_ref: &str,
+        (files, shas): &(CaseFiles, HashMap<PathBuf, String>),
+    ) -> Result<(&'static str, Value, Value), ProcessError> {
+        let clinical = files.clinical.first();
+        if case.state == case_state::INELIGIBLE {
+            let reason = format!("not eligible for the study: {}", case.reasons.join("; "));
+            let mut body = self.body_head(case, case_ref, clinical);
+            body["status"] = json!("refused");
+            body["refusal"] = json!(self.scrub(&reason, files));
+            body["eligibility"] = json!({"checked": true, "eligible": false, "reasons": case.reasons});
+            body["inputs"] = json!({"clinical": clinical.map(|r| json!({"record_sha256": r.hash()}))});
+            return Ok(("refusal", body, Value::Null));
+        }
+        let t_all = Instant::now();
+        let result = match prepare_files(files, &self.model.package.spec, &self.cfg)
+            .and_then(|p| predict_prepared(p, &self.model, t_all))
+        {
+            Ok(r) => r,
+            // A case whose inputs contradict each other is refused and locked as such.
+            Err(PredictError::Case(why)) => {
+                let mut body = self.body_head(case, case_ref, clinical);
+                body["status"] = json!("refused");
+                body["refusal"] = json!(self.scrub(&why, files));
+                return Ok(("refusal", body, Value::Null));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (kind, body) = self.result_body(case, case_ref, files, shas, &result);
+        Ok((kind, body, result.json["timings_ms"].clone()))
+    }
+
+    fn body_head(&self, case: &CaseRowFull, case_ref: &str, clinical: Option<&ClinicalRecord>) -> Value {
+        json!({
+            "case": case.pseudonym,
+            "case_ref": case_ref,
+            "surgery_date": clinical.and_then(|r| r.date("surgery_date")).map(|d| d.to_string()),
+            "model": crlm_predict::model_json(&self.model),
+            "software": {"name": "crlm-edge", "version": env!("CARGO_PKG_VERSION")},
+        })
+    }
+
+    fn uid(&self, uid: &str) -> String {
+        if self.cfg.privacy.keep_uids { uid.to_string() } else { self.secret.keyed_ref("uid", uid) }
+    }
+
+    fn result_body(
+        &self,
+        case: &CaseRowFull,
+        case_ref: &str,
+        files: &CaseFiles,
+        shas: &HashMap<PathBuf, String>,
+        r: &CaseResult,
+    ) -> (&'static str, Value) {
+        let clinical = r.clinical_used.as_ref().or(files.clinical.first());
+        let mut body = self.body_head(case, case_ref, clinical);
+        let mut inputs = serde_json::Map::new();
+        if let Some(ct) = &r.ct_used {
+            inputs.insert(
+                "ct".into(),
+                json!({
+                    "series": self.uid(&ct.series),
+                    "choice": ct.choice,
+                    "rejected_series": ct.rejected_series,
+                    "images": ct.images.iter().map(|(sop, h)| json!({"sop": self.uid(sop), "hu_sha256": h})).collect::<Vec<_>>(),
+                    // The segmentation the crop was centred on (absent: the body box).
+                    "roi": ct.roi.as_ref().map(|(r, sop)| json!({
+                        "source": r.source, "sop": self.uid(sop), "labels": r.labels,
+                        "box_min": r.bbox.min, "box_max": r.bbox.max,
+                    })),
+                }),
+            );
+        }
+        if !r.slides_used.is_empty() {
+            inputs.insert(
+                "slides".into(),
+                Value::Array(
+                    r.slides_used
+                        .iter()
+                        .map(|s| {
+                            json!({
+                                "label": s.label, "sha256": shas.get(&s.path), "level": s.level,
+                                "tissue_tiles": s.tissue_tiles, "tiles_used": s.tiles_used,
+                            })
+                        })
+                        .collect(),
+                ),
+            );
+        }
+        if let Some(c) = clinical {
+            inputs.insert("clinical".into(), json!({"record_sha256": c.hash()}));
+        }
+        let inputs = Value::Object(inputs);
+        body["inputs_sha256"] = json!(crlm_models::sha256_hex(inputs.to_string().as_bytes()));
+        body["inputs"] = inputs;
+        body["modalities"] = self.scrub_value(&r.json["modalities"], files);
+        body["eligibility"] = r.json["eligibility"].clone();
+        let warnings: Vec<String> = r.json["warnings"]
+            .as_array()
+            .map(|ws| ws.iter().filter_map(|w| w.as_str()).map(|w| self.scrub(w, files)).collect())
+            .unwrap_or_default();
+        body["warnings"] = json!(warnings);
+        match &r.output {
+            Some(o) => {
+                body["status"] = json!("predicted");
+                body["outputs"] = json!({
+                    "risk_2y": o.risk_2y,
+                    "risk_2y_uncalibrated": o.risk_2y_uncalibrated,
+                    "risk_group": o.risk_group,
+                    "threshold": o.threshold,
+                    "hazards": o.hazards,
+                    "hazard_intervals_months": (0..o.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect::<Vec<_>>(),
+                });
+                ("prediction", body)
+            }
+            None => {
+                body["status"] = json!("refused");
+                body["refusal"] = json!(self.scrub(r.json["refusal"].as_str().unwrap_or("refused"), files));
+                ("refusal", body)
+            }
+        }
+    }
+
+    /// Replace the case's file paths (which can carry names) with neutral labels.
+    fn scrub(&self, text: &str, files: &CaseFiles) -> String {
+        let mut s = text.to_string();
+        for (p, label) in &files.slides {
+            s = s.replace(&p.display().to_string(), label);
+        }
+        for (p, _) in &files.ct_images {
+            s = s.replace(&p.display().to_string(), "a CT image");
+        }
+        for (p, _) in &files.roi_files {
+            s = s.replace(&p.display().to_string(), "a segmentation");
+        }
+        let root = self.cfg.share.path.display().to_string();
+        if !root.is_empty() {
+            s = s.replace(&root, "the share");
+        }
+        s
+    }
+
+    fn scrub_value(&self, v: &Value, files: &CaseFiles) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.scrub(s, files)),
+            Value::Array(a) => Value::Array(a.iter().map(|x| self.scrub_value(x, files)).collect()),
+            Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.clone(), self.scrub_value(x, files))).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// The case's accepted files, re-read beneath the share exactly as ingest accepted them.
+    /// A file changed since acceptance is not used (its hash would not be the one recorded).
+    fn case_files(&self, case: &CaseRowFull) -> Result<(CaseFiles, HashMap<PathBuf, String>), ProcessError> {
+        let mut files = CaseFiles::default();
+        let mut shas = HashMap::new();
+        let rows: Vec<(String, i64, i64, Option<String>)> = self
+            .db
+            .conn
+            .prepare(
+                "SELECT path, size, mtime_ns, sha256 FROM files WHERE case_id=?1 AND status='accepted' ORDER BY path",
+            )?
+            .query_map([case.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut slide_no = 0;
+        for (rel, size, mtime_ns, sha) in rows {
+            let label = format!("file {}", crlm_ingest::short_hash(Path::new(&rel)));
+            let file = match share::open_beneath(&self.share, Path::new(&rel)) {
+                Ok(f) => f,
+                Err(e) => {
+                    files.warnings.push(format!("{label}: gone since it was accepted ({})", e.kind()));
+                    continue;
+                }
+            };
+            let same = file.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.len() as i64 == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns
+            });
+            if !same {
+                files.warnings.push(format!("{label}: changed since it was accepted; not used"));
+                continue;
+            }
+            let path = self.cfg.share.path.join(&rel);
+            match recognise(&file, &self.cfg.limits) {
+                Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => {
+                    files.ct_images.push((path, *header))
+                }
+                Outcome::Usable(Recognised::Slide(_)) => {
+                    slide_no += 1;
+                    if let Some(sha) = sha {
+                        shas.insert(path.clone(), sha);
+                    }
+                    files.slides.push((path, format!("slide {slide_no}")));
+                }
+                Outcome::Usable(Recognised::Dicom { header, role: DicomRole::RegionOfInterest }) => {
+                    files.roi_files.push((path, *header))
+                }
+                Outcome::Usable(_) => {}
+                Outcome::NotYet(p) | Outcome::Bad(p) => files.warnings.push(format!("{label}: not used ({})", p.check)),
+            }
+        }
+        if let Some(hash) = &case.clinical_hash {
+            let record: Option<String> = self
+                .db
+                .conn
+                .query_row("SELECT record FROM clinical_records WHERE hash=?1 LIMIT 1", [hash], |r| r.get(0))
+                .optional()?;
+            if let Some(r) = record.and_then(|r| serde_json::from_str::<ClinicalRecordOwned>(&r).ok()) {
+                files.clinical.push(r.into_record());
+            }
+        }
+        Ok((files, shas))
+    }
+
+    /// The study a result for the local PACS refers to, from the chosen series' headers.
+    fn site_study(&self, record: &Record, files: &CaseFiles) -> Option<SiteStudy> {
+        let series_ref = record.core.body["inputs"]["ct"]["series"].as_str()?;
+        let images: Vec<&DicomHeader> = files
+            .ct_images
+            .iter()
+            .map(|(_, h)| h)
+            .filter(|h| h.series_instance_uid.as_deref().is_some_and(|u| self.uid(u) == series_ref))
+            .collect();
+        let first = images.first()?;
+        Some(SiteStudy {
+            study_instance_uid: first.study_instance_uid.clone()?,
+            series_instance_uid: first.series_instance_uid.clone()?,
+            study_date: first.study_date.clone(),
+            identity: first.identity.clone(),
+            patient_id: first.patient_id.clone(),
+            instances: images
+                .iter()
+                .filter_map(|h| Some((h.sop_class_uid.clone()?, h.sop_instance_uid.clone()?)))
+                .collect(),
+        })
+    }
+}
