@@ -79,11 +79,21 @@ impl CaseInputs {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RiskGroup {
     High,
     Low,
+}
+
+impl RiskGroup {
+    /// `high` or `low`, as serialised.
+    pub fn name(self) -> &'static str {
+        match self {
+            RiskGroup::High => "high",
+            RiskGroup::Low => "low",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

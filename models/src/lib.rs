@@ -15,6 +15,7 @@
 //! - [`onnx`]: ONNX export of CRLM-Net and INT8 QDQ quantisation, in pure Rust.
 
 pub mod backend;
+pub mod case;
 pub mod clinical;
 pub mod cohort;
 pub mod ct;

@@ -2,7 +2,7 @@
 //! state folder where the service keeps it.
 
 use crlm_e2e::Site;
-use crlm_ledger::{LEDGER_FILE, Ledger, device_key};
+use crlm_ledger::{CaseRecord, LEDGER_FILE, Ledger, RecordBody, device_key};
 
 #[test]
 fn verify_passes_a_good_ledger_and_names_the_first_changed_record() {
@@ -10,7 +10,7 @@ fn verify_passes_a_good_ledger_and_names_the_first_changed_record() {
     let key = device_key(&site.state.join("keys")).unwrap();
     let (mut ledger, _) = Ledger::open(&site.state.join("ledger"), key).unwrap();
     for i in 0..5 {
-        ledger.append("prediction", serde_json::json!({"case": format!("C-{i}"), "risk_2y": 0.25})).unwrap();
+        ledger.append(&RecordBody::Prediction(CaseRecord::example(&format!("C-{i}"), 0.25))).unwrap();
     }
     drop(ledger);
     let out = site.command(&["ledger", "verify"]).output().unwrap();
@@ -58,10 +58,14 @@ fn a_kill_9_loop_during_appends_loses_no_record_whose_append_returned() {
     assert!(acknowledged.len() > 8, "the helper appended too little to test anything: {}", acknowledged.len());
     let out = site.command(&["ledger", "verify"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let text = std::fs::read_to_string(site.state.join("ledger").join(LEDGER_FILE)).unwrap();
-    let records: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records = crlm_ledger::read_records(&site.state.join("ledger")).unwrap();
     for (seq, id) in &acknowledged {
-        let r = &records[*seq as usize];
-        assert_eq!(r["body"]["id"], id.as_str(), "record {seq} whose append returned is not the one acknowledged");
+        let (r, _) = &records[*seq as usize];
+        let case = r.case().map(|c| c.case);
+        assert_eq!(
+            case.as_deref(),
+            Some(id.as_str()),
+            "record {seq} whose append returned is not the one acknowledged"
+        );
     }
 }

@@ -170,7 +170,7 @@ mod tests {
         let dir = d.path().join("ledger");
         let (mut l, _) = Ledger::open(&dir, key).unwrap();
         for i in 0..3 {
-            l.append("prediction", serde_json::json!({"case_ref": format!("c{i}")})).unwrap();
+            l.append(&crate::RecordBody::Prediction(crate::CaseRecord::example(&format!("c{i}"), 0.1))).unwrap();
         }
         let collector = SigningKey::from_bytes(&[9u8; 32]);
         let stranger = SigningKey::from_bytes(&[3u8; 32]);

@@ -35,29 +35,26 @@ pub struct ExportRow {
 pub fn rows(records: &[(Record, String)]) -> Vec<ExportRow> {
     records
         .iter()
-        .filter(|(r, _)| r.core.kind == "prediction" || r.core.kind == "refusal")
-        .map(|(r, hash)| {
-            let b = &r.core.body;
-            let s = |v: &serde_json::Value| v.as_str().map(str::to_string);
-            let used: Vec<&str> =
-                ["ct", "slide", "clinical"].into_iter().filter(|m| b["modalities"][*m]["status"] == "used").collect();
-            ExportRow {
+        .filter_map(|(r, hash)| {
+            let c = r.case()?;
+            let o = c.outputs.as_ref();
+            Some(ExportRow {
                 sequence: r.core.seq,
-                pseudonym: s(&b["case"]).unwrap_or_default(),
-                status: if r.core.kind == "prediction" { "predicted".into() } else { "refused".into() },
-                surgery_date: s(&b["surgery_date"]),
-                risk_2y: b["outputs"]["risk_2y"].as_f64(),
-                risk_group: s(&b["outputs"]["risk_group"]),
-                threshold: b["outputs"]["threshold"].as_f64(),
-                modalities_used: used.join("+"),
-                model_name: s(&b["model"]["name"]).unwrap_or_default(),
-                model_version: s(&b["model"]["version"]).unwrap_or_default(),
-                model_sha256: s(&b["model"]["sha256"]).unwrap_or_default(),
-                demo: b["model"]["demo"].as_bool().unwrap_or(false),
+                pseudonym: c.case.clone(),
+                status: c.status.name().into(),
+                surgery_date: c.surgery_date.clone(),
+                risk_2y: o.map(|o| o.risk_2y),
+                risk_group: o.map(|o| o.risk_group.name().to_string()),
+                threshold: o.map(|o| o.threshold),
+                modalities_used: c.modalities_used(),
+                model_name: c.model.name.clone(),
+                model_version: c.model.version.clone(),
+                model_sha256: c.model.sha256.clone(),
+                demo: c.model.demo,
                 locked_at: r.core.wall_time.clone(),
                 record_hash: hash.clone(),
-                refusal: s(&b["refusal"]),
-            }
+                refusal: c.refusal.clone(),
+            })
         })
         .collect()
 }

@@ -13,6 +13,9 @@
 
 pub mod countersign;
 pub mod export;
+pub mod record;
+
+pub use record::*;
 
 use crlm_core::fsutil;
 use crlm_models::package::signing;
@@ -42,6 +45,8 @@ pub enum LedgerError {
     Bad { line: usize, reason: String },
     #[error("device key: {0}")]
     Key(String),
+    #[error("ledger record body: {0}")]
+    Body(#[from] serde_json::Error),
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> LedgerError + '_ {
@@ -55,8 +60,7 @@ pub struct RecordCore {
     pub format: u32,
     pub seq: u64,
     pub prev: String,
-    /// `prediction`, `refusal`, `clock_jump`, `recovery`.
-    pub kind: String,
+    pub kind: RecordKind,
     pub wall_time: String,
     /// CLOCK_BOOTTIME at writing (ns), with the boot it belongs to.
     pub mono_ns: u64,
@@ -77,6 +81,20 @@ impl Record {
     /// The record's hash: SHA-256 of its canonical line (what the next record's `prev` holds).
     pub fn hash(&self) -> String {
         sha256_hex(&line_of(self))
+    }
+
+    /// The body, typed by the record's kind.
+    pub fn body(&self) -> Result<RecordBody, LedgerError> {
+        Ok(RecordBody::from_value(self.core.kind, &self.core.body)?)
+    }
+
+    /// The case record of a prediction or refusal (`None` for other kinds, or a body that does
+    /// not read as one).
+    pub fn case(&self) -> Option<CaseRecord> {
+        match self.body() {
+            Ok(RecordBody::Prediction(c) | RecordBody::Refusal(c)) => Some(c),
+            _ => None,
+        }
     }
 }
 
@@ -182,7 +200,7 @@ impl Ledger {
             }
             next_seq += 1;
             prev_hash = sha256_hex(line);
-            if let Some(case_ref) = r.core.body.get("case_ref").and_then(|v| v.as_str()) {
+            if let Some(case_ref) = r.case().map(|c| c.case_ref) {
                 cases.insert(case_ref.to_string(), (r.core.seq, prev_hash.clone()));
             }
             let wall =
@@ -229,7 +247,8 @@ impl Ledger {
 
     /// Append one record; durable when this returns. A wall-clock jump since the previous record
     /// (same boot) is recorded first, as its own record.
-    pub fn append(&mut self, kind: &str, body: serde_json::Value) -> Result<Record, LedgerError> {
+    pub fn append(&mut self, body: &RecordBody) -> Result<Record, LedgerError> {
+        let (kind, body) = (body.kind(), body.to_value()?);
         let now = chrono::Utc::now();
         let (wall, mono, boot) = (now.timestamp_micros() as f64 / 1e6, boottime_ns(), boot_id());
         if let Some((last_wall, last_mono, last_boot)) = self.last_times.clone()
@@ -238,8 +257,9 @@ impl Ledger {
         {
             let drift = (wall - last_wall) - (mono - last_mono) as f64 / 1e9;
             if drift.abs() > CLOCK_JUMP_SECONDS {
-                let jump = serde_json::json!({"wall_clock_step_seconds": (drift * 1000.0).round() / 1000.0});
-                self.write(now, mono, &boot, "clock_jump", jump)?;
+                let jump =
+                    RecordBody::ClockJump(ClockJump { wall_clock_step_seconds: (drift * 1000.0).round() / 1000.0 });
+                self.write(now, mono, &boot, RecordKind::ClockJump, jump.to_value()?)?;
             }
         }
         self.write(now, mono, &boot, kind, body)
@@ -250,14 +270,14 @@ impl Ledger {
         now: chrono::DateTime<chrono::Utc>,
         mono: u64,
         boot: &str,
-        kind: &str,
+        kind: RecordKind,
         body: serde_json::Value,
     ) -> Result<Record, LedgerError> {
         let core = RecordCore {
             format: LEDGER_FORMAT,
             seq: self.next_seq,
             prev: self.prev_hash.clone(),
-            kind: kind.to_string(),
+            kind,
             wall_time: now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             mono_ns: mono,
             boot_id: boot.to_string(),
@@ -276,7 +296,7 @@ impl Ledger {
         self.prev_hash = sha256_hex(&line[..line.len() - 1]);
         self.next_seq += 1;
         self.last_times = Some((now.timestamp_micros() as f64 / 1e6, mono, boot.to_string()));
-        if let Some(case_ref) = record.core.body.get("case_ref").and_then(|v| v.as_str()) {
+        if let Some(case_ref) = record.case().map(|c| c.case_ref) {
             self.cases.insert(case_ref.to_string(), (record.core.seq, self.prev_hash.clone()));
         }
         let head = Head { format: LEDGER_FORMAT, seq: record.core.seq, hash: self.prev_hash.clone() };
@@ -430,7 +450,7 @@ mod tests {
         let (mut l, rec) = Ledger::open(&d.path().join("ledger"), key).unwrap();
         assert!(rec.is_none());
         for i in 0..n {
-            l.append("prediction", serde_json::json!({"case": format!("C-{i:04}"), "risk_2y": 0.1 * (i % 10) as f64}))
+            l.append(&RecordBody::Prediction(CaseRecord::example(&format!("C-{i:04}"), 0.1 * (i % 10) as f64)))
                 .unwrap();
         }
         (d, public)
@@ -449,7 +469,9 @@ mod tests {
         let key = device_key(&d.path().join("keys")).unwrap();
         let (mut l, _) = Ledger::open(&d.path().join("ledger"), key).unwrap();
         assert_eq!(l.len(), 5);
-        l.append("refusal", serde_json::json!({"reason": "clinical only"})).unwrap();
+        let mut refused = CaseRecord::example("C-0005", 0.0);
+        (refused.status, refused.outputs, refused.refusal) = (CaseStatus::Refused, None, Some("clinical only".into()));
+        l.append(&RecordBody::Refusal(refused)).unwrap();
         let r = verify(&d.path().join("ledger"), &public).unwrap();
         assert!(r.ok(), "{r:?}");
         assert_eq!(r.records, 6);
@@ -508,7 +530,7 @@ mod tests {
         let (mut l, rec) = Ledger::open(&d.path().join("ledger"), key).unwrap();
         assert_eq!(rec, Some(Recovery { cut_bytes: 40 }));
         assert_eq!(std::fs::read(&path).unwrap(), before);
-        l.append("recovery", serde_json::json!({"cut_bytes": 40})).unwrap();
+        l.append(&RecordBody::Recovery(RecoveryNote { torn_bytes_cut: 40 })).unwrap();
         let r = verify(&d.path().join("ledger"), &public).unwrap();
         assert!(r.ok() && r.records == 5, "{r:?}");
     }

@@ -62,27 +62,29 @@ fn now_rfc3339() -> String {
 
 /// The de-identified result of a locked record (without its stream sequence number).
 pub fn result_payload(cfg: &MqttConfig, record: &Record, record_hash: &str) -> Value {
-    let b = &record.core.body;
+    let c = record.case();
+    let c = c.as_ref();
+    let outputs = c.and_then(|c| c.outputs.as_ref());
     let mut p = json!({
         "version": PAYLOAD_VERSION,
         "kind": "result",
         "site": cfg.site,
         "device": cfg.device,
         "stream": STREAM_RESULT,
-        "case": b["case"],
-        "status": b["status"],
-        "risk_group": b["outputs"]["risk_group"],
-        "threshold": b["outputs"]["threshold"],
-        "model_sha256": b["model"]["sha256"],
-        "demo": b["model"]["demo"],
+        "case": c.map(|c| &c.case),
+        "status": c.map(|c| c.status),
+        "risk_group": outputs.map(|o| o.risk_group),
+        "threshold": outputs.map(|o| o.threshold),
+        "model_sha256": c.map(|c| &c.model.sha256),
+        "demo": c.map(|c| c.model.demo),
         "ledger_seq": record.core.seq,
         "record_hash": record_hash,
         "device_key_id": record.core.key_id,
         "locked_at": record.core.wall_time,
-        "surgery_date": b["surgery_date"],
+        "surgery_date": c.and_then(|c| c.surgery_date.as_ref()),
     });
     if cfg.send_risk {
-        p["risk_2y"] = b["outputs"]["risk_2y"].clone();
+        p["risk_2y"] = json!(outputs.map(|o| o.risk_2y));
         // The whole signed record, so the collector checks the box's signature itself.
         p["record"] = serde_json::to_value(record).unwrap_or(Value::Null);
     }

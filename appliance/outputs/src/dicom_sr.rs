@@ -5,7 +5,7 @@
 //! pseudonym and the study UID a keyed stand-in, so the SR can leave the site.
 
 use super::{OutputError, SiteStudy};
-use crlm_ledger::Record;
+use crlm_ledger::{CaseRecord, Outputs, Record};
 use crlm_models::dicom::writer::uid_from;
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
@@ -65,19 +65,19 @@ fn code_item(concept: InMemDicomObject, value: InMemDicomObject) -> InMemDicomOb
 /// The SR's bytes (DICOM Part 10, explicit VR little endian).
 pub fn write_sr(
     record: &Record,
+    c: &CaseRecord,
+    out: &Outputs,
     record_hash: &str,
     site: Option<&SiteStudy>,
     identifiers: bool,
 ) -> Result<Vec<u8>, OutputError> {
-    let b = &record.core.body;
-    let m = &b["model"];
-    let o_ = &b["outputs"];
-    let pseudonym = b["case"].as_str().unwrap_or("unknown");
-    let demo = m["demo"].as_bool().unwrap_or(false);
-    let model_name = m["name"].as_str().unwrap_or("?");
-    let model_version = m["version"].as_str().unwrap_or("?");
-    let model_sha = m["sha256"].as_str().unwrap_or("?");
-    let software = b["software"]["version"].as_str().unwrap_or("?");
+    let m = &c.model;
+    let pseudonym = c.case.as_str();
+    let demo = m.demo;
+    let model_name = m.name.as_str();
+    let model_version = m.version.as_str();
+    let model_sha = m.sha256.as_str();
+    let software = c.software.version.as_str();
     let locked = chrono::DateTime::parse_from_rfc3339(&record.core.wall_time).map(|t| t.with_timezone(&chrono::Utc));
     let (date, time) = match &locked {
         Ok(t) => (t.format("%Y%m%d").to_string(), t.format("%H%M%S").to_string()),
@@ -112,7 +112,8 @@ pub fn write_sr(
             put(&mut o, tags::PATIENT_ID, VR::LO, pseudonym);
             put(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, "");
             put(&mut o, tags::PATIENT_SEX, VR::CS, "");
-            let anchor = b["inputs"]["ct"]["series"].as_str().unwrap_or(record_hash);
+            let anchor =
+                c.inputs.as_ref().and_then(|i| i.ct.as_ref()).map(|ct| ct.series.as_str()).unwrap_or(record_hash);
             put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, &uid_from(&format!("crlm-study|{anchor}")));
             put(&mut o, tags::STUDY_DATE, VR::DA, "");
             put(&mut o, tags::STUDY_TIME, VR::TM, "");
@@ -175,9 +176,7 @@ pub fn write_sr(
     if demo {
         caution = format!("{} {caution}", crlm_predict::DEMO_NOTICE);
     }
-    let risk = o_["risk_2y"].as_f64().unwrap_or(f64::NAN);
-    let threshold = o_["threshold"].as_f64().unwrap_or(f64::NAN);
-    let group = o_["risk_group"].as_str().unwrap_or("?");
+    let (risk, threshold, group) = (out.risk_2y, out.threshold, out.risk_group.name());
     let content = vec![
         text_item(code("121106", "DCM", "Comment"), &caution),
         num_item(code("RISK2Y", SCHEME, "Predicted 2-year liver metastasis risk"), risk),

@@ -10,7 +10,7 @@ pub mod result_json;
 
 use crlm_config::Config;
 use crlm_core::fsutil;
-use crlm_ledger::Record;
+use crlm_ledger::{Record, RecordKind};
 use crlm_models::dicom::header::StudyIdentity;
 use std::path::{Path, PathBuf};
 
@@ -61,26 +61,26 @@ pub fn write_all(
     device_key_id: &str,
     site: Option<&SiteStudy>,
 ) -> Result<Vec<PathBuf>, OutputError> {
-    let body = &record.core.body;
-    let pseudonym = body["case"].as_str().unwrap_or("unknown");
-    let dir = case_dir(cfg, pseudonym);
+    // Outputs are written for cases: predictions and refusals.
+    let Some(c) = record.case() else { return Ok(Vec::new()) };
+    let dir = case_dir(cfg, &c.case);
     let seq = record.core.seq;
     let mut written = Vec::new();
     if cfg.outputs.result_json {
-        let doc = result_json::document(record, record_hash, device_key_id);
+        let doc = result_json::document(record, &c, record_hash, device_key_id);
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         written.push(write(&dir.join(format!("result-{seq:06}.json")), &bytes)?);
     }
-    if record.core.kind != "prediction" {
+    let Some(out) = c.outputs.as_ref().filter(|_| record.core.kind == RecordKind::Prediction) else {
         return Ok(written);
-    }
+    };
     if cfg.outputs.fhir {
-        let doc = fhir::risk_assessment(record, record_hash, device_key_id, site, cfg.privacy.keep_uids);
+        let doc = fhir::risk_assessment(record, &c, out, record_hash, device_key_id, site, cfg.privacy.keep_uids);
         let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
         written.push(write(&dir.join(format!("riskassessment-{seq:06}.fhir.json")), &bytes)?);
     }
     if cfg.outputs.dicom_sr {
-        let bytes = dicom_sr::write_sr(record, record_hash, site, cfg.outputs.sr_identifiers)?;
+        let bytes = dicom_sr::write_sr(record, &c, out, record_hash, site, cfg.outputs.sr_identifiers)?;
         written.push(write(&dir.join(format!("sr-{seq:06}.dcm")), &bytes)?);
     }
     Ok(written)

@@ -1,44 +1,41 @@
 //! `result.json`: the project's own result document (format 1, docs/OUTPUTS.md). De-identified:
 //! the case pseudonym, the model, the lock and the result; no names, IDs, UIDs or file names.
 
-use crlm_ledger::Record;
+use crlm_ledger::{CaseRecord, Record};
 use serde_json::{Value, json};
 
 pub const RESULT_FORMAT: u32 = 1;
 
-pub fn document(record: &Record, record_hash: &str, device_key_id: &str) -> Value {
-    let b = &record.core.body;
-    let demo = b["model"]["demo"].as_bool().unwrap_or(false);
+pub fn document(record: &Record, c: &CaseRecord, record_hash: &str, device_key_id: &str) -> Value {
     let mut d = json!({
         "format": RESULT_FORMAT,
         "kind": "crlm-result",
-        "status": b["status"],
-        "case": b["case"],
+        "status": c.status,
+        "case": c.case,
         "ledger": {
             "seq": record.core.seq,
             "record_hash": record_hash,
             "device_key_id": device_key_id,
             "locked_at": record.core.wall_time,
         },
-        "model": b["model"],
-        "software": b["software"],
-        "modalities": b["modalities"],
+        "model": c.model,
+        "software": c.software,
+        "modalities": c.modalities,
         "caution": super::RESEARCH_CAUTION,
     });
-    if demo {
+    if c.model.demo {
         d["notice"] = json!(crlm_predict::DEMO_NOTICE);
     }
-    match record.core.kind.as_str() {
-        "prediction" => {
-            let o = &b["outputs"];
-            d["risk_2y"] = o["risk_2y"].clone();
-            d["risk_group"] = o["risk_group"].clone();
-            d["threshold"] = o["threshold"].clone();
+    match &c.outputs {
+        Some(o) => {
+            d["risk_2y"] = json!(o.risk_2y);
+            d["risk_group"] = json!(o.risk_group);
+            d["threshold"] = json!(o.threshold);
             d["horizon_months"] = json!(24);
-            d["hazards"] = o["hazards"].clone();
-            d["hazard_intervals_months"] = o["hazard_intervals_months"].clone();
+            d["hazards"] = json!(o.hazards);
+            d["hazard_intervals_months"] = json!(o.hazard_intervals_months);
         }
-        _ => d["refusal"] = b["refusal"].clone(),
+        None => d["refusal"] = json!(c.refusal),
     }
     d
 }

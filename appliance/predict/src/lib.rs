@@ -7,7 +7,7 @@ use crlm_config::Config;
 use crlm_models::backend::{BackendKind, OnnxOptions};
 use crlm_models::inference::{Model, ModelError};
 use crlm_models::package::{ModelPackage, PackageSource, TrustStore};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::path::Path;
 
 pub mod cohort_export;
@@ -65,22 +65,7 @@ pub fn onnx_options(cfg: &Config) -> OnnxOptions {
 
 /// The model block of every prediction document and ledger record: the package and what ran it.
 pub fn model_json(model: &Model) -> Value {
-    let p = &model.package;
-    let b = model.backend_info();
-    let mut v = json!({
-        "name": p.spec.name,
-        "version": p.spec.version,
-        "sha256": p.sha256,
-        "demo": p.spec.demo,
-        "signer_key_id": p.signer_key_id,
-        "backend": b.name,
-        "device": b.provider,
-        "precision": b.precision,
-    });
-    if let Some(r) = b.runtime {
-        v["onnxruntime"] = json!(r);
-    }
-    v
+    serde_json::to_value(crlm_models::case::ModelIdentity::of(model)).unwrap_or(Value::Null)
 }
 
 /// Which package: `override_path`, else `model.path`, else the built-in demo.

@@ -7,6 +7,7 @@ use crlm_ingest::eligibility;
 use crlm_ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
 use crlm_ingest::series::{choose_series, series_key};
 use crlm_ingest::share::{self, ShareEntry};
+use crlm_models::case::Eligibility;
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::ct::preprocess::preprocess;
 use crlm_models::ct::roi::{RegionOfInterest, read_roi};
@@ -150,7 +151,7 @@ pub struct PreparedCase {
     pub slides_used: Vec<SlideUsed>,
     pub clinical_used: Option<ClinicalRecord>,
     pub inputs_json: serde_json::Map<String, Value>,
-    pub eligibility: Value,
+    pub eligibility: Eligibility,
     /// Set when the case must not be predicted (not eligible).
     pub refusal: Option<String>,
     pub warnings: Vec<String>,
@@ -256,7 +257,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
 
     // Clinical: one record for the patient; eligibility is checked, never assumed.
     let t = Instant::now();
-    let mut eligibility_json = json!({"checked": false});
+    let mut eligibility = Eligibility::default();
     let record = match files.clinical.len() {
         0 => None,
         1 => files.clinical.first(),
@@ -284,8 +285,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         None => ModalityInput::Refused("no clinical record matches this case's patient".into()),
         Some(r) => {
             let reasons = eligibility::check(r, ct_date, &cfg.eligibility);
-            eligibility_json =
-                json!({"checked": cfg.eligibility.enabled, "eligible": reasons.is_empty(), "reasons": reasons});
+            eligibility = Eligibility::checked(cfg.eligibility.enabled, reasons);
             let e = encode(r, &spec.clinical);
             inputs_json
                 .insert("clinical".into(), json!({"record_sha256": r.hash(), "missing_fields": e.missing_fields}));
@@ -293,10 +293,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         }
     };
     let clinical_ms = ms(t);
-    let refusal = (eligibility_json["eligible"] == json!(false)).then(|| {
-        let reasons: Vec<String> = serde_json::from_value(eligibility_json["reasons"].clone()).unwrap_or_default();
-        format!("not eligible for the study: {}", reasons.join("; "))
-    });
+    let refusal = eligibility.refusal().map(|reasons| format!("not eligible for the study: {reasons}"));
 
     // Slides: the package's tiles, its tile budget shared over the case's slides.
     let t = Instant::now();
@@ -349,7 +346,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         slides_used,
         clinical_used: record.cloned(),
         inputs_json,
-        eligibility: eligibility_json,
+        eligibility,
         refusal,
         warnings,
         timings_ms: vec![("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)],

@@ -2,6 +2,7 @@
 
 use crate::*;
 use crlm_config::Config;
+use crlm_models::case::{Eligibility, Modalities, ModalityStatus};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::inference::{ModalityInput, Model, ModelError, ModelOutput};
 use crlm_models::slide::sample::ModelTiles;
@@ -12,7 +13,15 @@ use std::time::Instant;
 /// The result of `predict_case`: the JSON document, and the model's output when it predicted.
 #[derive(Default)]
 pub struct CaseResult {
+    /// The `crlm predict --json` document (format 1).
     pub json: Value,
+    /// Eligibility as checked (`checked: false` when switched off).
+    pub eligibility: Eligibility,
+    /// What became of each modality (absent when the case was refused before the model).
+    pub modalities: Option<Modalities>,
+    /// Why the case was not predicted.
+    pub refusal: Option<String>,
+    pub warnings: Vec<String>,
     pub output: Option<ModelOutput>,
     /// Tiles per slide (for the heatmap), in the order of the attention.
     pub slides: Vec<(PathBuf, ModelTiles)>,
@@ -42,7 +51,7 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         slides_used,
         clinical_used,
         inputs_json,
-        eligibility: eligibility_json,
+        eligibility,
         refusal: not_eligible,
         warnings,
         mut timings_ms,
@@ -54,19 +63,20 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         r
     };
     if let Some(reason) = not_eligible {
-        return Ok(used(refusal(model, reason, eligibility_json, warnings)));
+        return Ok(used(refusal(model, reason, eligibility, warnings)));
     }
-    let modalities = json!({
-        "ct": status_json(inputs.ct.status()),
-        "slide": status_json(inputs.slides.status()),
-        "clinical": status_json(inputs.clinical.status()),
-    });
+    let modalities = Modalities {
+        ct: ModalityStatus::of(&inputs.ct),
+        slide: ModalityStatus::of(&inputs.slides),
+        clinical: ModalityStatus::of(&inputs.clinical),
+    };
     let t = Instant::now();
     let output = match model.predict(&inputs) {
         Ok(o) => o,
         Err(e @ ModelError::ModalitiesNotAllowed { .. }) => {
-            let mut r = refusal(model, e.to_string(), eligibility_json, warnings);
-            r.json["modalities"] = modalities;
+            let mut r = refusal(model, e.to_string(), eligibility, warnings);
+            r.json["modalities"] = json!(modalities);
+            r.modalities = Some(modalities);
             return Ok(used(r));
         }
         Err(e) => return Err(e.into()),
@@ -112,8 +122,8 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         "hazard_intervals_months".into(),
         json!((0..output.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect::<Vec<_>>()),
     );
-    d.insert("modalities".into(), modalities);
-    d.insert("eligibility".into(), eligibility_json);
+    d.insert("modalities".into(), json!(modalities));
+    d.insert("eligibility".into(), json!(eligibility));
     d.insert("inputs".into(), Value::Object(inputs_json));
     d.insert("top_tiles".into(), Value::Array(top_tiles));
     d.insert("slice_attention".into(), json!(output.slice_attention));
@@ -122,14 +132,16 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         Value::Object(timings_ms.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
     );
     d.insert("warnings".into(), json!(warnings));
-    Ok(used(CaseResult { json: Value::Object(d), output: Some(output), slides, ..CaseResult::default() }))
-}
-
-pub(crate) fn status_json((status, reason): (&str, Option<&str>)) -> Value {
-    match reason {
-        Some(r) => json!({"status": status, "reason": r}),
-        None => json!({"status": status}),
-    }
+    Ok(used(CaseResult {
+        json: Value::Object(d),
+        eligibility,
+        modalities: Some(modalities),
+        refusal: None,
+        warnings,
+        output: Some(output),
+        slides,
+        ..CaseResult::default()
+    }))
 }
 
 /// The fields every document starts with: format, status, model identity, the demo notice.
@@ -148,12 +160,12 @@ pub(crate) fn model_header(model: &Model, status: &str) -> Value {
     v
 }
 
-pub(crate) fn refusal(model: &Model, reason: String, eligibility: Value, warnings: Vec<String>) -> CaseResult {
+pub(crate) fn refusal(model: &Model, reason: String, eligibility: Eligibility, warnings: Vec<String>) -> CaseResult {
     let mut v = model_header(model, "refused");
     v["refusal"] = json!(reason);
-    v["eligibility"] = eligibility;
+    v["eligibility"] = json!(eligibility);
     v["warnings"] = json!(warnings);
-    CaseResult { json: v, ..CaseResult::default() }
+    CaseResult { json: v, eligibility, refusal: Some(reason), warnings, ..CaseResult::default() }
 }
 
 /// A human summary of a result document.

@@ -15,7 +15,11 @@ use crlm_ingest::cases::ClinicalRecordOwned;
 use crlm_ingest::pseudonym::SiteSecret;
 use crlm_ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
 use crlm_ingest::share;
-use crlm_ledger::{self as ledger, Ledger, LedgerError, Record, Recovery};
+use crlm_ledger::{
+    self as ledger, CaseRecord, CaseStatus, ClinicalInput, CtInput, ImageRef, Inputs, Ledger, LedgerError, Outputs,
+    Record, RecordBody, RecordKind, Recovery, RecoveryNote, RoiInput, SlideInput, Software,
+};
+use crlm_models::case::ModelIdentity;
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::dicom::DicomHeader;
 use crlm_models::inference::Model;
@@ -92,7 +96,7 @@ impl Processor {
         let (mut ledger, recovery) = Ledger::open(&cfg.ledger_dir(), key)?;
         if let Some(r) = &recovery {
             // The cut is itself recorded, so an auditor sees it in the chain.
-            ledger.append("recovery", json!({"torn_bytes_cut": r.cut_bytes}))?;
+            ledger.append(&RecordBody::Recovery(RecoveryNote { torn_bytes_cut: r.cut_bytes }))?;
         }
         let db = StateDb::open(&cfg.database_path())?;
         let secret_path = cfg.keys_dir().join("site.secret");
@@ -198,21 +202,22 @@ impl Processor {
                 let step = Instant::now();
                 let files = self.case_files(&case)?;
                 let files_ms = ms(step);
-                let (kind, body, model_timings) = self.decide(&case, &case_ref, &files)?;
+                let (body, model_timings) = self.decide(&case, &case_ref, &files)?;
                 if let Value::Object(m) = model_timings {
                     timings = Value::Object(m);
                 }
                 timings["files"] = json!(files_ms);
                 let step = Instant::now();
-                let record = self.ledger.append(kind, body)?;
+                let record = self.ledger.append(&body)?;
                 timings["ledger"] = json!(ms(step));
                 let hash = record.hash();
                 (record, hash, files, false)
             }
         };
-        let state = match (record.core.kind.as_str(), case.state.as_str()) {
+        let locked = record.case();
+        let state = match (record.core.kind, case.state.as_str()) {
             (_, case_state::INELIGIBLE) => case_state::INELIGIBLE,
-            ("prediction", _) => case_state::PREDICTED,
+            (RecordKind::Prediction, _) => case_state::PREDICTED,
             _ => case_state::REFUSED,
         };
         // The lock enters the state database together with the messages that report it.
@@ -229,8 +234,8 @@ impl Processor {
                 &mqtt::topic(m, "result"),
                 mqtt::result_payload(m, &record, &hash),
             )?;
-            if record.core.kind == "refusal" {
-                let why = record.core.body["refusal"].as_str().unwrap_or("refused");
+            if record.core.kind == RecordKind::Refusal {
+                let why = locked.as_ref().and_then(|c| c.refusal.as_deref()).unwrap_or("refused");
                 mqtt::outbox::enqueue_alert(&tx, m, "refusal", why, Some(&case.pseudonym))?;
             }
         }
@@ -240,14 +245,14 @@ impl Processor {
         let written = outputs::write_all(&self.cfg, &record, &hash, self.ledger.key_id(), site.as_ref())?;
         timings["outputs"] = json!(ms(step));
         self.db.conn.execute("UPDATE cases SET outputs_ms=?2 WHERE id=?1", params![case.id, now_ms()])?;
-        let out = &record.core.body["outputs"];
+        let out = locked.as_ref().and_then(|c| c.outputs.as_ref());
         Ok(Processed {
             case: case.pseudonym,
             state: state.to_string(),
             seq: record.core.seq,
             record_hash: hash,
-            risk_2y: out["risk_2y"].as_f64(),
-            risk_group: out["risk_group"].as_str().map(str::to_string),
+            risk_2y: out.map(|o| o.risk_2y),
+            risk_group: out.map(|o| o.risk_group.name().to_string()),
             outputs: written,
             seconds: t.elapsed().as_secs_f64(),
             timings_ms: timings,
@@ -261,16 +266,15 @@ impl Processor {
         case: &CaseRowFull,
         case_ref: &str,
         (files, shas): &(CaseFiles, HashMap<PathBuf, String>),
-    ) -> Result<(&'static str, Value, Value), ProcessError> {
+    ) -> Result<(RecordBody, Value), ProcessError> {
         let clinical = files.clinical.first();
         if case.state == case_state::INELIGIBLE {
             let reason = format!("not eligible for the study: {}", case.reasons.join("; "));
-            let mut body = self.body_head(case, case_ref, clinical);
-            body["status"] = json!("refused");
-            body["refusal"] = json!(self.scrub(&reason, files));
-            body["eligibility"] = json!({"checked": true, "eligible": false, "reasons": case.reasons});
-            body["inputs"] = json!({"clinical": clinical.map(|r| json!({"record_sha256": r.hash()}))});
-            return Ok(("refusal", body, Value::Null));
+            let mut c = self.case_record(case, case_ref, clinical, CaseStatus::Refused);
+            c.refusal = Some(self.scrub(&reason, files));
+            c.eligibility = Some(crlm_models::case::Eligibility::checked(true, case.reasons.clone()));
+            c.inputs = Some(Inputs { clinical: clinical.map(clinical_input), ..Inputs::default() });
+            return Ok((RecordBody::Refusal(c), Value::Null));
         }
         let t_all = Instant::now();
         let result = match prepare_files(files, &self.model.package.spec, &self.cfg)
@@ -279,104 +283,106 @@ impl Processor {
             Ok(r) => r,
             // A case whose inputs contradict each other is refused and locked as such.
             Err(PredictError::Case(why)) => {
-                let mut body = self.body_head(case, case_ref, clinical);
-                body["status"] = json!("refused");
-                body["refusal"] = json!(self.scrub(&why, files));
-                return Ok(("refusal", body, Value::Null));
+                let mut c = self.case_record(case, case_ref, clinical, CaseStatus::Refused);
+                c.refusal = Some(self.scrub(&why, files));
+                return Ok((RecordBody::Refusal(c), Value::Null));
             }
             Err(e) => return Err(e.into()),
         };
-        let (kind, body) = self.result_body(case, case_ref, files, shas, &result);
-        Ok((kind, body, result.json["timings_ms"].clone()))
+        let body = self.result_record(case, case_ref, files, shas, &result);
+        Ok((body, result.json.get("timings_ms").cloned().unwrap_or(Value::Null)))
     }
 
-    fn body_head(&self, case: &CaseRowFull, case_ref: &str, clinical: Option<&ClinicalRecord>) -> Value {
-        json!({
-            "case": case.pseudonym,
-            "case_ref": case_ref,
-            "surgery_date": clinical.and_then(|r| r.date("surgery_date")).map(|d| d.to_string()),
-            "model": crlm_predict::model_json(&self.model),
-            "software": {"name": "crlm-edge", "version": env!("CARGO_PKG_VERSION")},
-        })
+    /// The fields every case record starts with.
+    fn case_record(
+        &self,
+        case: &CaseRowFull,
+        case_ref: &str,
+        clinical: Option<&ClinicalRecord>,
+        status: CaseStatus,
+    ) -> CaseRecord {
+        CaseRecord {
+            case: case.pseudonym.clone(),
+            case_ref: case_ref.to_string(),
+            surgery_date: clinical.and_then(|r| r.date("surgery_date")).map(|d| d.to_string()),
+            model: ModelIdentity::of(&self.model),
+            software: Software::this(),
+            status,
+            refusal: None,
+            eligibility: None,
+            inputs: None,
+            inputs_sha256: None,
+            modalities: None,
+            warnings: None,
+            outputs: None,
+        }
     }
 
     fn uid(&self, uid: &str) -> String {
         if self.cfg.privacy.keep_uids { uid.to_string() } else { self.secret.keyed_ref("uid", uid) }
     }
 
-    fn result_body(
+    fn result_record(
         &self,
         case: &CaseRowFull,
         case_ref: &str,
         files: &CaseFiles,
         shas: &HashMap<PathBuf, String>,
         r: &CaseResult,
-    ) -> (&'static str, Value) {
+    ) -> RecordBody {
         let clinical = r.clinical_used.as_ref().or(files.clinical.first());
-        let mut body = self.body_head(case, case_ref, clinical);
-        let mut inputs = serde_json::Map::new();
-        if let Some(ct) = &r.ct_used {
-            inputs.insert(
-                "ct".into(),
-                json!({
-                    "series": self.uid(&ct.series),
-                    "choice": ct.choice,
-                    "rejected_series": ct.rejected_series,
-                    "images": ct.images.iter().map(|(sop, h)| json!({"sop": self.uid(sop), "hu_sha256": h})).collect::<Vec<_>>(),
-                    // The segmentation the crop was centred on (absent: the body box).
-                    "roi": ct.roi.as_ref().map(|(r, sop)| json!({
-                        "source": r.source, "sop": self.uid(sop), "labels": r.labels,
-                        "box_min": r.bbox.min, "box_max": r.bbox.max,
-                    })),
-                }),
-            );
-        }
-        if !r.slides_used.is_empty() {
-            inputs.insert(
-                "slides".into(),
-                Value::Array(
-                    r.slides_used
-                        .iter()
-                        .map(|s| {
-                            json!({
-                                "label": s.label, "sha256": shas.get(&s.path), "level": s.level,
-                                "tissue_tiles": s.tissue_tiles, "tiles_used": s.tiles_used,
-                            })
-                        })
-                        .collect(),
-                ),
-            );
-        }
-        if let Some(c) = clinical {
-            inputs.insert("clinical".into(), json!({"record_sha256": c.hash()}));
-        }
-        let inputs = Value::Object(inputs);
-        body["inputs_sha256"] = json!(crlm_models::sha256_hex(inputs.to_string().as_bytes()));
-        body["inputs"] = inputs;
-        body["modalities"] = self.scrub_value(&r.json["modalities"], files);
-        body["eligibility"] = r.json["eligibility"].clone();
-        let warnings: Vec<String> = r.json["warnings"]
-            .as_array()
-            .map(|ws| ws.iter().filter_map(|w| w.as_str()).map(|w| self.scrub(w, files)).collect())
-            .unwrap_or_default();
-        body["warnings"] = json!(warnings);
+        let status = if r.output.is_some() { CaseStatus::Predicted } else { CaseStatus::Refused };
+        let mut c = self.case_record(case, case_ref, clinical, status);
+        let inputs = Inputs {
+            ct: r.ct_used.as_ref().map(|ct| CtInput {
+                series: self.uid(&ct.series),
+                choice: ct.choice.clone(),
+                rejected_series: ct.rejected_series,
+                images: ct
+                    .images
+                    .iter()
+                    .map(|(sop, h)| ImageRef { sop: self.uid(sop), hu_sha256: h.clone() })
+                    .collect(),
+                // The segmentation the crop was centred on (null: the body box).
+                roi: ct
+                    .roi
+                    .as_ref()
+                    .map(|(roi, sop)| RoiInput::new(roi.source, self.uid(sop), roi.labels.clone(), roi.bbox)),
+            }),
+            slides: (!r.slides_used.is_empty()).then(|| {
+                r.slides_used
+                    .iter()
+                    .map(|s| SlideInput {
+                        label: s.label.clone(),
+                        sha256: shas.get(&s.path).cloned(),
+                        level: s.level,
+                        tissue_tiles: s.tissue_tiles,
+                        tiles_used: s.tiles_used,
+                    })
+                    .collect()
+            }),
+            clinical: clinical.map(clinical_input),
+        };
+        c.inputs_sha256 = Some(inputs.sha256());
+        c.inputs = Some(inputs);
+        c.modalities = r.modalities.as_ref().map(|m| m.map_reasons(|s| self.scrub(s, files)));
+        c.eligibility = Some(r.eligibility.clone());
+        c.warnings = Some(r.warnings.iter().map(|w| self.scrub(w, files)).collect());
         match &r.output {
             Some(o) => {
-                body["status"] = json!("predicted");
-                body["outputs"] = json!({
-                    "risk_2y": o.risk_2y,
-                    "risk_2y_uncalibrated": o.risk_2y_uncalibrated,
-                    "risk_group": o.risk_group,
-                    "threshold": o.threshold,
-                    "hazards": o.hazards,
-                    "hazard_intervals_months": (0..o.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect::<Vec<_>>(),
+                c.outputs = Some(Outputs {
+                    risk_2y: o.risk_2y,
+                    risk_2y_uncalibrated: o.risk_2y_uncalibrated,
+                    risk_group: o.risk_group,
+                    threshold: o.threshold,
+                    hazards: o.hazards.clone(),
+                    hazard_intervals_months: (0..o.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect(),
                 });
-                ("prediction", body)
+                RecordBody::Prediction(c)
             }
             None => {
-                body["status"] = json!("refused");
-                body["refusal"] = json!(self.scrub(r.json["refusal"].as_str().unwrap_or("refused"), files));
-                ("refusal", body)
+                c.refusal = Some(self.scrub(r.refusal.as_deref().unwrap_or("refused"), files));
+                RecordBody::Refusal(c)
             }
         }
     }
@@ -398,15 +404,6 @@ impl Processor {
             s = s.replace(&root, "the share");
         }
         s
-    }
-
-    fn scrub_value(&self, v: &Value, files: &CaseFiles) -> Value {
-        match v {
-            Value::String(s) => Value::String(self.scrub(s, files)),
-            Value::Array(a) => Value::Array(a.iter().map(|x| self.scrub_value(x, files)).collect()),
-            Value::Object(o) => Value::Object(o.iter().map(|(k, x)| (k.clone(), self.scrub_value(x, files))).collect()),
-            other => other.clone(),
-        }
     }
 
     /// The case's accepted files, re-read beneath the share exactly as ingest accepted them.
@@ -474,7 +471,7 @@ impl Processor {
 
     /// The study a result for the local PACS refers to, from the chosen series' headers.
     fn site_study(&self, record: &Record, files: &CaseFiles) -> Option<SiteStudy> {
-        let series_ref = record.core.body["inputs"]["ct"]["series"].as_str()?;
+        let series_ref = record.case()?.inputs?.ct?.series;
         let images: Vec<&DicomHeader> = files
             .ct_images
             .iter()
@@ -494,4 +491,9 @@ impl Processor {
                 .collect(),
         })
     }
+}
+
+/// The clinical record's reference in a ledger record: its hash only.
+fn clinical_input(r: &ClinicalRecord) -> ClinicalInput {
+    ClinicalInput { record_sha256: r.hash() }
 }

@@ -25,14 +25,14 @@ pub struct CtPreprocessSpec {
 }
 
 /// A box in volume voxel indices, inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct IndexBox {
     pub min: [usize; 3],
     pub max: [usize; 3],
 }
 
 /// Where the box came from (reported with every prediction).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RoiSource {
     /// A DICOM SEG in the export.

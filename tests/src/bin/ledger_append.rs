@@ -2,7 +2,7 @@
 //! then appends records forever, printing `<seq> <id>` once each append has returned, i.e. once
 //! the record is durable. The test kills it at random and checks every printed record survived.
 
-use crlm_ledger::{Ledger, device_key};
+use crlm_ledger::{CaseRecord, Ledger, RecordBody, RecoveryNote, device_key};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -13,12 +13,12 @@ fn main() -> anyhow::Result<()> {
     let key = device_key(&state.join("keys"))?;
     let (mut ledger, recovery) = Ledger::open(&state.join("ledger"), key)?;
     if let Some(r) = recovery {
-        ledger.append("recovery", serde_json::json!({"cut_bytes": r.cut_bytes}))?;
+        ledger.append(&RecordBody::Recovery(RecoveryNote { torn_bytes_cut: r.cut_bytes }))?;
     }
     let mut out = std::io::stdout().lock();
     for n in 0u64.. {
         let id = format!("{round}-{n}");
-        let rec = ledger.append("prediction", serde_json::json!({"id": id, "risk_2y": 0.5}))?;
+        let rec = ledger.append(&RecordBody::Prediction(CaseRecord::example(&id, 0.5)))?;
         writeln!(out, "{} {id}", rec.core.seq)?;
         out.flush()?;
     }

@@ -24,8 +24,8 @@ pub enum SynthAction {
         #[arg(long)]
         risk: Option<String>,
         /// Leave out modalities: any of ct, slide, clinical (comma-separated).
-        #[arg(long, value_enum, value_delimiter = ',')]
-        without: Vec<ModalityArg>,
+        #[arg(long, default_value = "", value_parser = ModalityList::parse)]
+        without: ModalityList,
     },
     /// The synthetic training cohort as model inputs (safetensors) for models/reference/train_demo.py.
     Cohort {
@@ -78,7 +78,7 @@ pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
                 }
             };
             let mut parts = crlm_models::cohort::CaseParts::default();
-            for w in without {
+            for w in without.0 {
                 match w {
                     ModalityArg::Ct => parts.ct = false,
                     ModalityArg::Slide => parts.slide = false,
@@ -137,4 +137,21 @@ pub enum ModalityArg {
     Ct,
     Slide,
     Clinical,
+}
+
+/// A comma-separated list of modalities (empty: none).
+#[derive(Clone, Debug)]
+pub struct ModalityList(pub Vec<ModalityArg>);
+
+impl ModalityList {
+    fn parse(s: &str) -> Result<ModalityList, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                ModalityArg::from_str(w, true).map_err(|_| format!("unknown modality `{w}` (ct, slide, clinical)"))
+            })
+            .collect::<Result<_, _>>()
+            .map(ModalityList)
+    }
 }
