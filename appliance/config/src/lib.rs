@@ -4,6 +4,14 @@
 //! once), then deserialised and validated (all bad values reported at once, each naming its key
 //! and the allowed values). The annotated default file is [`DEFAULT_TOML`]; a test keeps it equal
 //! to [`Config::default`].
+//!
+//! # In the data path
+//!
+//! - Owns: the configuration file, its defaults, environment overrides and validation; `ResultMode`.
+//! - Inputs: a TOML file and `CRLM_*` variables.
+//! - Outputs: a typed, validated `Config` whose sections every stage reads.
+//! - Place: beside the path: every stage is built from its section.
+//! - Depends on: crlm-models (limits, ONNX options).
 
 use crlm_models::limits::Limits;
 use serde::{Deserialize, Serialize};

@@ -3,6 +3,14 @@
 //! ledger signature with the box's registered public key, and acknowledges what it holds with the
 //! highest contiguous seq and its Ed25519 countersignature of the box's chain head.
 //! `crlm fleet export` gives the statisticians every centre's locked predictions.
+//!
+//! # In the data path
+//!
+//! - Owns: the study office's collector (store, verify, acknowledge, countersign), the operators' watch view and the export of all centres.
+//! - Inputs: MQTT messages from every box.
+//! - Outputs: the collector database, acks, `crlm fleet export` rows.
+//! - Place: after mqtt, at the study office; never on the device (feature `office` of the binary).
+//! - Depends on: crlm-mqtt, crlm-ledger, crlm-state, crlm-config.
 
 use crlm_ledger::{self as ledger, Head, Record, countersign};
 use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -11,8 +11,7 @@ use super::series::{self, SeriesChoice};
 use super::{IngestError, Ingestor, ScanReport, eligibility};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::dicom::DicomHeader;
-use crlm_state::{case_state, now_ms};
-use rusqlite::{OptionalExtension, params};
+use crlm_state::{CaseState, Closing, NewFile, OpenCaseRow as OpenCase, now_ms};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,7 +20,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CaseChange {
     pub case: String,
-    pub state: String,
+    pub state: CaseState,
     pub reasons: Vec<String>,
 }
 
@@ -55,19 +54,9 @@ pub(super) fn accept_file(
     let kind = rec.kind().as_str();
     let details = rec.details().to_string();
     // Identical content already accepted: a re-export, not a new case.
-    let original: Option<Option<i64>> = ing
-        .db
-        .conn
-        .query_row("SELECT case_id FROM files WHERE sha256=?1 AND status='accepted' LIMIT 1", params![sha], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    if let Some(case_id) = original {
-        ing.db.conn.execute(
-            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
-            params![rel_s, size as i64, mtime_ns, sha, kind, case_id, details, now],
-        )?;
+    let file = NewFile { path: &rel_s, size, mtime_ns, sha256: Some(sha), kind, details: Some(&details) };
+    if let Some(case_id) = ing.db.accepted_content(sha)? {
+        ing.db.record_duplicate(&file, case_id, now)?;
         report.duplicates += 1;
         tracing::info!(stage = "ingest", file = %super::short_hash(rel), "identical re-export ignored");
         return Ok(());
@@ -111,7 +100,7 @@ pub(super) fn accept_file(
             Recognised::Clinical { .. } => None,
         }
     };
-    let tx = ing.db.conn.transaction()?;
+    let tx = ing.db.begin()?;
     let mut case_id: Option<i64> = None;
     if let Some(key) = &key {
         let case_key = key.as_key();
@@ -119,22 +108,14 @@ pub(super) fn accept_file(
             CaseKey::Study { patient_id, .. } => ing.secret.patient_pseudonym(patient_id),
             CaseKey::Folder(_) => ing.secret.case_pseudonym(&case_key),
         };
-        tx.execute(
-            "INSERT OR IGNORE INTO cases(case_key, pseudonym, state, created_ms, updated_ms, last_file_ms)
-             VALUES (?1, ?2, 'waiting', ?3, ?3, ?3)",
-            params![case_key, pseudonym, now],
-        )?;
-        let (id, state, patient): (i64, String, Option<String>) =
-            tx.query_row("SELECT id, state, patient_id FROM cases WHERE case_key=?1", params![case_key], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
+        let (id, state, patient) = tx.ensure_case(&case_key, &pseudonym, now)?;
         case_id = Some(id);
-        if state != case_state::WAITING {
+        if state != CaseState::Waiting {
             let reason =
                 format!("a {kind} file arrived after the case was {state}; it was not used (export a new case folder)");
-            append_reason(&tx, id, &reason)?;
+            tx.append_case_reason(id, &reason)?;
         }
-        tx.execute("UPDATE cases SET last_file_ms=?2, updated_ms=?2 WHERE id=?1", params![id, now])?;
+        tx.touch_case(id, now)?;
         // The patient becomes known from the CT or the clinical file: the pseudonym follows it.
         let pid = match &rec {
             Recognised::Dicom { header, .. } => header.patient_id.clone(),
@@ -144,31 +125,18 @@ pub(super) fn accept_file(
         if patient.is_none()
             && let Some(pid) = pid
         {
-            tx.execute(
-                "UPDATE cases SET patient_id=?2, pseudonym=?3 WHERE id=?1",
-                params![id, pid, ing.secret.patient_pseudonym(&pid)],
-            )?;
+            tx.set_patient(id, &pid, &ing.secret.patient_pseudonym(&pid))?;
         }
     }
-    tx.execute(
-        "INSERT INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, seen_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'accepted', ?6, ?7, ?8)",
-        params![rel_s, size as i64, mtime_ns, sha, kind, case_id, details, now],
-    )?;
-    let file_id = tx.last_insert_rowid();
+    let file_id = tx.insert_accepted_file(&file, case_id, now)?;
     if let Recognised::Clinical { records, .. } = &rec {
         let case_ref = key.as_ref().map(|k| k.as_key());
         for (i, r) in records.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO clinical_records(file_id, row, patient_id, case_ref, record, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![file_id, i as i64 + 1, r.patient_id(), case_ref, serde_json::to_string(r).unwrap_or_default(), r.hash()],
-            )?;
+            let json = serde_json::to_string(r).unwrap_or_default();
+            tx.insert_clinical_record(file_id, i as i64 + 1, r.patient_id(), case_ref.as_deref(), &json, &r.hash())?;
             if key.is_none() {
                 // A root clinical file wakes the root studies of that patient.
-                tx.execute(
-                    "UPDATE cases SET last_file_ms=?2 WHERE patient_id=?1 AND case_key LIKE 'study:%' AND state='waiting'",
-                    params![r.patient_id(), now],
-                )?;
+                tx.wake_root_studies(r.patient_id(), now)?;
             }
         }
     }
@@ -178,46 +146,9 @@ pub(super) fn accept_file(
     Ok(())
 }
 
-fn append_reason(tx: &rusqlite::Transaction<'_>, case_id: i64, reason: &str) -> rusqlite::Result<()> {
-    let reasons: String = tx.query_row("SELECT reasons FROM cases WHERE id=?1", params![case_id], |r| r.get(0))?;
-    let mut v: Vec<String> = serde_json::from_str(&reasons).unwrap_or_default();
-    if !v.iter().any(|r| r == reason) {
-        v.push(reason.to_string());
-    }
-    tx.execute(
-        "UPDATE cases SET reasons=?2 WHERE id=?1",
-        params![case_id, serde_json::to_string(&v).unwrap_or_default()],
-    )?;
-    Ok(())
-}
-
-struct OpenCase {
-    id: i64,
-    key: String,
-    pseudonym: String,
-    patient_id: Option<String>,
-    created_ms: i64,
-    last_file_ms: i64,
-}
-
 /// Re-evaluate every waiting case; close those that are complete, partial, ineligible or in conflict.
 pub(super) fn evaluate(ing: &mut Ingestor, ready_folders: &HashSet<PathBuf>) -> Result<Vec<CaseChange>, IngestError> {
-    let open: Vec<OpenCase> = {
-        let mut st = ing.db.conn.prepare(
-            "SELECT id, case_key, pseudonym, patient_id, created_ms, last_file_ms FROM cases WHERE state='waiting' ORDER BY id",
-        )?;
-        st.query_map([], |r| {
-            Ok(OpenCase {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                pseudonym: r.get(2)?,
-                patient_id: r.get(3)?,
-                created_ms: r.get(4)?,
-                last_file_ms: r.get(5)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?
-    };
+    let open = ing.db.open_cases()?;
     let mut changes = Vec::new();
     for case in open {
         if let Some(change) = evaluate_case(ing, &case, ready_folders)? {
@@ -235,13 +166,7 @@ fn evaluate_case(
     let now = now_ms();
     let cfg = ing.cfg.clone();
     // Files of the case.
-    let files: Vec<(String, String, String)> = {
-        let mut st = ing
-            .db
-            .conn
-            .prepare("SELECT path, kind, COALESCE(details, '{}') FROM files WHERE case_id=?1 AND status='accepted' ORDER BY path")?;
-        st.query_map(params![case.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?
-    };
+    let files = ing.db.accepted_file_details(case.id)?;
     let mut ct_images: Vec<(String, DicomHeader)> = Vec::new();
     let mut dicom_patients = BTreeSet::new();
     let mut roi_files = 0usize;
@@ -279,21 +204,10 @@ fn evaluate_case(
             .and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y%m%d").ok());
     }
     // Clinical record(s) of the case.
-    let records: Vec<(String, String)> = {
-        let sql = if case.key.starts_with("folder:") {
-            "SELECT c.record, c.hash FROM clinical_records c JOIN files f ON f.id=c.file_id
-             WHERE f.case_id=?1 AND f.status='accepted' ORDER BY c.id"
-        } else {
-            "SELECT c.record, c.hash FROM clinical_records c JOIN files f ON f.id=c.file_id
-             WHERE c.case_ref IS NULL AND f.status='accepted' AND c.patient_id=?2 ORDER BY c.id"
-        };
-        let mut st = ing.db.conn.prepare(sql)?;
-        if case.key.starts_with("folder:") {
-            st.query_map(params![case.id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<Vec<_>, _>>()?
-        } else {
-            st.query_map(params![case.id, case.patient_id.clone().unwrap_or_default()], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?
-        }
+    let records = if case.key.starts_with("folder:") {
+        ing.db.clinical_records_of_case(case.id)?
+    } else {
+        ing.db.root_clinical_records(case.patient_id.as_deref().unwrap_or_default())?
     };
     let folder_name = case.key.strip_prefix("folder:").unwrap_or("");
     let parsed: Vec<(ClinicalRecord, String)> = records
@@ -361,13 +275,10 @@ fn evaluate_case(
     let clinical_hash = clinical.as_ref().map(|(_, h)| h.clone());
 
     let (state, mut reasons) = if !conflicts.is_empty() && settled {
-        (case_state::QUARANTINED, conflicts)
+        (CaseState::Quarantined, conflicts)
     } else if !settled || (!missing.is_empty() && !ready && !timed_out) {
         // Still waiting: keep the live view current.
-        ing.db.conn.execute(
-            "UPDATE cases SET modalities=?2, series_choice=?3, pseudonym=?4, patient_id=COALESCE(patient_id, ?5) WHERE id=?1",
-            params![case.id, modalities.to_string(), series_json, pseudonym, patient_id],
-        )?;
+        ing.db.update_waiting_case(case.id, &modalities, &series_json, &pseudonym, patient_id.as_deref())?;
         return Ok(None);
     } else {
         let mut reasons: Vec<String> = missing
@@ -389,23 +300,21 @@ fn evaluate_case(
         };
         if !ineligible.is_empty() {
             reasons.extend(ineligible);
-            (case_state::INELIGIBLE, reasons)
+            (CaseState::Ineligible, reasons)
         } else if missing.is_empty() {
-            (case_state::COMPLETE, reasons)
+            (CaseState::Complete, reasons)
         } else {
-            (case_state::PARTIAL, reasons)
+            (CaseState::Partial, reasons)
         }
     };
     // Keep reasons recorded earlier (late files), then write the closing state atomically.
-    let earlier: String =
-        ing.db.conn.query_row("SELECT reasons FROM cases WHERE id=?1", params![case.id], |r| r.get(0))?;
-    let mut all: Vec<String> = serde_json::from_str(&earlier).unwrap_or_default();
+    let mut all = ing.db.case_reasons(case.id)?;
     all.append(&mut reasons);
     // A case-level quarantine record first (deterministic name: a rerun rewrites it), then the
     // closing state and its quarantine row in one transaction.
-    let quarantine_row = if state == case_state::INELIGIBLE || state == case_state::QUARANTINED {
+    let quarantine_row = if state == CaseState::Ineligible || state == CaseState::Quarantined {
         let id = format!("case-{}-{state}", case.id);
-        let (check, action) = if state == case_state::INELIGIBLE {
+        let (check, action) = if state == CaseState::Ineligible {
             (
                 "case.eligibility",
                 "No prediction will be made. If the clinical data are wrong, correct the clinical file and export the case again as a new folder.",
@@ -437,59 +346,23 @@ fn evaluate_case(
     } else {
         None
     };
-    let tx = ing.db.conn.transaction()?;
+    let tx = ing.db.begin()?;
     if let Some((check, action, record_file)) = &quarantine_row {
-        tx.execute(
-            "INSERT INTO quarantine(case_id, check_name, reason, action, record_file, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![case.id, check, all.join("; "), action, record_file.display().to_string(), now],
-        )?;
+        tx.insert_case_quarantine(case.id, check, &all.join("; "), action, &record_file.display().to_string(), now)?;
     }
-    close(
-        &tx,
-        case.id,
+    let closing = Closing {
         state,
-        &modalities,
-        &all,
-        &series_json,
-        clinical_hash.as_deref(),
-        &pseudonym,
-        patient_id.as_deref(),
-        now,
-    )?;
+        modalities: &modalities,
+        reasons: &all,
+        series_choice: &series_json,
+        clinical_hash: clinical_hash.as_deref(),
+        pseudonym: &pseudonym,
+        patient_id: patient_id.as_deref(),
+    };
+    tx.close_case(case.id, &closing, now)?;
     tx.commit()?;
-    tracing::info!(stage = "case", case = %pseudonym, state, "case closed");
-    Ok(Some(CaseChange { case: pseudonym, state: state.to_string(), reasons: all }))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn close(
-    tx: &rusqlite::Transaction<'_>,
-    id: i64,
-    state: &str,
-    modalities: &serde_json::Value,
-    reasons: &[String],
-    series_json: &str,
-    clinical_hash: Option<&str>,
-    pseudonym: &str,
-    patient_id: Option<&str>,
-    now: i64,
-) -> rusqlite::Result<()> {
-    tx.execute(
-        "UPDATE cases SET state=?2, modalities=?3, reasons=?4, series_choice=?5, clinical_hash=?6, pseudonym=?7,
-                          patient_id=COALESCE(patient_id, ?8), updated_ms=?9 WHERE id=?1 AND state='waiting'",
-        params![
-            id,
-            state,
-            modalities.to_string(),
-            serde_json::to_string(reasons).unwrap_or_default(),
-            series_json,
-            clinical_hash,
-            pseudonym,
-            patient_id,
-            now
-        ],
-    )?;
-    Ok(())
+    tracing::info!(stage = "case", case = %pseudonym, state = %state, "case closed");
+    Ok(Some(CaseChange { case: pseudonym, state, reasons: all }))
 }
 
 /// The stored JSON form of a clinical record (as serialised by `ClinicalRecord`).

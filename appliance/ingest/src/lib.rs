@@ -5,6 +5,14 @@
 //! quarantine it ([`quarantine`]), then re-evaluate open cases ([`cases`]): series selection
 //! ([`series`]), completeness, eligibility ([`eligibility`]). Every state change is one SQLite
 //! transaction, so a kill -9 anywhere leaves a state the next pass resumes from.
+//!
+//! # In the data path
+//!
+//! - Owns: the watched share, recognition by content, case assembly, the CT series choice, eligibility, quarantine, pseudonyms.
+//! - Inputs: files on the share (local, NFS, SMB).
+//! - Outputs: accepted files and closed cases in the state database; quarantine records.
+//! - Place: share -> **ingest** -> state -> worker.
+//! - Depends on: crlm-config, crlm-state, crlm-models, crlm-core.
 
 pub mod cases;
 pub mod eligibility;
@@ -42,12 +50,6 @@ pub enum IngestError {
     StateDir { path: String, source: std::io::Error },
     #[error("quarantine folder {path} cannot be written: {source}")]
     Quarantine { path: String, source: std::io::Error },
-}
-
-impl From<rusqlite::Error> for IngestError {
-    fn from(e: rusqlite::Error) -> Self {
-        IngestError::State(StateError::Sqlite(e))
-    }
 }
 
 /// What one scan did.
@@ -284,18 +286,16 @@ impl Ingestor {
             .quarantine
             .record(&self.share_root, rec)
             .map_err(|e| IngestError::Quarantine { path: self.quarantine.dir.display().to_string(), source: e })?;
-        let tx = self.db.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, problem, seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'quarantined', ?6, ?7)",
-            rusqlite::params![rel_s, size as i64, mtime_ns, sha, p.kind.as_str(), p.reason, now_ms()],
-        )?;
-        let file_id = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO quarantine(file_id, path, check_name, reason, action, record_file, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            rusqlite::params![file_id, rel_s, p.check, p.reason, p.action, record_file.display().to_string(), now_ms()],
-        )?;
+        let tx = self.db.begin()?;
+        let file = crlm_state::NewFile {
+            path: &rel_s,
+            size,
+            mtime_ns,
+            sha256: sha.as_deref(),
+            kind: p.kind.as_str(),
+            details: None,
+        };
+        tx.insert_quarantined_file(&file, p.check, &p.reason, p.action, &record_file.display().to_string(), now_ms())?;
         tx.commit()?;
         self.tracker.forget(rel);
         report.quarantined += 1;

@@ -5,10 +5,10 @@
 
 use crlm_config::SeriesConfig;
 use crlm_models::dicom::DicomHeader;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesSummary {
     /// SeriesInstanceUID, or a stand-in key when the export left it empty.
     pub series: String,
@@ -17,14 +17,16 @@ pub struct SeriesSummary {
     pub slice_thickness_mm: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
     #[serde(flatten)]
     pub series: SeriesSummary,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The choice among a case's CT series, as stored with the case when it closes (`crlm cases`
+/// shows it) and used by the prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SeriesChoice {
     pub chosen: Option<SeriesSummary>,
     pub reason: String,
@@ -191,7 +193,7 @@ fn reject_reason(hs: &[&DicomHeader], cfg: &SeriesConfig) -> Option<String> {
 
 /// Image planes in a series: every frame of a multi-frame (Enhanced CT) image counts, and a
 /// SOP instance exported twice counts once.
-fn plane_count(hs: &[&DicomHeader]) -> usize {
+pub fn plane_count(hs: &[&DicomHeader]) -> usize {
     let frames = |h: &DicomHeader| h.number_of_frames.unwrap_or(1).max(1) as usize;
     let mut seen = std::collections::HashSet::new();
     hs.iter().filter(|h| h.sop_instance_uid.as_deref().is_none_or(|uid| seen.insert(uid))).map(|h| frames(h)).sum()

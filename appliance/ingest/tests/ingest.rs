@@ -5,7 +5,7 @@ use crlm_config::Config;
 use crlm_ingest::Ingestor;
 use crlm_models::dicom::{CtSeriesSpec, write_ct_series};
 use crlm_models::synth::{SampleCase, clinical_json, write_sample_case};
-use crlm_state::{CaseRow, case_state};
+use crlm_state::{CaseRow, CaseState};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -43,16 +43,11 @@ fn scan_until(ing: &mut Ingestor, secs: f64, done: impl Fn(&[CaseRow]) -> bool) 
 }
 
 fn all_closed(rows: &[CaseRow]) -> bool {
-    !rows.is_empty() && rows.iter().all(|r| r.state != case_state::WAITING)
+    !rows.is_empty() && rows.iter().all(|r| r.state != CaseState::Waiting)
 }
 
 fn quarantined(ing: &Ingestor) -> Vec<(String, String, String)> {
-    let mut st = ing
-        .database()
-        .conn
-        .prepare("SELECT COALESCE(path, ''), check_name, reason FROM quarantine ORDER BY path")
-        .unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect()
+    ing.database().quarantine_rows().unwrap()
 }
 
 #[test]
@@ -64,7 +59,7 @@ fn complete_case_records_the_series_choice_and_every_rejection() {
     let rows = scan_until(&mut ing, 20.0, all_closed);
     assert_eq!(rows.len(), 1);
     let r = &rows[0];
-    assert_eq!(r.state, case_state::COMPLETE, "{r:#?}");
+    assert_eq!(r.state, CaseState::Complete, "{r:#?}");
     assert!(r.pseudonym.starts_with("P-") && !r.pseudonym.contains("PAT-001"));
     let choice = r.series_choice.as_ref().unwrap();
     assert_eq!(choice["chosen"]["description"], "ABDOMEN PORTAL VENOUS 2.0");
@@ -86,7 +81,7 @@ fn missing_slide_proceeds_as_partial_after_the_timeout_and_says_so() {
     let start = Instant::now();
     let rows = scan_until(&mut ing, 20.0, all_closed);
     assert!(start.elapsed().as_secs_f64() >= 1.0, "closed before the partial timeout");
-    assert_eq!(rows[0].state, case_state::PARTIAL);
+    assert_eq!(rows[0].state, CaseState::Partial);
     assert_eq!(rows[0].reasons, vec!["slide missing and the waiting time ran out".to_string()]);
     assert_eq!(rows[0].modalities["slide"]["status"], "missing");
 }
@@ -100,7 +95,7 @@ fn ready_marker_closes_a_case_at_once_even_with_a_long_quiet_window() {
     std::fs::write(dir.join("READY"), b"").unwrap();
     let mut ing = Ingestor::open(&e.cfg).unwrap();
     let rows = scan_until(&mut ing, 5.0, all_closed);
-    assert_eq!(rows[0].state, case_state::COMPLETE);
+    assert_eq!(rows[0].state, CaseState::Complete);
 }
 
 #[test]
@@ -110,7 +105,7 @@ fn ineligible_case_is_not_complete_and_gets_a_case_level_quarantine_record() {
     write_sample_case(&e.share.join("case-c"), &case).unwrap();
     let mut ing = Ingestor::open(&e.cfg).unwrap();
     let rows = scan_until(&mut ing, 20.0, all_closed);
-    assert_eq!(rows[0].state, case_state::INELIGIBLE);
+    assert_eq!(rows[0].state, CaseState::Ineligible);
     assert!(rows[0].reasons.iter().any(|r| r.contains("age 80")));
     assert!(rows[0].reasons.iter().any(|r| r.contains("R1 resection")));
     let q = quarantined(&ing);
@@ -152,7 +147,7 @@ fn bad_inputs_are_quarantined_with_specific_reasons_and_good_cases_still_complet
     let q = loop {
         ing.scan_once().unwrap();
         let q = quarantined(&ing);
-        let good_closed = ing.database().cases().unwrap().iter().any(|r| r.state == case_state::COMPLETE);
+        let good_closed = ing.database().cases().unwrap().iter().any(|r| r.state == CaseState::Complete);
         if q.iter().filter(|x| x.0.starts_with("bad/")).count() == 7 && good_closed {
             break q;
         }
@@ -196,8 +191,7 @@ fn identical_re_export_makes_no_new_case() {
     }
     let rows = ing.database().cases().unwrap();
     assert_eq!(rows.len(), 1, "{rows:#?}");
-    let dups: i64 =
-        ing.database().conn.query_row("SELECT COUNT(*) FROM files WHERE status='duplicate'", [], |r| r.get(0)).unwrap();
+    let dups: i64 = ing.database().count_files("duplicate").unwrap();
     assert_eq!(dups, 12 + 2);
 }
 
@@ -221,7 +215,7 @@ fn loose_dicom_at_the_root_is_grouped_by_patient_and_study_and_joined_to_the_roo
     let mut ing = Ingestor::open(&e.cfg).unwrap();
     let rows = scan_until(&mut ing, 20.0, |r| r.len() == 2 && all_closed(r));
     for r in &rows {
-        assert_eq!(r.state, case_state::COMPLETE, "{r:#?}");
+        assert_eq!(r.state, CaseState::Complete, "{r:#?}");
         assert_eq!(r.files, 10);
         assert_eq!(r.modalities["clinical"]["status"], "found");
     }
@@ -236,7 +230,7 @@ fn clinical_file_naming_another_patient_quarantines_the_case() {
     std::fs::write(dir.join("clinical.json"), clinical_json(&SampleCase::new("PAT-999"))).unwrap();
     let mut ing = Ingestor::open(&e.cfg).unwrap();
     let rows = scan_until(&mut ing, 20.0, all_closed);
-    assert_eq!(rows[0].state, case_state::QUARANTINED);
+    assert_eq!(rows[0].state, CaseState::Quarantined);
     assert!(rows[0].reasons[0].contains("different patient"));
 }
 
@@ -253,9 +247,7 @@ fn a_slowly_growing_file_is_not_taken_early() {
     std::fs::create_dir_all(&dest_dir).unwrap();
     let dest = dest_dir.join("IM0001.dcm");
     let mut ing = Ingestor::open(&e.cfg).unwrap();
-    let accepted = |ing: &Ingestor| -> i64 {
-        ing.database().conn.query_row("SELECT COUNT(*) FROM files WHERE status='accepted'", [], |r| r.get(0)).unwrap()
-    };
+    let accepted = |ing: &Ingestor| -> i64 { ing.database().count_files("accepted").unwrap() };
     // Write in 8 pieces, 0.4 s apart (each gap shorter than the quiet window), scanning often.
     use std::io::Write;
     let mut f = std::fs::File::create(&dest).unwrap();
@@ -292,9 +284,7 @@ fn a_preallocated_file_is_not_taken_until_its_content_is_written() {
     // Full length first, as Windows CopyFile does; then the header arrives but not the pixels.
     std::fs::write(&dest, vec![0u8; bytes.len()]).unwrap();
     let mut ing = Ingestor::open(&e.cfg).unwrap();
-    let accepted = |ing: &Ingestor| -> i64 {
-        ing.database().conn.query_row("SELECT COUNT(*) FROM files WHERE status='accepted'", [], |r| r.get(0)).unwrap()
-    };
+    let accepted = |ing: &Ingestor| -> i64 { ing.database().count_files("accepted").unwrap() };
     for _ in 0..8 {
         ing.scan_once().unwrap();
         std::thread::sleep(Duration::from_millis(100));
@@ -324,7 +314,7 @@ fn a_restarted_ingestor_resumes_without_losing_or_repeating_a_case() {
     let mut ing = Ingestor::open(&e.cfg).unwrap();
     let rows = scan_until(&mut ing, 20.0, all_closed);
     assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].state, case_state::COMPLETE);
+    assert_eq!(rows[0].state, CaseState::Complete);
     assert_eq!(rows[0].files, 12 + 2);
 }
 

@@ -10,6 +10,14 @@
 //! (atomic replace) names the newest record; a file shorter than its head has lost records.
 //! A torn last line (power cut mid-write) is cut off by [`Ledger::open`], which reports it so the
 //! caller can alert; earlier records are never touched.
+//!
+//! # In the data path
+//!
+//! - Owns: the signed, hash-chained prediction ledger, its typed records (`RecordBody`, `CaseRecord`), verification, collector countersignatures and the statisticians' export.
+//! - Inputs: `RecordBody` values from the worker.
+//! - Outputs: `Record`s on disk (format 1), verification reports, export rows.
+//! - Place: predict -> **ledger** (the lock) -> outputs, MQTT, export.
+//! - Depends on: crlm-models (signing, case vocabulary), crlm-core.
 
 pub mod countersign;
 pub mod export;

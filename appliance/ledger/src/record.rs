@@ -297,7 +297,7 @@ mod tests {
             "eligibility": {"checked": true, "eligible": true, "reasons": []},
             "warnings": [],
             "outputs": {"risk_2y": 0.25, "risk_2y_uncalibrated": 0.3, "risk_group": "low", "threshold": 0.5,
-                        "hazards": [0.1, 0.2], "hazard_intervals_months": [[0, 6], [6, 12]]},
+                        "hazards": [0.25, 0.5], "hazard_intervals_months": [[0, 6], [6, 12]]},
         });
         let body = RecordBody::from_value(RecordKind::Prediction, &stored).unwrap();
         let c = body.case().unwrap();

@@ -104,7 +104,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(m.heartbeat_seconds));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let report = |connected: bool, db: &crlm_state::StateDb| {
-        let messages = outbox::depth(&db.conn).map(|d| d.0).unwrap_or(0);
+        let messages = outbox::depth(db).map(|d| d.0).unwrap_or(0);
         (ctx.on_link)(LinkView {
             broker: if connected { "connected" } else { "disconnected" }.into(),
             outbox_messages: messages,
@@ -155,7 +155,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                     sent_through = 0;
                     last_progress = Instant::now();
                 }
-                let rows = outbox::pending(&db.conn, sent_through, 100).unwrap_or_default();
+                let rows = outbox::pending(&db, sent_through, 100).unwrap_or_default();
                 for q in rows {
                     if client.publish(q.topic.clone(), true, false, q.payload.clone().into()).await.is_err() {
                         break;
@@ -164,11 +164,11 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 }
             }
             _ = heartbeat.tick() => {
-                let (messages, bytes) = outbox::depth(&db.conn).unwrap_or((0, 0));
+                let (messages, bytes) = outbox::depth(&db).unwrap_or((0, 0));
                 let full = bytes > m.outbox_max_bytes;
                 if full && !full_alerted {
                     let why = format!("the outbox holds {bytes} bytes, above mqtt.outbox_max_bytes; nothing is dropped");
-                    let _ = outbox::enqueue_alert(&db.conn, &m, "outbox_full", &why, None);
+                    let _ = outbox::enqueue_alert(&db, &m, "outbox_full", &why, None);
                 }
                 full_alerted = full;
                 if connected {
@@ -228,7 +228,7 @@ fn handle_ack(
         return;
     };
     let (Some(stream), Some(through)) = (v["stream"].as_str(), v["through_seq"].as_i64()) else { return };
-    match outbox::acknowledge(&db.conn, stream, through) {
+    match outbox::acknowledge(db, stream, through) {
         Ok(n) if n > 0 => tracing::info!(stage = "mqtt", stream, through, removed = n, "collector acknowledged"),
         Ok(_) => {}
         Err(e) => tracing::error!(stage = "mqtt", error = %e, "cannot apply the collector's ack"),

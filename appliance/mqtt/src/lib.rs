@@ -6,6 +6,14 @@
 //! deleted only when the central collector acknowledges them. A broker's PUBACK proves nothing
 //! durable (rumqttc clears its in-memory queue on a clean reconnect; mosquitto persists only
 //! periodically), so the collector's application-level ack is the only receipt.
+//!
+//! # In the data path
+//!
+//! - Owns: topics, payloads, the durable outbox, the MQTT session (3.1.1 and 5, TLS), the embedded broker.
+//! - Inputs: locked records and alerts (outbox rows, written in the lock's transaction).
+//! - Outputs: MQTT messages to the collector; acks and countersignatures back into the ledger folder.
+//! - Place: ledger -> **mqtt** -> the study office's collector.
+//! - Depends on: crlm-ledger, crlm-state, crlm-config.
 
 pub mod broker;
 pub mod client;

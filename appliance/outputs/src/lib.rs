@@ -3,6 +3,14 @@
 //! Comprehensive SR for the local PACS. Each is a function of the locked ledger record (plus the
 //! CT study's identity for the on-site SR), written atomically, so a rerun after a crash writes
 //! the same bytes. Each names the model's hash, and says DEMO where it applies.
+//!
+//! # In the data path
+//!
+//! - Owns: result.json, FHIR RiskAssessment and DICOM SR per locked case.
+//! - Inputs: a locked `Record` and its `CaseRecord`.
+//! - Outputs: files in the outbox folder.
+//! - Place: ledger -> **outputs**.
+//! - Depends on: crlm-ledger, crlm-predict (the demo notice), crlm-config.
 
 pub mod dicom_sr;
 pub mod fhir;

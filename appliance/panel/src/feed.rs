@@ -4,7 +4,6 @@
 use super::state::{IngestView, ItemView, PanelState, ProblemView};
 use crlm_config::Config;
 use crlm_state::{StateDb, now_ms};
-use rusqlite::OptionalExtension;
 
 /// Build the panel state now.
 pub fn build(db: &StateDb, cfg: &Config) -> PanelState {
@@ -16,69 +15,45 @@ pub fn build(db: &StateDb, cfg: &Config) -> PanelState {
         disk_free_bytes: crlm_drivers::health::disk_free_bytes(&cfg.state.path),
         ..PanelState::default()
     };
-    st.last_case = db
-        .conn
-        .query_row("SELECT pseudonym, state FROM cases ORDER BY updated_ms DESC, id DESC LIMIT 1", [], |r| {
-            Ok(format!("{} {}", r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })
-        .optional()
-        .ok()
-        .flatten();
-    st.ingest = db
-        .conn
-        .query_row(
-            "SELECT pseudonym, modalities, created_ms FROM cases WHERE state='waiting' ORDER BY updated_ms DESC LIMIT 1",
-            [],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)),
-        )
-        .optional()
-        .ok()
-        .flatten()
-        .map(|(case, modalities, created)| {
-            let m: serde_json::Value = serde_json::from_str(&modalities).unwrap_or_default();
-            let found = |k: &str| m[k]["status"] == "found";
-            IngestView {
-                case,
-                ct: ItemView {
-                    found: found("ct"),
-                    detail: if found("ct") {
-                        format!(
-                            "{}, {} slices",
-                            m["ct"]["series_description"].as_str().unwrap_or("CT series"),
-                            m["ct"]["slices"].as_u64().unwrap_or(0)
-                        )
-                    } else {
-                        String::new()
-                    },
+    st.last_case = db.latest_case().ok().flatten().map(|(case, state)| format!("{case} {state}"));
+    st.ingest = db.latest_waiting_case().ok().flatten().map(|(case, modalities, created)| {
+        let m: serde_json::Value = serde_json::from_str(&modalities).unwrap_or_default();
+        let found = |k: &str| m[k]["status"] == "found";
+        IngestView {
+            case,
+            ct: ItemView {
+                found: found("ct"),
+                detail: if found("ct") {
+                    format!(
+                        "{}, {} slices",
+                        m["ct"]["series_description"].as_str().unwrap_or("CT series"),
+                        m["ct"]["slices"].as_u64().unwrap_or(0)
+                    )
+                } else {
+                    String::new()
                 },
-                slide: ItemView {
-                    found: found("slide"),
-                    detail: if found("slide") {
-                        format!("{} slide(s)", m["slide"]["count"].as_u64().unwrap_or(0))
-                    } else {
-                        String::new()
-                    },
+            },
+            slide: ItemView {
+                found: found("slide"),
+                detail: if found("slide") {
+                    format!("{} slide(s)", m["slide"]["count"].as_u64().unwrap_or(0))
+                } else {
+                    String::new()
                 },
-                clinical: ItemView {
-                    found: found("clinical"),
-                    detail: if found("clinical") { "clinical file".into() } else { String::new() },
-                },
-                waiting_seconds: u64::try_from((now - created) / 1000).unwrap_or(0),
-            }
-        });
+            },
+            clinical: ItemView {
+                found: found("clinical"),
+                detail: if found("clinical") { "clinical file".into() } else { String::new() },
+            },
+            waiting_seconds: u64::try_from((now - created) / 1000).unwrap_or(0),
+        }
+    });
     let since = now - (cfg.display.problem_seconds * 1000.0) as i64;
     st.problem = db
-        .conn
-        .query_row(
-            "SELECT q.check_name, q.reason, q.action, c.pseudonym FROM quarantine q LEFT JOIN cases c ON c.id = q.case_id
-             WHERE q.created_ms >= ?1 ORDER BY q.id DESC LIMIT 1",
-            [since],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)),
-        )
-        .optional()
+        .latest_quarantine(since)
         .ok()
         .flatten()
-        .map(|(check, reason, action, case)| problem_view(&check, &reason, &action, case.as_deref()));
+        .map(|q| problem_view(&q.check, &q.reason, &q.action, q.case.as_deref()));
     st
 }
 

@@ -2,6 +2,14 @@
 //! eligibility, preprocessing and the model, without the service. Each modality ends `used`,
 //! `missing` or `refused` with a reason; the package decides whether the subset present may be
 //! predicted from.
+//!
+//! # In the data path
+//!
+//! - Owns: turning one case's files into the model's inputs and running the model: `gather`, `prepare_files` (the one preparation the service and `crlm predict` share), `predict_prepared`, the model loader.
+//! - Inputs: a case folder, or the files and series choice the service hands over.
+//! - Outputs: `PreparedCase`, `CaseResult` (typed eligibility, modalities, output; and the `crlm predict --json` document).
+//! - Place: state -> **predict** (the worker calls it) -> ledger.
+//! - Depends on: crlm-ingest (recognition, series, eligibility rules), crlm-config, crlm-models.
 
 use crlm_config::Config;
 use crlm_models::backend::{BackendKind, OnnxOptions};

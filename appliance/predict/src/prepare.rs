@@ -5,7 +5,7 @@ use crate::*;
 use crlm_config::Config;
 use crlm_ingest::eligibility;
 use crlm_ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
-use crlm_ingest::series::{choose_series, series_key};
+use crlm_ingest::series::{SeriesChoice, SeriesSummary, choose_series, plane_count, series_key};
 use crlm_ingest::share::{self, ShareEntry};
 use crlm_models::case::Eligibility;
 use crlm_models::clinical::ClinicalRecord;
@@ -27,6 +27,13 @@ use std::time::Instant;
 /// `crlm predict`, neutral names in the service (file names can carry identifiers).
 #[derive(Debug, Default)]
 pub struct CaseFiles {
+    /// The folder the files' relative paths start from (the share in the service, the case
+    /// folder for `crlm predict`): series without a UID are keyed by their folder below it, as
+    /// ingest keys them.
+    pub root: PathBuf,
+    /// The CT series ingest chose when the case closed (what `crlm cases` shows). When set, it is
+    /// the series used, whatever changed since: the choice is made once.
+    pub chosen_series: Option<SeriesChoice>,
     pub ct_images: Vec<(PathBuf, DicomHeader)>,
     /// DICOM SEG and RTSTRUCT files: where the CT crop is centred when one fits the series.
     pub roi_files: Vec<(PathBuf, DicomHeader)>,
@@ -75,7 +82,7 @@ pub(crate) fn rel(root: &Path, p: &Path) -> String {
 /// Recognise every file under `dir` by content, walked and opened exactly as the service walks
 /// its share (beneath the folder, markers and temporary names skipped, links refused).
 pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
-    let mut out = CaseFiles::default();
+    let mut out = CaseFiles { root: dir.to_path_buf(), ..CaseFiles::default() };
     let root = share::open_share(dir)?;
     let mut entries = share::walk(&root, &HashSet::new())?.entries;
     entries.sort_by(|a, b| entry_rel(a).cmp(entry_rel(b)));
@@ -183,14 +190,20 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
     let keyed: Vec<(String, DicomHeader)> = files
         .ct_images
         .iter()
-        .map(|(p, h)| (series_key(h, &p.parent().map(|d| d.display().to_string()).unwrap_or_default()), h.clone()))
+        .map(|(p, h)| {
+            let rel = p.strip_prefix(&files.root).unwrap_or(p);
+            (series_key(h, &rel.parent().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default()), h.clone())
+        })
         .collect();
     let mut ct_date = None;
     let mut dicom_patient: Option<String> = None;
     let ct: ModalityInput<_> = if keyed.is_empty() {
         ModalityInput::Missing
     } else {
-        let choice = choose_series(&keyed, &cfg.series);
+        let choice = match &files.chosen_series {
+            Some(closed) => closed_choice(closed, &keyed),
+            None => choose_series(&keyed, &cfg.series),
+        };
         match &choice.chosen {
             None => ModalityInput::Refused(format!("no usable CT series: {}", choice.reason)),
             Some(chosen) => {
@@ -351,4 +364,28 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         warnings,
         timings_ms: vec![("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)],
     })
+}
+
+/// The choice made when the case closed, against the images there are now: the same series, or
+/// none (with the reason) when its images are gone. Never a different series.
+fn closed_choice(closed: &SeriesChoice, keyed: &[(String, DicomHeader)]) -> SeriesChoice {
+    let Some(chosen) = &closed.chosen else { return closed.clone() };
+    let images: Vec<&DicomHeader> = keyed.iter().filter(|(k, _)| *k == chosen.series).map(|(_, h)| h).collect();
+    if images.is_empty() {
+        return SeriesChoice {
+            chosen: None,
+            reason: "the CT series chosen when the case closed is gone (its files changed or were removed)".into(),
+            rejected: closed.rejected.clone(),
+        };
+    }
+    let planes = plane_count(&images);
+    let mut choice = closed.clone();
+    if planes != chosen.slices {
+        choice.reason = format!(
+            "{} (chosen when the case closed with {} slices; {planes} are unchanged)",
+            closed.reason, chosen.slices
+        );
+    }
+    choice.chosen = Some(SeriesSummary { slices: planes, ..chosen.clone() });
+    choice
 }

@@ -2,6 +2,14 @@
 //! clean shutdown. Ingest work runs on a blocking thread; the async loop keeps the watchdog and
 //! status current and wakes early on inotify events. Shutdown waits for the scan in flight:
 //! each of its steps is a committed transaction, so nothing in flight is lost.
+//!
+//! # In the data path
+//!
+//! - Owns: the running service: start-up, the scan loop, the prediction worker (`processing`), supervisor notifications, shutdown.
+//! - Inputs: the configuration; the share; the model package.
+//! - Outputs: locks in the ledger, outputs, outbox rows, panel frames.
+//! - Place: the whole path: it builds and joins ingest, predict, ledger, outputs, mqtt and panel.
+//! - Depends on: every stage crate; nothing depends on it but the binary.
 
 use crlm_config::Config;
 use crlm_ingest::{IngestError, Ingestor, ScanReport};
@@ -233,7 +241,7 @@ pub async fn run(
                         report.quarantined
                     );
                     if let Ok(db) = crlm_state::StateDb::open(&cfg.database_path())
-                        && let Err(e) = crlm_mqtt::outbox::enqueue_alert(&db.conn, &cfg.mqtt, "quarantine", &why, None)
+                        && let Err(e) = crlm_mqtt::outbox::enqueue_alert(&db, &cfg.mqtt, "quarantine", &why, None)
                     {
                         tracing::error!(stage = "mqtt", error = %e, "cannot queue the quarantine alert");
                     }

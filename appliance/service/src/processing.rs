@@ -14,6 +14,7 @@ use crlm_config::Config;
 use crlm_ingest::cases::ClinicalRecordOwned;
 use crlm_ingest::pseudonym::SiteSecret;
 use crlm_ingest::recognise::{DicomRole, Outcome, Recognised, recognise};
+use crlm_ingest::series::SeriesChoice;
 use crlm_ingest::share;
 use crlm_ledger::{
     self as ledger, CaseRecord, CaseStatus, ClinicalInput, CtInput, ImageRef, Inputs, Ledger, LedgerError, Outputs,
@@ -26,8 +27,7 @@ use crlm_models::inference::Model;
 use crlm_mqtt as mqtt;
 use crlm_outputs::{self as outputs, OutputError, SiteStudy};
 use crlm_predict::{CaseFiles, CaseResult, PredictError, predict_prepared, prepare_files};
-use crlm_state::{StateDb, StateError, case_state, now_ms};
-use rusqlite::{OptionalExtension, params};
+use crlm_state::{CaseState, StateDb, StateError, now_ms};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -41,8 +41,6 @@ pub enum ProcessError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("state database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Predict(#[from] PredictError),
     #[error(transparent)]
@@ -56,7 +54,7 @@ pub enum ProcessError {
 pub struct Processed {
     pub case: String,
     /// `predicted`, `refused` or `ineligible`.
-    pub state: String,
+    pub state: CaseState,
     pub seq: u64,
     pub record_hash: String,
     pub risk_2y: Option<f64>,
@@ -74,10 +72,12 @@ struct CaseRowFull {
     id: i64,
     key: String,
     pseudonym: String,
-    state: String,
+    state: CaseState,
     reasons: Vec<String>,
     clinical_hash: Option<String>,
     ledger_seq: Option<i64>,
+    /// The CT series choice made when the case closed.
+    series_choice: Option<SeriesChoice>,
 }
 
 pub struct Processor {
@@ -120,28 +120,19 @@ impl Processor {
 
     /// Cases waiting for a lock, or locked without their outputs, oldest first.
     pub fn pending(&self) -> Result<Vec<i64>, ProcessError> {
-        let mut st = self.db.conn.prepare(
-            "SELECT id FROM cases WHERE failure IS NULL AND (
-                 (ledger_seq IS NULL AND state IN ('complete', 'partial', 'ineligible'))
-                 OR (ledger_seq IS NOT NULL AND outputs_ms IS NULL))
-             ORDER BY updated_ms, id",
-        )?;
-        Ok(st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+        Ok(self.db.work_pending()?)
     }
 
     /// The pseudonym of a case (for progress messages).
     pub fn pseudonym(&self, case_id: i64) -> Option<String> {
-        self.db.conn.query_row("SELECT pseudonym FROM cases WHERE id=?1", [case_id], |r| r.get(0)).optional().ok()?
+        self.db.pseudonym(case_id).ok().flatten()
     }
 
     /// Record that a case could not be processed for a reason outside it; it is not retried
     /// automatically (`crlm cases` shows the failure).
     pub fn mark_failed(&self, case_id: i64, why: &str) -> Result<(), ProcessError> {
-        let tx = self.db.conn.unchecked_transaction()?;
-        tx.execute(
-            "UPDATE cases SET failure=?2, state=?3, updated_ms=?4 WHERE id=?1",
-            params![case_id, why, case_state::FAILED, now_ms()],
-        )?;
+        let tx = self.db.begin()?;
+        tx.mark_failed(case_id, why, now_ms())?;
         if self.cfg.mqtt.enabled {
             let case = self.pseudonym(case_id);
             let why = self.scrub(why, &CaseFiles::default());
@@ -154,28 +145,23 @@ impl Processor {
     /// Queue an alert for the fleet (nothing is queued with MQTT off).
     pub fn alert(&self, code: &str, message: &str) -> Result<(), ProcessError> {
         if self.cfg.mqtt.enabled {
-            mqtt::outbox::enqueue_alert(&self.db.conn, &self.cfg.mqtt, code, message, None)?;
+            mqtt::outbox::enqueue_alert(&self.db, &self.cfg.mqtt, code, message, None)?;
         }
         Ok(())
     }
 
     fn case_row(&self, case_id: i64) -> Result<CaseRowFull, ProcessError> {
-        Ok(self.db.conn.query_row(
-            "SELECT id, case_key, pseudonym, state, reasons, clinical_hash, ledger_seq FROM cases WHERE id=?1",
-            [case_id],
-            |r| {
-                let reasons: String = r.get(4)?;
-                Ok(CaseRowFull {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    pseudonym: r.get(2)?,
-                    state: r.get(3)?,
-                    reasons: serde_json::from_str(&reasons).unwrap_or_default(),
-                    clinical_hash: r.get(5)?,
-                    ledger_seq: r.get(6)?,
-                })
-            },
-        )?)
+        let r = self.db.work_row(case_id)?;
+        Ok(CaseRowFull {
+            id: r.id,
+            key: r.key,
+            pseudonym: r.pseudonym,
+            state: r.state,
+            reasons: r.reasons,
+            clinical_hash: r.clinical_hash,
+            ledger_seq: r.ledger_seq,
+            series_choice: r.series_choice.and_then(|s| serde_json::from_str::<SeriesChoice>(&s).ok()),
+        })
     }
 
     /// Predict (or refuse), lock and write the outputs of one case.
@@ -215,17 +201,14 @@ impl Processor {
             }
         };
         let locked = record.case();
-        let state = match (record.core.kind, case.state.as_str()) {
-            (_, case_state::INELIGIBLE) => case_state::INELIGIBLE,
-            (RecordKind::Prediction, _) => case_state::PREDICTED,
-            _ => case_state::REFUSED,
+        let state = match (record.core.kind, case.state) {
+            (_, CaseState::Ineligible) => CaseState::Ineligible,
+            (RecordKind::Prediction, _) => CaseState::Predicted,
+            _ => CaseState::Refused,
         };
         // The lock enters the state database together with the messages that report it.
-        let tx = self.db.conn.unchecked_transaction()?;
-        tx.execute(
-            "UPDATE cases SET ledger_seq=?2, record_hash=?3, state=?4, updated_ms=?5 WHERE id=?1",
-            params![case.id, record.core.seq as i64, hash, state, now_ms()],
-        )?;
+        let tx = self.db.begin()?;
+        tx.record_lock(case.id, record.core.seq, &hash, state, now_ms())?;
         if self.cfg.mqtt.enabled && case.ledger_seq.is_none() {
             let m = &self.cfg.mqtt;
             mqtt::outbox::enqueue(
@@ -244,11 +227,11 @@ impl Processor {
         let step = Instant::now();
         let written = outputs::write_all(&self.cfg, &record, &hash, self.ledger.key_id(), site.as_ref())?;
         timings["outputs"] = json!(ms(step));
-        self.db.conn.execute("UPDATE cases SET outputs_ms=?2 WHERE id=?1", params![case.id, now_ms()])?;
+        self.db.set_outputs_written(case.id, now_ms())?;
         let out = locked.as_ref().and_then(|c| c.outputs.as_ref());
         Ok(Processed {
             case: case.pseudonym,
-            state: state.to_string(),
+            state,
             seq: record.core.seq,
             record_hash: hash,
             risk_2y: out.map(|o| o.risk_2y),
@@ -268,7 +251,7 @@ impl Processor {
         (files, shas): &(CaseFiles, HashMap<PathBuf, String>),
     ) -> Result<(RecordBody, Value), ProcessError> {
         let clinical = files.clinical.first();
-        if case.state == case_state::INELIGIBLE {
+        if case.state == CaseState::Ineligible {
             let reason = format!("not eligible for the study: {}", case.reasons.join("; "));
             let mut c = self.case_record(case, case_ref, clinical, CaseStatus::Refused);
             c.refusal = Some(self.scrub(&reason, files));
@@ -409,18 +392,16 @@ impl Processor {
     /// The case's accepted files, re-read beneath the share exactly as ingest accepted them.
     /// A file changed since acceptance is not used (its hash would not be the one recorded).
     fn case_files(&self, case: &CaseRowFull) -> Result<(CaseFiles, HashMap<PathBuf, String>), ProcessError> {
-        let mut files = CaseFiles::default();
+        // The choice made when the case closed is the one used (crlm cases shows it).
+        let mut files = CaseFiles {
+            root: self.cfg.share.path.clone(),
+            chosen_series: case.series_choice.clone(),
+            ..CaseFiles::default()
+        };
         let mut shas = HashMap::new();
-        let rows: Vec<(String, i64, i64, Option<String>)> = self
-            .db
-            .conn
-            .prepare(
-                "SELECT path, size, mtime_ns, sha256 FROM files WHERE case_id=?1 AND status='accepted' ORDER BY path",
-            )?
-            .query_map([case.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<Result<_, _>>()?;
+        let rows = self.db.accepted_file_versions(case.id)?;
         let mut slide_no = 0;
-        for (rel, size, mtime_ns, sha) in rows {
+        for crlm_state::FileVersion { path: rel, size, mtime_ns, sha256: sha } in rows {
             let label = format!("file {}", crlm_ingest::short_hash(Path::new(&rel)));
             let file = match share::open_beneath(&self.share, Path::new(&rel)) {
                 Ok(f) => f,
@@ -457,11 +438,7 @@ impl Processor {
             }
         }
         if let Some(hash) = &case.clinical_hash {
-            let record: Option<String> = self
-                .db
-                .conn
-                .query_row("SELECT record FROM clinical_records WHERE hash=?1 LIMIT 1", [hash], |r| r.get(0))
-                .optional()?;
+            let record = self.db.clinical_record(hash)?;
             if let Some(r) = record.and_then(|r| serde_json::from_str::<ClinicalRecordOwned>(&r).ok()) {
                 files.clinical.push(r.into_record());
             }

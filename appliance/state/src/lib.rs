@@ -4,9 +4,22 @@
 //! power loss. Every ingest step that changes state is one transaction, so a kill -9 at any point
 //! leaves either the old or the new state, and a restarted service resumes from it.
 //! The schema is versioned in `meta.schema_version`; a newer database is refused.
+//!
+//! # In the data path
+//!
+//! - Owns: the SQLite state database: schema, migrations, case rows.
+//! - Inputs: transactions from ingest, the worker, the outbox and the panel feed.
+//! - Outputs: `StateDb`, `CaseRow`.
+//! - Place: share -> ingest -> **state** -> worker; resumes everything after a crash.
+//! - Depends on: crlm-core.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+mod cases;
+mod outbox;
+pub use cases::*;
+pub use outbox::*;
 use std::path::Path;
 
 pub const SCHEMA_VERSION: i64 = 2;
@@ -95,24 +108,95 @@ pub enum StateError {
     Dir(String, std::io::Error),
 }
 
-/// Case states, as `crlm cases` shows them.
-pub mod case_state {
-    pub const WAITING: &str = "waiting";
-    pub const COMPLETE: &str = "complete";
-    pub const PARTIAL: &str = "partial";
-    pub const INELIGIBLE: &str = "ineligible";
-    pub const QUARANTINED: &str = "quarantined";
+/// A case's state, as `crlm cases` shows it and the database stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaseState {
+    /// Files are arriving.
+    Waiting,
+    /// Every required modality is present.
+    Complete,
+    /// A modality is missing after `cases.partial_after_seconds`, or `READY` came with one missing.
+    Partial,
+    /// The study protocol excludes the patient (locked as a refusal, keeps this state).
+    Ineligible,
+    /// Inconsistent (two patients in one folder, a clinical file naming another patient).
+    Quarantined,
     /// Predicted and locked in the ledger.
-    pub const PREDICTED: &str = "predicted";
+    Predicted,
     /// Locked in the ledger as a refusal (the package forbids the modalities present, or the
     /// inputs could not be used).
-    pub const REFUSED: &str = "refused";
+    Refused,
     /// Processing failed for a reason outside the case (I/O, model); named in `failure`.
-    pub const FAILED: &str = "failed";
+    Failed,
 }
 
+impl CaseState {
+    pub const ALL: [CaseState; 8] = [
+        CaseState::Waiting,
+        CaseState::Complete,
+        CaseState::Partial,
+        CaseState::Ineligible,
+        CaseState::Quarantined,
+        CaseState::Predicted,
+        CaseState::Refused,
+        CaseState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseState::Waiting => "waiting",
+            CaseState::Complete => "complete",
+            CaseState::Partial => "partial",
+            CaseState::Ineligible => "ineligible",
+            CaseState::Quarantined => "quarantined",
+            CaseState::Predicted => "predicted",
+            CaseState::Refused => "refused",
+            CaseState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CaseState> {
+        CaseState::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for CaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl rusqlite::types::ToSql for CaseState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl rusqlite::types::FromSql for CaseState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        CaseState::parse(s)
+            .ok_or_else(|| rusqlite::types::FromSqlError::Other(format!("unknown case state `{s}`").into()))
+    }
+}
+
+/// The state database. Its connection is private: every statement is a method here (reads) or
+/// on [`Tx`] (writes that must be atomic), so the schema has one owner.
 pub struct StateDb {
-    pub conn: Connection,
+    conn: Connection,
+}
+
+/// A transaction: every write in it commits together or not at all ([`Tx::commit`]; dropped
+/// without it, nothing is written).
+pub struct Tx<'a> {
+    tx: rusqlite::Transaction<'a>,
+}
+
+impl Tx<'_> {
+    pub fn commit(self) -> Result<(), StateError> {
+        Ok(self.tx.commit()?)
+    }
 }
 
 /// One row of `crlm cases`.
@@ -120,7 +204,7 @@ pub struct StateDb {
 pub struct CaseRow {
     #[serde(rename = "case")]
     pub pseudonym: String,
-    pub state: String,
+    pub state: CaseState,
     pub modalities: serde_json::Value,
     pub reasons: Vec<String>,
     pub series_choice: Option<serde_json::Value>,
@@ -138,9 +222,9 @@ pub struct CaseRow {
 impl CaseRow {
     /// Nothing more will happen to this case: locked with its outputs written, quarantined or failed.
     pub fn settled(&self) -> bool {
-        match self.state.as_str() {
-            case_state::QUARANTINED | case_state::FAILED => true,
-            case_state::WAITING => false,
+        match self.state {
+            CaseState::Quarantined | CaseState::Failed => true,
+            CaseState::Waiting => false,
             _ => self.ledger_seq.is_some() && self.outputs_written,
         }
     }
@@ -194,6 +278,11 @@ impl StateDb {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         Ok(StateDb { conn })
+    }
+
+    /// Begin a transaction ([`Tx`]).
+    pub fn begin(&self) -> Result<Tx<'_>, StateError> {
+        Ok(Tx { tx: self.conn.unchecked_transaction()? })
     }
 
     /// Has this exact file version (path, size, mtime) been handled already?

@@ -1,6 +1,14 @@
 //! `crlm validate`: the study's pre-specified statistics from the locked predictions
 //! (docs/VALIDATION.md). Input reading and joining in [`input`], survival estimators in
 //! [`survival`], the measures in [`measures`], the HTML report in [`report`].
+//!
+//! # In the data path
+//!
+//! - Owns: the study's statistics.
+//! - Inputs: the ledger export (or any CSV with pseudonym and risk) and the outcomes.
+//! - Outputs: `metrics.json` and a self-contained HTML report.
+//! - Place: after the ledger export, at the study office (feature `office` of the binary).
+//! - Depends on: crlm-core only.
 
 pub mod input;
 pub mod measures;

@@ -28,7 +28,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         share,
         timeout: std::time::Duration::from_secs(timeout_seconds),
     }))?;
-    let locked_ok = rows.iter().any(|r| r.state == crlm_state::case_state::PREDICTED && r.outputs_written);
+    let locked_ok = rows.iter().any(|r| r.state == crlm_state::CaseState::Predicted && r.outputs_written);
     if locked_ok {
         Ok(ExitCode::SUCCESS)
     } else {

@@ -1,0 +1,85 @@
+//! The MQTT outbox's tables: messages queued per stream with gap-free sequence numbers, deleted
+//! only when the collector acknowledges them. The payloads are built by crlm-mqtt; this module
+//! only stores them.
+
+use crate::{StateDb, StateError, Tx};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A queued message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub id: i64,
+    pub stream: String,
+    pub seq: i64,
+    pub topic: String,
+    pub payload: String,
+}
+
+fn enqueue(
+    conn: &Connection,
+    stream: &str,
+    topic: &str,
+    payload: impl FnOnce(i64) -> String,
+) -> Result<i64, StateError> {
+    let seq: i64 = conn
+        .query_row("SELECT next_seq FROM mqtt_streams WHERE stream=?1", [stream], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0);
+    conn.execute(
+        "INSERT INTO mqtt_outbox(stream, seq, topic, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![stream, seq, topic, payload(seq), crate::now_ms()],
+    )?;
+    conn.execute(
+        "INSERT INTO mqtt_streams(stream, next_seq) VALUES (?1, ?2)
+         ON CONFLICT(stream) DO UPDATE SET next_seq=excluded.next_seq",
+        params![stream, seq + 1],
+    )?;
+    Ok(seq)
+}
+
+/// Where a message can be queued: inside a transaction ([`Tx`]: it survives exactly when what
+/// it reports does) or on its own ([`StateDb`]: committed at once). `payload` is given the
+/// stream's next sequence number; that number is returned.
+pub trait Enqueue {
+    fn enqueue(&self, stream: &str, topic: &str, payload: impl FnOnce(i64) -> String) -> Result<i64, StateError>;
+}
+
+impl Enqueue for Tx<'_> {
+    fn enqueue(&self, stream: &str, topic: &str, payload: impl FnOnce(i64) -> String) -> Result<i64, StateError> {
+        enqueue(&self.tx, stream, topic, payload)
+    }
+}
+
+impl Enqueue for StateDb {
+    fn enqueue(&self, stream: &str, topic: &str, payload: impl FnOnce(i64) -> String) -> Result<i64, StateError> {
+        let tx = self.begin()?;
+        let seq = tx.enqueue(stream, topic, payload)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+}
+
+impl StateDb {
+    /// Messages after row `after_id`, oldest first.
+    pub fn outbox_after(&self, after_id: i64, limit: usize) -> Result<Vec<Queued>, StateError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, stream, seq, topic, payload FROM mqtt_outbox WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+        let rows = st.query_map(params![after_id, limit as i64], |r| {
+            Ok(Queued { id: r.get(0)?, stream: r.get(1)?, seq: r.get(2)?, topic: r.get(3)?, payload: r.get(4)? })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The collector has everything of `stream` up to `through`: those rows go.
+    pub fn outbox_acknowledge(&self, stream: &str, through: i64) -> Result<usize, StateError> {
+        Ok(self.conn.execute("DELETE FROM mqtt_outbox WHERE stream=?1 AND seq <= ?2", params![stream, through])?)
+    }
+
+    /// (messages, bytes) waiting for the collector.
+    pub fn outbox_depth(&self) -> Result<(u64, u64), StateError> {
+        Ok(self.conn.query_row("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM mqtt_outbox", [], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?)
+    }
+}
