@@ -225,7 +225,7 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     if let Ok(conn) = crlm_fleet::open_db(&collector_db)
         && let Ok(held) = crlm_fleet::export_rows(&conn)
     {
-        let verified = held.iter().filter(|r| r["signature_ok"] == true).count();
+        let verified = held.iter().filter(|r| r.signature_ok == Some(true)).count();
         println!(
             "    the collector holds {} result(s), {verified} with the box's ledger signature verified",
             held.len()

@@ -12,11 +12,16 @@
 //! - Place: after mqtt, at the study office; never on the device (feature `office` of the binary).
 //! - Depends on: crlm-mqtt, crlm-ledger, crlm-state, crlm-config.
 
-use crlm_ledger::{self as ledger, Head, Record, countersign};
+mod export;
+mod view;
+pub use export::*;
+pub use view::*;
+
+use crlm_ledger::{self as ledger, Head, countersign};
+use crlm_mqtt::{Ack, Message, PAYLOAD_VERSION, ResultPayload, Stream};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,23 +71,12 @@ pub fn open_db(path: &Path) -> Result<Connection, FleetError> {
 /// The collector's signing key at `path` (hex seed, 0600), made on first use with `.pub` beside it.
 pub fn collector_key(path: &Path) -> Result<SigningKey, FleetError> {
     use crlm_models::package::signing;
+    let setup = |e: &dyn std::fmt::Display| FleetError::Setup(format!("{}: {e}", path.display()));
     if path.exists() {
-        return signing::read_signing_key(path).map_err(|e| FleetError::Setup(format!("{}: {e}", path.display())));
+        return signing::read_signing_key(path).map_err(|e| setup(&e));
     }
     let key = signing::generate_key();
-    let io = |e: std::io::Error| FleetError::Setup(format!("{}: {e}", path.display()));
-    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(io)?;
-    }
-    crlm_core::fsutil::write_atomic(path, format!("{}\n", hex::encode(key.to_bytes())).as_bytes(), 0o600)
-        .map_err(io)?;
-    let public = path.with_extension("pub");
-    crlm_core::fsutil::write_atomic(
-        &public,
-        format!("{}\n", hex::encode(key.verifying_key().as_bytes())).as_bytes(),
-        0o644,
-    )
-    .map_err(io)?;
+    signing::write_key_pair(path, &key).map_err(|e| setup(&e))?;
     Ok(key)
 }
 
@@ -101,13 +95,13 @@ pub fn device_keys(dir: Option<&Path>) -> HashMap<String, VerifyingKey> {
 }
 
 /// Does a result's record verify with the box's registered key, and is it the record it names?
-pub fn check_result(payload: &Value, keys: &HashMap<String, VerifyingKey>) -> Option<bool> {
-    let record: Record = serde_json::from_value(payload.get("record")?.clone()).ok()?;
+pub fn check_result(payload: &ResultPayload, keys: &HashMap<String, VerifyingKey>) -> Option<bool> {
+    let record = payload.record.as_ref()?;
     let key = keys.get(&record.core.key_id)?;
     Some(
-        ledger::record_signature_ok(&record, key)
-            && payload["record_hash"].as_str() == Some(record.hash().as_str())
-            && payload["ledger_seq"].as_u64() == Some(record.core.seq),
+        ledger::record_signature_ok(record, key)
+            && payload.record_hash == record.hash()
+            && payload.ledger_seq == record.core.seq,
     )
 }
 
@@ -118,33 +112,48 @@ pub fn receive(
     payload: &[u8],
     keys: &HashMap<String, VerifyingKey>,
     collector: &SigningKey,
-) -> Result<Option<(String, Value)>, FleetError> {
+) -> Result<Option<(String, Ack)>, FleetError> {
     let parts: Vec<&str> = topic.split('/').collect();
     let [_, _, site, device, leaf] = parts.as_slice() else { return Ok(None) };
-    let Ok(v) = serde_json::from_slice::<Value>(payload) else {
+    let Some(message) = Message::parse(payload) else {
         tracing::warn!(stage = "fleet", site, device, leaf, "unreadable payload ignored");
         return Ok(None);
     };
+    // What arrived, as it arrived (the evidence), once it reads as the message its topic names.
+    let text = String::from_utf8_lossy(payload);
     let now = crlm_state::now_ms();
-    match *leaf {
-        "status" | "heartbeat" => {
+    let (stream, seq, sig) = match (*leaf, &message) {
+        ("status", Message::Status(_)) | ("heartbeat", Message::Heartbeat(_)) => {
             let col = if *leaf == "status" { "status" } else { "heartbeat" };
             db.execute(
                 &format!(
                     "INSERT INTO devices(site, device, {col}, last_seen_ms) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT(site, device) DO UPDATE SET {col}=excluded.{col}, last_seen_ms=excluded.last_seen_ms"
                 ),
-                params![site, device, v.to_string(), now],
+                params![site, device, text, now],
             )?;
-            Ok(None)
+            return Ok(None);
         }
-        "result" | "alert" => {
-            let Some(seq) = v["seq"].as_i64() else { return Ok(None) };
-            let sig = if *leaf == "result" { check_result(&v, keys) } else { None };
+        ("result", Message::Result(r)) => {
+            let Some(seq) = r.seq else { return Ok(None) };
+            (Stream::Result, seq, check_result(r, keys))
+        }
+        ("alert", Message::Alert(a)) => {
+            let Some(seq) = a.seq else { return Ok(None) };
+            (Stream::Alert, seq, None)
+        }
+        _ => {
+            tracing::warn!(stage = "fleet", site, device, leaf, "a message whose kind is not its topic's was ignored");
+            return Ok(None);
+        }
+    };
+    {
+        {
+            let leaf = stream.name();
             let inserted = db.execute(
                 "INSERT OR IGNORE INTO messages(site, device, stream, seq, payload, received_ms, signature_ok)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![site, device, leaf, seq, v.to_string(), now, sig],
+                params![site, device, leaf, seq, text, now, sig],
             )?;
             if inserted == 1 {
                 tracing::info!(stage = "fleet", site, device, stream = leaf, seq, signature_ok = ?sig, "received");
@@ -165,8 +174,8 @@ pub fn receive(
             if through < 0 {
                 return Ok(None);
             }
-            let mut ack = json!({"version": 1, "stream": leaf, "through_seq": through, "countersignature": null});
-            if *leaf == "result" {
+            let mut ack = Ack { version: PAYLOAD_VERSION, stream, through_seq: through, countersignature: None };
+            if stream == Stream::Result {
                 let head: Option<(String, i64)> = db
                     .query_row(
                         "SELECT payload, received_ms FROM messages WHERE site=?1 AND device=?2 AND stream='result' AND seq=?3",
@@ -175,20 +184,15 @@ pub fn receive(
                     )
                     .optional()?;
                 if let Some((p, received)) = head
-                    && let Ok(p) = serde_json::from_str::<Value>(&p)
-                    && let (Some(lseq), Some(hash), Some(dev_key)) =
-                        (p["ledger_seq"].as_u64(), p["record_hash"].as_str(), p["device_key_id"].as_str())
+                    && let Some(Message::Result(p)) = Message::parse(p.as_bytes())
                 {
                     let at = chrono::DateTime::from_timestamp_millis(received).unwrap_or_else(chrono::Utc::now);
-                    let head = Head { format: ledger::LEDGER_FORMAT, seq: lseq, hash: hash.to_string() };
-                    ack["countersignature"] =
-                        serde_json::to_value(countersign::countersign(collector, dev_key, &head, at))
-                            .unwrap_or(Value::Null);
+                    let head = Head { format: ledger::LEDGER_FORMAT, seq: p.ledger_seq, hash: p.record_hash.clone() };
+                    ack.countersignature = Some(countersign::countersign(collector, &p.device_key_id, &head, at));
                 }
             }
             Ok(Some((format!("crlm/v1/{site}/{device}/ack"), ack)))
         }
-        _ => Ok(None),
     }
 }
 
@@ -228,14 +232,14 @@ pub async fn collect(opts: CollectOptions, mut stop: watch::Receiver<bool>) -> R
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     // A box registered after the collector started: read the folder again.
                     if p.topic.ends_with("/result")
-                        && let Ok(v) = serde_json::from_slice::<Value>(&p.payload)
-                        && let Some(id) = v["device_key_id"].as_str()
-                        && !keys.contains_key(id)
+                        && let Some(Message::Result(r)) = Message::parse(&p.payload)
+                        && !keys.contains_key(&r.device_key_id)
                     {
                         keys = device_keys(opts.devices.as_deref());
                     }
                     if let Some((topic, ack)) = receive(&db, &p.topic, &p.payload, &keys, &collector)? {
-                        let _ = client.try_publish(topic, QoS::AtLeastOnce, false, ack.to_string());
+                        let _ =
+                            client.try_publish(topic, QoS::AtLeastOnce, false, serde_json::to_string(&ack).unwrap_or_default());
                     }
                 }
                 Ok(_) => {}
@@ -250,290 +254,4 @@ pub async fn collect(opts: CollectOptions, mut stop: watch::Receiver<bool>) -> R
     }
     let _ = client.disconnect().await;
     Ok(())
-}
-
-/// Every message under `crlm/#` as it arrives, sent to `out` as (topic, payload) until `stop`
-/// (the demo's capture and `crlm fleet watch`). A payload that is not JSON arrives as a string.
-pub async fn tap(
-    broker: crlm_config::MqttConfig,
-    client_id: String,
-    out: tokio::sync::mpsc::Sender<(String, Value)>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), FleetError> {
-    let mut mo = crlm_mqtt::mqtt_options(&broker, client_id).map_err(FleetError::Setup)?;
-    mo.set_keep_alive(Duration::from_secs(10));
-    mo.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(mo, 64);
-    let mut backoff = 0.2f64;
-    loop {
-        tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = 0.2;
-                    let _ = client.subscribe("crlm/#", QoS::AtLeastOnce).await;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v = serde_json::from_slice::<Value>(&p.payload)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p.payload).into_owned()));
-                    if out.send((p.topic.clone(), v)).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs_f64(backoff)).await;
-                    backoff = (backoff * 2.0).min(5.0);
-                }
-            },
-            _ = stop.changed() => break,
-        }
-    }
-    let _ = client.disconnect().await;
-    Ok(())
-}
-
-/// What an operator sees of one box in `crlm fleet watch`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BoxView {
-    pub status: Option<String>,
-    pub heartbeat: Option<Value>,
-    /// Seconds (on the watcher's clock) when the last heartbeat arrived.
-    pub heartbeat_at: Option<f64>,
-    pub results: u64,
-    pub alerts: u64,
-    pub last_alert: Option<String>,
-}
-
-impl BoxView {
-    /// One word for the box: OFFLINE, LATE (no heartbeat for three intervals), OUTBOX FULL,
-    /// ERROR (the heartbeat names a last error), ok, or ? before anything arrived.
-    pub fn health(&self, now: f64) -> &'static str {
-        if self.status.as_deref() == Some("offline") {
-            return "OFFLINE";
-        }
-        let Some(hb) = &self.heartbeat else {
-            return if self.status.is_some() { "LATE" } else { "?" };
-        };
-        let interval = hb["interval_seconds"].as_f64().unwrap_or(60.0);
-        if self.heartbeat_at.is_some_and(|at| now - at > 3.0 * interval) {
-            "LATE"
-        } else if hb["outbox"]["full"] == true {
-            "OUTBOX FULL"
-        } else if !hb["last_error"].is_null() {
-            "ERROR"
-        } else {
-            "ok"
-        }
-    }
-}
-
-/// The fleet as the messages describe it, by (site, device).
-#[derive(Debug, Default)]
-pub struct FleetView {
-    pub boxes: std::collections::BTreeMap<(String, String), BoxView>,
-}
-
-impl FleetView {
-    /// Take one message (`now`: seconds on the watcher's clock). Returns whether anything changed
-    /// that the table shows.
-    pub fn update(&mut self, topic: &str, payload: &Value, now: f64) -> bool {
-        let parts: Vec<&str> = topic.split('/').collect();
-        let [_, _, site, device, leaf] = parts.as_slice() else { return false };
-        let b = self.boxes.entry((site.to_string(), device.to_string())).or_default();
-        match *leaf {
-            "status" => b.status = payload["state"].as_str().map(str::to_string),
-            "heartbeat" => {
-                b.heartbeat = Some(payload.clone());
-                b.heartbeat_at = Some(now);
-                // A heartbeat means the box is up, whatever an older retained status said.
-                b.status = Some("online".into());
-            }
-            "result" => b.results += 1,
-            "alert" => {
-                b.alerts += 1;
-                b.last_alert = Some(format!(
-                    "{}: {}",
-                    payload["alert"].as_str().unwrap_or("?"),
-                    payload["message"].as_str().unwrap_or("")
-                ));
-            }
-            _ => return false,
-        }
-        true
-    }
-
-    /// The table an operator reads.
-    pub fn render(&self, now: f64) -> String {
-        let mut out = format!(
-            "{:<24} {:<11} {:>9} {:>8} {:>10} {:>6} {:>6} {:>7} {:>6}  {}\n",
-            "site/device",
-            "health",
-            "heartbeat",
-            "outbox",
-            "disk free",
-            "load",
-            "temp",
-            "results",
-            "alerts",
-            "last alert / error"
-        );
-        for ((site, device), b) in &self.boxes {
-            let hb = b.heartbeat.as_ref();
-            let num = |k: &str| hb.and_then(|h| h[k].as_f64());
-            let age =
-                b.heartbeat_at.map(|at| format!("{:.0} s ago", (now - at).max(0.0))).unwrap_or_else(|| "-".into());
-            let outbox = hb.map(|h| h["outbox"]["messages"].to_string()).unwrap_or_else(|| "-".into());
-            let disk = hb
-                .and_then(|h| h["disk_free_state_bytes"].as_f64())
-                .map(|b| format!("{:.1} GB", b / 1e9))
-                .unwrap_or_else(|| "-".into());
-            let last = hb
-                .and_then(|h| h["last_error"].as_str().map(|e| format!("error: {e}")))
-                .or_else(|| b.last_alert.clone())
-                .unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "{:<24} {:<11} {:>9} {:>8} {:>10} {:>6} {:>6} {:>7} {:>6}  {}\n",
-                format!("{site}/{device}"),
-                b.health(now),
-                age,
-                outbox,
-                disk,
-                num("load_1m").map(|l| format!("{l:.2}")).unwrap_or_else(|| "-".into()),
-                num("temperature_c").map(|t| format!("{t:.0}C")).unwrap_or_else(|| "-".into()),
-                b.results,
-                b.alerts,
-                last.chars().take(60).collect::<String>()
-            ));
-        }
-        out
-    }
-}
-
-/// One line describing a captured message, for people (no identifiers: payloads carry none).
-pub fn describe(topic: &str, v: &Value) -> String {
-    let leaf = topic.rsplit('/').next().unwrap_or("");
-    let s = |k: &str| v[k].as_str().unwrap_or("-").to_string();
-    match leaf {
-        "status" => format!("status: {}", s("state")),
-        "heartbeat" => format!(
-            "heartbeat: up {} s, outbox {} message(s){}, model {}{}",
-            v["uptime_seconds"],
-            v["outbox"]["messages"],
-            if v["outbox"]["full"] == true { " (FULL)" } else { "" },
-            v["model_sha256"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or("-"),
-            if v["demo"] == true { " (DEMO)" } else { "" }
-        ),
-        "result" => format!(
-            "result #{}: case {} {}{}, ledger record {} ({}…)",
-            v["seq"],
-            s("case"),
-            s("status"),
-            v["risk_group"].as_str().map(|g| format!(", risk group {g}")).unwrap_or_default(),
-            v["ledger_seq"],
-            v["record_hash"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or("-")
-        ),
-        "alert" => format!("alert #{}: {}: {}", v["seq"], s("alert"), s("message")),
-        "ack" => format!(
-            "ack from the collector: {} through #{}{}",
-            s("stream"),
-            v["through_seq"],
-            if v["countersignature"].is_object() { ", ledger head countersigned" } else { "" }
-        ),
-        _ => format!("{leaf}: {v}"),
-    }
-}
-
-/// One exported row per result (the ledger-export columns plus site and device).
-pub fn export_rows(db: &Connection) -> Result<Vec<Value>, FleetError> {
-    let mut st = db.prepare(
-        "SELECT site, device, payload, received_ms, signature_ok FROM messages WHERE stream='result'
-         ORDER BY site, device, seq",
-    )?;
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, Option<bool>>(4)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (site, device, payload, received, sig) = row?;
-        let p: Value = serde_json::from_str(&payload).unwrap_or_default();
-        out.push(json!({
-            "site": site, "device": device, "sequence": p["ledger_seq"], "pseudonym": p["case"],
-            "status": p["status"], "surgery_date": p["surgery_date"], "risk_2y": p["risk_2y"],
-            "risk_group": p["risk_group"], "threshold": p["threshold"], "model_sha256": p["model_sha256"],
-            "demo": p["demo"], "locked_at": p["locked_at"], "record_hash": p["record_hash"],
-            "signature_ok": sig, "received_at": crlm_state::rfc3339(received),
-        }));
-    }
-    Ok(out)
-}
-
-/// CSV of [`export_rows`].
-pub fn export_csv(rows: &[Value]) -> Result<Vec<u8>, csv::Error> {
-    const COLS: [&str; 15] = [
-        "site",
-        "device",
-        "sequence",
-        "pseudonym",
-        "status",
-        "surgery_date",
-        "risk_2y",
-        "risk_group",
-        "threshold",
-        "model_sha256",
-        "demo",
-        "locked_at",
-        "record_hash",
-        "signature_ok",
-        "received_at",
-    ];
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(COLS)?;
-    for r in rows {
-        w.write_record(COLS.iter().map(|c| match &r[*c] {
-            Value::Null => String::new(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        }))?;
-    }
-    w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn heartbeat(interval: f64, full: bool, error: Option<&str>) -> Value {
-        json!({"version": 1, "kind": "heartbeat", "interval_seconds": interval, "load_1m": 0.5,
-               "temperature_c": 48.0, "disk_free_state_bytes": 12_000_000_000u64,
-               "outbox": {"messages": 2, "bytes": 900, "full": full}, "last_error": error})
-    }
-
-    #[test]
-    fn the_fleet_view_says_which_box_is_down_full_or_failing() {
-        let mut v = FleetView::default();
-        assert!(v.update("crlm/v1/s1/a/status", &json!({"state": "online"}), 0.0));
-        assert!(v.update("crlm/v1/s1/a/heartbeat", &heartbeat(5.0, false, None), 1.0));
-        assert!(v.update("crlm/v1/s1/b/heartbeat", &heartbeat(5.0, true, None), 1.0));
-        assert!(v.update("crlm/v1/s2/c/heartbeat", &heartbeat(5.0, false, Some("disk full")), 1.0));
-        assert!(v.update("crlm/v1/s2/d/status", &json!({"state": "offline"}), 1.0));
-        assert!(v.update("crlm/v1/s1/a/result", &json!({"seq": 0}), 2.0));
-        assert!(v.update("crlm/v1/s1/a/alert", &json!({"alert": "quarantine", "message": "1 file"}), 2.0));
-        assert!(!v.update("crlm/v1/s1/a/ack", &json!({}), 2.0));
-        let health = |s: &str, d: &str, now| v.boxes[&(s.to_string(), d.to_string())].health(now);
-        assert_eq!(health("s1", "a", 10.0), "ok");
-        assert_eq!(health("s1", "a", 16.5), "LATE");
-        assert_eq!(health("s1", "b", 10.0), "OUTBOX FULL");
-        assert_eq!(health("s2", "c", 10.0), "ERROR");
-        assert_eq!(health("s2", "d", 10.0), "OFFLINE");
-        let table = v.render(10.0);
-        assert!(table.contains("s1/a") && table.contains("quarantine: 1 file"), "{table}");
-        assert!(table.contains("error: disk full") && table.contains("12.0 GB") && table.contains("48C"), "{table}");
-        assert_eq!(table.lines().count(), 5);
-    }
 }

@@ -4,12 +4,12 @@
 //! the ack topic is subscribed on every CONNACK).
 
 use super::session::{self, Polled, Settings};
-use super::{outbox, status_payload, topic};
+use super::{
+    Ack, AlertCode, HeartbeatPayload, LinkState, Message, OutboxState, PAYLOAD_VERSION, outbox, status_payload, topic,
+};
 use crlm_config::Config;
 use crlm_ledger as ledger;
-use crlm_ledger::countersign::Countersignature;
 use rand::Rng;
-use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,7 +52,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
         // Results carry the signed record (a CT lists every slice): allow up to 1 MiB.
         max_packet_bytes: 1 << 20,
         will_topic: topic(&m, "status"),
-        will_payload: status_payload(&m, "offline").to_string(),
+        will_payload: status_payload(&m, LinkState::Offline).to_json(),
     };
     let (client, mut eventloop) = match session::connect(&m, settings) {
         Ok(c) => c,
@@ -121,7 +121,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                         connected = true;
                         sent_through = 0;
                         let _ = client
-                            .publish(topic(&m, "status"), true, true, status_payload(&m, "online").to_string().into_bytes())
+                            .publish(topic(&m, "status"), true, true, status_payload(&m, LinkState::Online).to_json().into_bytes())
                             .await;
                         let _ = client.subscribe(ack_topic.clone()).await;
                         report(true, &db);
@@ -168,30 +168,29 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 let full = bytes > m.outbox_max_bytes;
                 if full && !full_alerted {
                     let why = format!("the outbox holds {bytes} bytes, above mqtt.outbox_max_bytes; nothing is dropped");
-                    let _ = outbox::enqueue_alert(&db, &m, "outbox_full", &why, None);
+                    let _ = outbox::enqueue_alert(&db, &m, AlertCode::OutboxFull, &why, None);
                 }
                 full_alerted = full;
                 if connected {
-                    let hb = json!({
-                        "version": super::PAYLOAD_VERSION,
-                        "kind": "heartbeat",
-                        "site": m.site,
-                        "device": m.device,
-                        "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                        "uptime_seconds": started.elapsed().as_secs(),
-                        "software": env!("CARGO_PKG_VERSION"),
-                        "model_sha256": ctx.model_sha256,
-                        "demo": ctx.demo,
-                        "outbox": {"messages": messages, "bytes": bytes, "full": full},
-                        "disk_free_state_bytes": crlm_drivers::health::disk_free_bytes(&cfg.state.path),
-                        "disk_free_share_bytes": crlm_drivers::health::disk_free_bytes(&cfg.share.path),
-                        "load_1m": crlm_drivers::health::load_1m(),
-                        "temperature_c": crlm_drivers::health::max_temperature_celsius(std::path::Path::new("/sys/class/thermal")),
-                        "gpu_load": crlm_drivers::health::jetson_gpu_load(),
-                        "interval_seconds": m.heartbeat_seconds,
-                        "last_error": last_error,
+                    let hb = Message::Heartbeat(HeartbeatPayload {
+                        version: PAYLOAD_VERSION,
+                        site: m.site.clone(),
+                        device: m.device.clone(),
+                        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                        uptime_seconds: started.elapsed().as_secs(),
+                        software: env!("CARGO_PKG_VERSION").into(),
+                        model_sha256: ctx.model_sha256.clone(),
+                        demo: ctx.demo,
+                        outbox: OutboxState { messages, bytes, full },
+                        disk_free_state_bytes: crlm_drivers::health::disk_free_bytes(&cfg.state.path),
+                        disk_free_share_bytes: crlm_drivers::health::disk_free_bytes(&cfg.share.path),
+                        load_1m: crlm_drivers::health::load_1m(),
+                        temperature_c: crlm_drivers::health::max_temperature_celsius(std::path::Path::new("/sys/class/thermal")),
+                        gpu_load: crlm_drivers::health::jetson_gpu_load(),
+                        interval_seconds: m.heartbeat_seconds,
+                        last_error: last_error.clone(),
                     });
-                    client.try_publish_unreliable(topic(&m, "heartbeat"), hb.to_string().into_bytes());
+                    client.try_publish_unreliable(topic(&m, "heartbeat"), hb.to_json().into_bytes());
                 }
             }
             _ = stop.changed() => {
@@ -203,7 +202,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
     }
     if connected {
         let _ = client
-            .publish(topic(&m, "status"), true, true, status_payload(&m, "offline").to_string().into_bytes())
+            .publish(topic(&m, "status"), true, true, status_payload(&m, LinkState::Offline).to_json().into_bytes())
             .await;
         // Let the event loop flush the offline status before disconnecting.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -223,17 +222,17 @@ fn handle_ack(
     collectors: &[ed25519_dalek::VerifyingKey],
     last_cs_seq: &mut Option<u64>,
 ) {
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+    let Ok(ack) = serde_json::from_slice::<Ack>(payload) else {
         tracing::warn!(stage = "mqtt", "unreadable ack ignored");
         return;
     };
-    let (Some(stream), Some(through)) = (v["stream"].as_str(), v["through_seq"].as_i64()) else { return };
+    let (stream, through) = (ack.stream.name(), ack.through_seq);
     match outbox::acknowledge(db, stream, through) {
         Ok(n) if n > 0 => tracing::info!(stage = "mqtt", stream, through, removed = n, "collector acknowledged"),
         Ok(_) => {}
         Err(e) => tracing::error!(stage = "mqtt", error = %e, "cannot apply the collector's ack"),
     }
-    let Ok(cs) = serde_json::from_value::<Countersignature>(v["countersignature"].clone()) else { return };
+    let Some(cs) = ack.countersignature else { return };
     if cs.device_key_id != device_key_id || last_cs_seq.is_some_and(|s| cs.seq <= s) {
         return;
     }

@@ -23,10 +23,9 @@ pub mod tls;
 
 use crlm_config::MqttConfig;
 use crlm_ledger::Record;
-use serde_json::{Value, json};
 
-/// Version of every payload (a field of each).
-pub const PAYLOAD_VERSION: u32 = 1;
+pub mod payload;
+pub use payload::*;
 pub const STREAM_RESULT: &str = "result";
 pub const STREAM_ALERT: &str = "alert";
 
@@ -68,61 +67,55 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The de-identified result of a locked record (without its stream sequence number).
-pub fn result_payload(cfg: &MqttConfig, record: &Record, record_hash: &str) -> Value {
-    let c = record.case();
-    let c = c.as_ref();
-    let outputs = c.and_then(|c| c.outputs.as_ref());
-    let mut p = json!({
-        "version": PAYLOAD_VERSION,
-        "kind": "result",
-        "site": cfg.site,
-        "device": cfg.device,
-        "stream": STREAM_RESULT,
-        "case": c.map(|c| &c.case),
-        "status": c.map(|c| c.status),
-        "risk_group": outputs.map(|o| o.risk_group),
-        "threshold": outputs.map(|o| o.threshold),
-        "model_sha256": c.map(|c| &c.model.sha256),
-        "demo": c.map(|c| c.model.demo),
-        "ledger_seq": record.core.seq,
-        "record_hash": record_hash,
-        "device_key_id": record.core.key_id,
-        "locked_at": record.core.wall_time,
-        "surgery_date": c.and_then(|c| c.surgery_date.as_ref()),
-    });
-    if cfg.send_risk {
-        p["risk_2y"] = json!(outputs.map(|o| o.risk_2y));
-        // The whole signed record, so the collector checks the box's signature itself.
-        p["record"] = serde_json::to_value(record).unwrap_or(Value::Null);
-    }
-    p
+/// The de-identified result of a locked case record (without its stream sequence number).
+pub fn result_payload(cfg: &MqttConfig, record: &Record, record_hash: &str) -> Option<Message> {
+    let c = record.case()?;
+    let outputs = c.outputs.as_ref();
+    Some(Message::Result(ResultPayload {
+        version: PAYLOAD_VERSION,
+        site: cfg.site.clone(),
+        device: cfg.device.clone(),
+        stream: STREAM_RESULT.into(),
+        seq: None,
+        case: c.case.clone(),
+        status: c.status,
+        risk_group: outputs.map(|o| o.risk_group),
+        threshold: outputs.map(|o| o.threshold),
+        risk_2y: outputs.filter(|_| cfg.send_risk).map(|o| o.risk_2y),
+        model_sha256: c.model.sha256.clone(),
+        demo: c.model.demo,
+        ledger_seq: record.core.seq,
+        record_hash: record_hash.to_string(),
+        device_key_id: record.core.key_id.clone(),
+        locked_at: record.core.wall_time.clone(),
+        surgery_date: c.surgery_date.clone(),
+        record: cfg.send_risk.then(|| record.clone()),
+    }))
 }
 
-/// An alert (quarantine, refusal, disk low, clock jump, ledger recovery, case failure, ...).
-pub fn alert_payload(cfg: &MqttConfig, code: &str, message: &str, case: Option<&str>) -> Value {
-    json!({
-        "version": PAYLOAD_VERSION,
-        "kind": "alert",
-        "site": cfg.site,
-        "device": cfg.device,
-        "stream": STREAM_ALERT,
-        "alert": code,
-        "message": message,
-        "case": case,
-        "at": now_rfc3339(),
+/// An alert (quarantine, refusal, clock jump, ledger recovery, case failure, ...).
+pub fn alert_payload(cfg: &MqttConfig, code: AlertCode, message: &str, case: Option<&str>) -> Message {
+    Message::Alert(AlertPayload {
+        version: PAYLOAD_VERSION,
+        site: cfg.site.clone(),
+        device: cfg.device.clone(),
+        stream: STREAM_ALERT.into(),
+        seq: None,
+        alert: code,
+        message: message.to_string(),
+        case: case.map(str::to_string),
+        at: now_rfc3339(),
     })
 }
 
 /// `online` on connect (retained); `offline` as the Last Will and on clean shutdown.
-pub fn status_payload(cfg: &MqttConfig, state: &str) -> Value {
-    json!({
-        "version": PAYLOAD_VERSION,
-        "kind": "status",
-        "site": cfg.site,
-        "device": cfg.device,
-        "state": state,
-        "software": env!("CARGO_PKG_VERSION"),
-        "at": now_rfc3339(),
+pub fn status_payload(cfg: &MqttConfig, state: LinkState) -> Message {
+    Message::Status(StatusPayload {
+        version: PAYLOAD_VERSION,
+        site: cfg.site.clone(),
+        device: cfg.device.clone(),
+        state,
+        software: env!("CARGO_PKG_VERSION").into(),
+        at: now_rfc3339(),
     })
 }

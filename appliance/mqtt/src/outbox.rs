@@ -2,17 +2,21 @@
 //! numbered per stream without gaps (`mqtt_streams.next_seq`), so the collector can acknowledge
 //! "everything up to N" and drop duplicates by (device, stream, seq).
 
+use super::{AlertCode, Message};
 use crlm_state::{Enqueue, StateDb, StateError};
-use serde_json::Value;
 
 pub use crlm_state::Queued;
 
-/// Queue `payload` on `stream` (it gains `seq`). Give the transaction that records what the
+/// Queue `message` on `stream` (it gains `seq`). Give the transaction that records what the
 /// message reports, so both or neither survive a crash.
-pub fn enqueue(q: &impl Enqueue, stream: &str, topic: &str, mut payload: Value) -> Result<i64, StateError> {
+pub fn enqueue(q: &impl Enqueue, stream: &str, topic: &str, mut message: Message) -> Result<i64, StateError> {
     q.enqueue(stream, topic, |seq| {
-        payload["seq"] = Value::from(seq);
-        payload.to_string()
+        match &mut message {
+            Message::Result(p) => p.seq = Some(seq),
+            Message::Alert(p) => p.seq = Some(seq),
+            Message::Status(_) | Message::Heartbeat(_) => {}
+        }
+        message.to_json()
     })
 }
 
@@ -20,7 +24,7 @@ pub fn enqueue(q: &impl Enqueue, stream: &str, topic: &str, mut payload: Value) 
 pub fn enqueue_alert(
     q: &impl Enqueue,
     cfg: &crlm_config::MqttConfig,
-    code: &str,
+    code: AlertCode,
     message: &str,
     case: Option<&str>,
 ) -> Result<i64, StateError> {

@@ -241,7 +241,13 @@ pub async fn run(
                         report.quarantined
                     );
                     if let Ok(db) = crlm_state::StateDb::open(&cfg.database_path())
-                        && let Err(e) = crlm_mqtt::outbox::enqueue_alert(&db, &cfg.mqtt, "quarantine", &why, None)
+                        && let Err(e) = crlm_mqtt::outbox::enqueue_alert(
+                            &db,
+                            &cfg.mqtt,
+                            crlm_mqtt::AlertCode::Quarantine,
+                            &why,
+                            None,
+                        )
                     {
                         tracing::error!(stage = "mqtt", error = %e, "cannot queue the quarantine alert");
                     }

@@ -24,7 +24,7 @@ use crlm_models::case::ModelIdentity;
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::dicom::DicomHeader;
 use crlm_models::inference::Model;
-use crlm_mqtt as mqtt;
+use crlm_mqtt::{self as mqtt, AlertCode};
 use crlm_outputs::{self as outputs, OutputError, SiteStudy};
 use crlm_predict::{CaseFiles, CaseResult, PredictError, predict_prepared, prepare_files};
 use crlm_state::{CaseState, StateDb, StateError, now_ms};
@@ -107,7 +107,7 @@ impl Processor {
         let p = Processor { cfg: cfg.clone(), model, ledger, db, secret, share };
         if let Some(r) = &recovery {
             p.alert(
-                "ledger_recovery",
+                AlertCode::LedgerRecovery,
                 &format!("a torn last ledger record ({} bytes) was cut off at start-up", r.cut_bytes),
             )?;
         }
@@ -136,14 +136,14 @@ impl Processor {
         if self.cfg.mqtt.enabled {
             let case = self.pseudonym(case_id);
             let why = self.scrub(why, &CaseFiles::default());
-            mqtt::outbox::enqueue_alert(&tx, &self.cfg.mqtt, "case_failed", &why, case.as_deref())?;
+            mqtt::outbox::enqueue_alert(&tx, &self.cfg.mqtt, AlertCode::CaseFailed, &why, case.as_deref())?;
         }
         tx.commit()?;
         Ok(())
     }
 
     /// Queue an alert for the fleet (nothing is queued with MQTT off).
-    pub fn alert(&self, code: &str, message: &str) -> Result<(), ProcessError> {
+    pub fn alert(&self, code: AlertCode, message: &str) -> Result<(), ProcessError> {
         if self.cfg.mqtt.enabled {
             mqtt::outbox::enqueue_alert(&self.db, &self.cfg.mqtt, code, message, None)?;
         }
@@ -211,15 +211,12 @@ impl Processor {
         tx.record_lock(case.id, record.core.seq, &hash, state, now_ms())?;
         if self.cfg.mqtt.enabled && case.ledger_seq.is_none() {
             let m = &self.cfg.mqtt;
-            mqtt::outbox::enqueue(
-                &tx,
-                mqtt::STREAM_RESULT,
-                &mqtt::topic(m, "result"),
-                mqtt::result_payload(m, &record, &hash),
-            )?;
+            if let Some(result) = mqtt::result_payload(m, &record, &hash) {
+                mqtt::outbox::enqueue(&tx, mqtt::STREAM_RESULT, &mqtt::topic(m, "result"), result)?;
+            }
             if record.core.kind == RecordKind::Refusal {
                 let why = locked.as_ref().and_then(|c| c.refusal.as_deref()).unwrap_or("refused");
-                mqtt::outbox::enqueue_alert(&tx, m, "refusal", why, Some(&case.pseudonym))?;
+                mqtt::outbox::enqueue_alert(&tx, m, AlertCode::Refusal, why, Some(&case.pseudonym))?;
             }
         }
         tx.commit()?;

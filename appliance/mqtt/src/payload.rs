@@ -1,0 +1,185 @@
+//! Every MQTT payload, typed (docs/MQTT.md; JSON Schemas in docs/schemas/mqtt, which a test keeps
+//! equal to these types). The box builds them, the collector, `crlm fleet watch` and the demo's
+//! tap read them; nobody reads a payload by a JSON key.
+//!
+//! Topics are `crlm/v1/<site>/<device>/<leaf>`; the leaf is the message's `kind` (`result`,
+//! `alert`, `status`, `heartbeat`) or `ack` (the collector's acknowledgement, no `kind`).
+
+use crlm_ledger::countersign::Countersignature;
+use crlm_ledger::{CaseStatus, Record};
+use crlm_models::inference::RiskGroup;
+use serde::{Deserialize, Serialize};
+
+/// Version of every payload (a field of each).
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// A message from a box, tagged by its `kind`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Message {
+    Result(ResultPayload),
+    Alert(AlertPayload),
+    Status(StatusPayload),
+    Heartbeat(HeartbeatPayload),
+}
+
+impl Message {
+    /// Read a payload; `None` (and nothing else) for anything that is not one of ours.
+    pub fn parse(bytes: &[u8]) -> Option<Message> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// A locked prediction or refusal, de-identified (the case pseudonym only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultPayload {
+    pub version: u32,
+    pub site: String,
+    pub device: String,
+    /// `result`.
+    pub stream: String,
+    /// The stream's sequence number, given when the message is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub case: String,
+    pub status: CaseStatus,
+    pub risk_group: Option<RiskGroup>,
+    pub threshold: Option<f64>,
+    /// Only with `mqtt.send_risk`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_2y: Option<f64>,
+    pub model_sha256: String,
+    pub demo: bool,
+    pub ledger_seq: u64,
+    pub record_hash: String,
+    pub device_key_id: String,
+    pub locked_at: String,
+    pub surgery_date: Option<String>,
+    /// The whole signed ledger record (with `mqtt.send_risk`), so the collector checks the
+    /// box's signature itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Record>,
+}
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertCode {
+    /// A file or case was quarantined.
+    Quarantine,
+    /// A case was locked as a refusal.
+    Refusal,
+    /// A case could not be processed.
+    CaseFailed,
+    /// A torn ledger record was cut off at start-up.
+    LedgerRecovery,
+    /// The outbox holds more than `mqtt.outbox_max_bytes` (nothing is dropped).
+    OutboxFull,
+}
+
+impl AlertCode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertCode::Quarantine => "quarantine",
+            AlertCode::Refusal => "refusal",
+            AlertCode::CaseFailed => "case_failed",
+            AlertCode::LedgerRecovery => "ledger_recovery",
+            AlertCode::OutboxFull => "outbox_full",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlertPayload {
+    pub version: u32,
+    pub site: String,
+    pub device: String,
+    /// `alert`.
+    pub stream: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub alert: AlertCode,
+    pub message: String,
+    /// The case pseudonym, when the alert is about one.
+    pub case: Option<String>,
+    pub at: String,
+}
+
+/// `online` or `offline`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    Online,
+    Offline,
+}
+
+/// Retained: `online` on connect, `offline` as the Last Will and on clean shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusPayload {
+    pub version: u32,
+    pub site: String,
+    pub device: String,
+    pub state: LinkState,
+    pub software: String,
+    pub at: String,
+}
+
+/// The outbox as the heartbeat reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct OutboxState {
+    pub messages: u64,
+    pub bytes: u64,
+    pub full: bool,
+}
+
+/// The box's health, every `mqtt.heartbeat_seconds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatPayload {
+    pub version: u32,
+    pub site: String,
+    pub device: String,
+    pub at: String,
+    pub uptime_seconds: u64,
+    pub software: String,
+    pub model_sha256: String,
+    pub demo: bool,
+    pub outbox: OutboxState,
+    pub disk_free_state_bytes: Option<u64>,
+    pub disk_free_share_bytes: Option<u64>,
+    pub load_1m: Option<f64>,
+    pub temperature_c: Option<f64>,
+    pub gpu_load: Option<f64>,
+    pub interval_seconds: f64,
+    pub last_error: Option<String>,
+}
+
+/// Which stream an ack is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Result,
+    Alert,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Result => "result",
+            Stream::Alert => "alert",
+        }
+    }
+}
+
+/// The collector's acknowledgement: it holds everything of `stream` up to `through_seq`; for
+/// results, its countersignature of the box's ledger head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub version: u32,
+    pub stream: Stream,
+    pub through_seq: i64,
+    pub countersignature: Option<Countersignature>,
+}
