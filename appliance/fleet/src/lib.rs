@@ -18,9 +18,9 @@ pub use export::*;
 pub use view::*;
 
 use crlm_ledger::{self as ledger, Head, countersign};
+use crlm_mqtt::session::{self, Backoff, Polled, Settings};
 use crlm_mqtt::{Ack, Message, PAYLOAD_VERSION, ResultPayload, Stream};
 use ed25519_dalek::{SigningKey, VerifyingKey};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -206,52 +206,54 @@ pub struct CollectOptions {
     pub client_id: String,
 }
 
-/// Run the collector until `stop`. A persistent session (clean_session = false) lets the broker
-/// keep QoS 1 messages for it while it is away; duplicates are dropped by the unique key.
+/// Run the collector until `stop`, on the same MQTT session type as the box.
 pub async fn collect(opts: CollectOptions, mut stop: watch::Receiver<bool>) -> Result<(), FleetError> {
     let db = open_db(&opts.db)?;
     let collector = collector_key(&opts.key)?;
     let mut keys = device_keys(opts.devices.as_deref());
     tracing::info!(stage = "fleet", key_id = %ledger::key_id(&collector.verifying_key()), devices = keys.len(), "collector started");
-    let mut mo = crlm_mqtt::mqtt_options(&opts.broker, opts.client_id.clone()).map_err(FleetError::Setup)?;
-    mo.set_keep_alive(Duration::from_secs(10));
-    mo.set_clean_session(false);
-    mo.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(mo, 64);
-    let mut backoff = 0.5f64;
+    // A persistent session lets the broker keep QoS 1 messages for the collector while it is
+    // away; duplicates are dropped by the unique key.
+    let settings = Settings {
+        client_id: opts.client_id.clone(),
+        keep_alive: Duration::from_secs(10),
+        max_packet_bytes: 1 << 20,
+        will: None,
+        persistent: true,
+    };
+    let (client, mut events) = session::connect(&opts.broker, settings).map_err(FleetError::Setup)?;
+    let mut backoff = Backoff::new(0.5, 30.0);
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = 0.5;
+            ev = events.poll() => match ev {
+                Polled::Up => {
+                    backoff.reset();
                     tracing::info!(stage = "fleet", "connected to the broker");
                     for leaf in ["result", "alert", "status", "heartbeat"] {
-                        let _ = client.subscribe(format!("crlm/v1/+/+/{leaf}"), QoS::AtLeastOnce).await;
+                        let _ = client.subscribe(format!("crlm/v1/+/+/{leaf}")).await;
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Polled::Message(topic, payload) => {
                     // A box registered after the collector started: read the folder again.
-                    if p.topic.ends_with("/result")
-                        && let Some(Message::Result(r)) = Message::parse(&p.payload)
+                    if topic.ends_with("/result")
+                        && let Some(Message::Result(r)) = Message::parse(&payload)
                         && !keys.contains_key(&r.device_key_id)
                     {
                         keys = device_keys(opts.devices.as_deref());
                     }
-                    if let Some((topic, ack)) = receive(&db, &p.topic, &p.payload, &keys, &collector)? {
-                        let _ =
-                            client.try_publish(topic, QoS::AtLeastOnce, false, serde_json::to_string(&ack).unwrap_or_default());
+                    if let Some((topic, ack)) = receive(&db, &topic, &payload, &keys, &collector)? {
+                        client.try_publish(topic, true, serde_json::to_vec(&ack).unwrap_or_default());
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Polled::Other => {}
+                Polled::Lost(e) => {
                     tracing::warn!(stage = "fleet", error = %e, "broker unreachable; retrying");
-                    tokio::time::sleep(Duration::from_secs_f64(backoff)).await;
-                    backoff = (backoff * 2.0).min(30.0);
+                    tokio::time::sleep(backoff.step()).await;
                 }
             },
             _ = stop.changed() => break,
         }
     }
-    let _ = client.disconnect().await;
+    client.disconnect().await;
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! The operators' view (`crlm fleet watch`) and the message tap it and the demo read from.
 
 use crate::FleetError;
+use crlm_mqtt::session::{self, Backoff, Polled, Settings};
 use crlm_mqtt::{Ack, HeartbeatPayload, LinkState, Message};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -15,35 +15,36 @@ pub async fn tap(
     out: tokio::sync::mpsc::Sender<(String, Value)>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), FleetError> {
-    let mut mo = crlm_mqtt::mqtt_options(&broker, client_id).map_err(FleetError::Setup)?;
-    mo.set_keep_alive(Duration::from_secs(10));
-    mo.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(mo, 64);
-    let mut backoff = 0.2f64;
+    let settings = Settings {
+        client_id,
+        keep_alive: Duration::from_secs(10),
+        max_packet_bytes: 1 << 20,
+        will: None,
+        persistent: false,
+    };
+    let (client, mut events) = session::connect(&broker, settings).map_err(FleetError::Setup)?;
+    let mut backoff = Backoff::new(0.2, 5.0);
     loop {
         tokio::select! {
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    backoff = 0.2;
-                    let _ = client.subscribe("crlm/#", QoS::AtLeastOnce).await;
+            ev = events.poll() => match ev {
+                Polled::Up => {
+                    backoff.reset();
+                    let _ = client.subscribe("crlm/#".into()).await;
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let v = serde_json::from_slice::<Value>(&p.payload)
-                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&p.payload).into_owned()));
-                    if out.send((p.topic.clone(), v)).await.is_err() {
+                Polled::Message(topic, payload) => {
+                    let v = serde_json::from_slice::<Value>(&payload)
+                        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()));
+                    if out.send((topic, v)).await.is_err() {
                         break;
                     }
                 }
-                Ok(_) => {}
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_secs_f64(backoff)).await;
-                    backoff = (backoff * 2.0).min(5.0);
-                }
+                Polled::Other => {}
+                Polled::Lost(_) => tokio::time::sleep(backoff.step()).await,
             },
             _ = stop.changed() => break,
         }
     }
-    let _ = client.disconnect().await;
+    client.disconnect().await;
     Ok(())
 }
 

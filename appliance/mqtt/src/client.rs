@@ -9,7 +9,6 @@ use super::{
 };
 use crlm_config::Config;
 use crlm_ledger as ledger;
-use rand::Rng;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,8 +50,8 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
         keep_alive: Duration::from_secs(10),
         // Results carry the signed record (a CT lists every slice): allow up to 1 MiB.
         max_packet_bytes: 1 << 20,
-        will_topic: topic(&m, "status"),
-        will_payload: status_payload(&m, LinkState::Offline).to_json(),
+        will: Some((topic(&m, "status"), status_payload(&m, LinkState::Offline).to_json())),
+        persistent: false,
     };
     let (client, mut eventloop) = match session::connect(&m, settings) {
         Ok(c) => c,
@@ -62,22 +61,19 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
         }
     };
     let (link_tx, mut link_rx) = mpsc::channel::<Link>(64);
-    let (min, max) = (m.reconnect_min_seconds, m.reconnect_max_seconds);
+    let mut backoff = session::Backoff::new(m.reconnect_min_seconds, m.reconnect_max_seconds);
     let poller = tokio::spawn(async move {
-        let mut backoff = min;
         loop {
             let ev = match eventloop.poll().await {
                 Polled::Up => {
-                    backoff = min;
+                    backoff.reset();
                     Link::Up
                 }
                 Polled::Message(t, payload) => Link::Message(t, payload),
                 Polled::Other => continue,
                 Polled::Lost(e) => {
                     let _ = link_tx.send(Link::Down(e)).await;
-                    let jitter = rand::rng().random_range(0.5..1.0);
-                    tokio::time::sleep(Duration::from_secs_f64(backoff * jitter)).await;
-                    backoff = (backoff * 2.0).min(max);
+                    tokio::time::sleep(backoff.step()).await;
                     continue;
                 }
             };

@@ -29,21 +29,6 @@ pub use payload::*;
 pub const STREAM_RESULT: &str = "result";
 pub const STREAM_ALERT: &str = "alert";
 
-/// Connection options for the configured broker: address, TLS (server verification and, with a
-/// client certificate, mutual TLS) and credentials. Every crlm client (the box's publisher, the
-/// collector, `crlm fleet watch`, the demo's tap) connects through this.
-pub fn mqtt_options(m: &MqttConfig, client_id: impl Into<String>) -> Result<rumqttc::MqttOptions, String> {
-    let (host, port) = m.endpoint()?;
-    let mut o = rumqttc::MqttOptions::new(client_id, host, port);
-    if let Some(t) = transport(m)? {
-        o.set_transport(t);
-    }
-    if !m.username.is_empty() {
-        o.set_credentials(m.username.clone(), m.password.clone());
-    }
-    Ok(o)
-}
-
 /// The TLS transport for `mqtts://` (server verification and, with a client certificate, mutual
 /// TLS); None for plain TCP. Shared by the MQTT 3.1.1 and MQTT 5 clients.
 pub fn transport(m: &MqttConfig) -> Result<Option<rumqttc::Transport>, String> {
