@@ -2,7 +2,7 @@
 
     python models/reference/make_parity.py models/reference/parity
 
-`cargo test -p crlm-models --test parity` loads the weights by name into the candle network,
+`cargo test -p crlm-models --test models parity` loads the weights by name into the candle network,
 runs the same inputs and requires every output within 1e-4 (fp32). No PyTorch is needed there.
 """
 

@@ -1,0 +1,8 @@
+//! crlm-models' integration tests: one test binary, one module per area.
+
+mod ct;
+mod headers;
+mod onnx;
+mod package;
+mod parity;
+mod slides;
