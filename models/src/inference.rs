@@ -9,23 +9,7 @@ use crate::package::{Modality, ModelPackage};
 use crate::slide::sample::ModelTiles;
 use serde::Serialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("model package {0}")]
-    Package(#[from] crate::package::PackageError),
-    #[error("the package's clinical encoding does not fit schema v1: {0}")]
-    Encoding(String),
-    #[error("the weights do not fit CRLM-Net v1 as model.toml sizes it: {0}")]
-    Weights(String),
-    #[error("backend: {0}")]
-    Backend(String),
-    #[error("inference failed: {0}")]
-    Inference(String),
-    #[error("{0}")]
-    Input(String),
-    #[error("the model package does not allow a prediction from {present}; it allows {allowed} ({why})")]
-    ModalitiesNotAllowed { present: String, allowed: String, why: String },
-}
+pub use crate::error::ModelError;
 
 /// One modality of a case as it reaches the model.
 #[derive(Debug, Clone)]

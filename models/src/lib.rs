@@ -12,15 +12,20 @@
 //! - [`net`]: CRLM-Net v1 in candle.
 //! - [`inference`]: model inputs -> prediction (modality policy, calibration, risk group).
 //! - [`backend`]: where the network runs: candle, or ONNX Runtime (feature `onnx`).
-//! - [`onnx`]: ONNX export of CRLM-Net and INT8 QDQ quantisation, in pure Rust.
+//! - [`graph`]: ONNX graphs as data (protobuf messages, builder, interface checks), in pure Rust.
+//! - [`onnx`]: ONNX export of CRLM-Net and INT8 QDQ quantisation, in pure Rust (offline tools).
+//! - [`case`], [`calibration`], [`error`]: the case vocabulary, calibration ranges, the model's error.
 
 pub mod backend;
+pub mod calibration;
 pub mod case;
 pub mod clinical;
 pub mod cohort;
 pub mod ct;
 pub mod dicom;
 pub mod encode;
+pub mod error;
+pub mod graph;
 pub mod inference;
 pub mod limits;
 pub mod net;

@@ -12,7 +12,7 @@
 //! Parameter names equal the PyTorch twin's `state_dict` keys (models/reference/crlm_net.py),
 //! so the study team's safetensors load by name.
 
-use crate::onnx::quantize::{ActivationRanges, ConvRanges};
+use crate::calibration::{ActivationRanges, ConvRanges};
 use crate::package::spec::NetworkSpec;
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear, VarBuilder, conv2d, linear};
@@ -255,7 +255,12 @@ impl CrlmNet {
         let x = Tensor::cat(&parts, D::Minus1)?;
         let logits = self.fusion.fc2.forward(&self.fusion.fc1.forward(&x)?.relu()?)?;
         let hazards = candle_nn::ops::sigmoid(&logits)?.squeeze(0)?.to_vec1::<f32>()?;
-        let risk = crate::backend::risk_from_hazards(&hazards);
+        let risk = risk_from_hazards(&hazards);
         Ok(NetOutput { hazards, risk, slice_attention, tile_attention })
     }
+}
+
+/// 1 - prod(1 - h): the uncalibrated 2-year risk from interval hazards.
+pub fn risk_from_hazards(hazards: &[f32]) -> f64 {
+    1.0 - hazards.iter().map(|h| 1.0 - f64::from(*h)).product::<f64>()
 }

@@ -135,30 +135,44 @@ pub struct CaseRecord {
 }
 
 impl CaseRecord {
-    /// A minimal prediction for case `case` with risk `risk_2y` (tests, tools, examples).
-    pub fn example(case: &str, risk_2y: f64) -> CaseRecord {
+    /// A record with the case's identity, the model and this software, and nothing else yet.
+    pub fn new(
+        case: String,
+        case_ref: String,
+        surgery_date: Option<String>,
+        model: ModelIdentity,
+        status: CaseStatus,
+    ) -> CaseRecord {
         CaseRecord {
-            case: case.to_string(),
-            case_ref: format!("ref-{case}"),
-            surgery_date: None,
-            model: ModelIdentity::default(),
+            case,
+            case_ref,
+            surgery_date,
+            model,
             software: Software::this(),
-            status: CaseStatus::Predicted,
+            status,
             refusal: None,
             eligibility: None,
             inputs: None,
             inputs_sha256: None,
             modalities: None,
             warnings: None,
-            outputs: Some(Outputs {
-                risk_2y,
-                risk_2y_uncalibrated: risk_2y,
-                risk_group: if risk_2y >= 0.5 { RiskGroup::High } else { RiskGroup::Low },
-                threshold: 0.5,
-                hazards: vec![risk_2y as f32],
-                hazard_intervals_months: vec![[0, 24]],
-            }),
+            outputs: None,
         }
+    }
+
+    /// A minimal prediction for case `case` with risk `risk_2y` (tests, tools, examples).
+    pub fn example(case: &str, risk_2y: f64) -> CaseRecord {
+        let mut c =
+            CaseRecord::new(case.into(), format!("ref-{case}"), None, ModelIdentity::default(), CaseStatus::Predicted);
+        c.outputs = Some(Outputs {
+            risk_2y,
+            risk_2y_uncalibrated: risk_2y,
+            risk_group: if risk_2y >= 0.5 { RiskGroup::High } else { RiskGroup::Low },
+            threshold: 0.5,
+            hazards: vec![risk_2y as f32],
+            hazard_intervals_months: vec![[0, 24]],
+        });
+        c
     }
 
     /// `ct+slide+clinical`: the modalities the prediction used.

@@ -18,7 +18,7 @@ use crlm_ingest::series::SeriesChoice;
 use crlm_ingest::share;
 use crlm_ledger::{
     self as ledger, CaseRecord, CaseStatus, ClinicalInput, CtInput, ImageRef, Inputs, Ledger, LedgerError, Outputs,
-    Record, RecordBody, RecordKind, Recovery, RecoveryNote, RoiInput, SlideInput, Software,
+    Record, RecordBody, RecordKind, Recovery, RecoveryNote, RoiInput, SlideInput,
 };
 use crlm_models::case::ModelIdentity;
 use crlm_models::clinical::ClinicalRecord;
@@ -281,21 +281,13 @@ impl Processor {
         clinical: Option<&ClinicalRecord>,
         status: CaseStatus,
     ) -> CaseRecord {
-        CaseRecord {
-            case: case.pseudonym.clone(),
-            case_ref: case_ref.to_string(),
-            surgery_date: clinical.and_then(|r| r.date("surgery_date")).map(|d| d.to_string()),
-            model: ModelIdentity::of(&self.model),
-            software: Software::this(),
+        CaseRecord::new(
+            case.pseudonym.clone(),
+            case_ref.to_string(),
+            clinical.and_then(|r| r.date("surgery_date")).map(|d| d.to_string()),
+            ModelIdentity::of(&self.model),
             status,
-            refusal: None,
-            eligibility: None,
-            inputs: None,
-            inputs_sha256: None,
-            modalities: None,
-            warnings: None,
-            outputs: None,
-        }
+        )
     }
 
     fn uid(&self, uid: &str) -> String {

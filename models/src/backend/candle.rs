@@ -1,7 +1,7 @@
 //! The candle backend: CRLM-Net from the package's safetensors weights, on the CPU.
 
 use super::{Backend, BackendInfo, RawInput};
-use crate::inference::ModelError;
+use crate::error::ModelError;
 use crate::net::{CrlmNet, NetInput, NetOutput};
 use crate::package::ModelPackage;
 use candle_core::{Device, Tensor};

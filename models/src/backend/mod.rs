@@ -8,7 +8,7 @@ pub mod candle;
 #[cfg(feature = "onnx")]
 pub mod onnx_runtime;
 
-use crate::inference::ModelError;
+use crate::error::ModelError;
 use crate::net::NetOutput;
 use crate::package::ModelPackage;
 use serde::{Deserialize, Serialize};
@@ -141,7 +141,4 @@ fn build_onnx(_: &ModelPackage, _: &OnnxOptions) -> Result<Box<dyn Backend>, Mod
     Err(ModelError::Backend("this build has no ONNX Runtime backend (build with the `onnx` cargo feature)".into()))
 }
 
-/// 1 - prod(1 - h): the uncalibrated 2-year risk from interval hazards.
-pub fn risk_from_hazards(hazards: &[f32]) -> f64 {
-    1.0 - hazards.iter().map(|h| 1.0 - f64::from(*h)).product::<f64>()
-}
+pub use crate::net::risk_from_hazards;

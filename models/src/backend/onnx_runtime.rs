@@ -7,9 +7,9 @@
 //! the TensorRT version); CUDA is registered behind it for nodes TensorRT does not take.
 
 use super::{Backend, BackendInfo, OnnxOptions, Provider, RawInput, risk_from_hazards};
-use crate::inference::ModelError;
+use crate::error::ModelError;
+use crate::graph::{Dim, GraphIo};
 use crate::net::NetOutput;
-use crate::onnx::{Dim, GraphIo};
 use crate::package::ModelPackage;
 use crate::package::spec::{OnnxGraphSpec, OnnxPrecision};
 use ort::environment::Environment;
@@ -197,7 +197,7 @@ fn check_io(
                     declared.iter().map(|d| d.0.as_str()).collect::<Vec<_>>()
                 ))
             })?;
-            if *elem != crate::onnx::proto::data_type::FLOAT {
+            if *elem != crate::graph::proto::data_type::FLOAT {
                 return Err(ModelError::Backend(format!("{}: {what} {name:?} is not float32", g.file)));
             }
             if !fits(dims, w) {

@@ -8,7 +8,10 @@
 use super::quantize::{ActivationRanges, ConvRanges, quantize_bias, quantize_weights};
 use super::{Dim, GraphBuilder, OnnxError, attr_int, attr_ints};
 use crate::package::spec::{ModelSpec, OnnxGraphSpec, OnnxPrecision, OnnxSpec};
-use std::collections::HashMap;
+use crate::package::{self, ModelPackage, PackageError};
+use ed25519_dalek::SigningKey;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 /// fp32 tensors of a safetensors file by name.
 pub struct Weights(HashMap<String, (Vec<usize>, Vec<f32>)>);
@@ -335,4 +338,47 @@ pub fn model_toml_with_onnx(text: &str, onnx: &OnnxSpec) -> Result<String, OnnxE
     out.push_str("\n# ONNX graphs for the onnx backend (`crlm model export-onnx` / `quantize`; docs/BACKENDS.md).\n");
     out.push_str(&table);
     Ok(out)
+}
+
+fn io_error(p: &Path, e: std::io::Error) -> PackageError {
+    PackageError::Io(format!("{}: {e}", p.display()))
+}
+
+/// Write `package` to the new folder `out` with `onnx`'s graphs in place of any it had (the
+/// `[onnx]` tables of model.toml rewritten), then sign it with `key`. Returns the new hash.
+pub fn write_with_onnx(
+    package: &ModelPackage,
+    out: &Path,
+    onnx: &OnnxSpec,
+    graphs: &[ExportedGraph],
+    key: &SigningKey,
+) -> Result<String, PackageError> {
+    if out.exists() && std::fs::read_dir(out).map_err(|e| io_error(out, e))?.next().is_some() {
+        return Err(PackageError::Io(format!("{}: exists and is not empty", out.display())));
+    }
+    let old: Vec<&str> = package.spec.onnx.iter().flat_map(|o| o.parts().map(|(_, g, _, _)| g.file.as_str())).collect();
+    let text = std::str::from_utf8(package.files.get(package::MODEL_TOML).map(Vec::as_slice).unwrap_or_default())
+        .map_err(|_| PackageError::Spec("not UTF-8".into()))?;
+    let text = model_toml_with_onnx(text, onnx).map_err(|e| PackageError::Spec(e.to_string()))?;
+    let mut files: BTreeMap<String, Vec<u8>> = package
+        .files
+        .iter()
+        .filter(|(n, _)| *n != package::MANIFEST && *n != package::SIGNATURE && !old.contains(&n.as_str()))
+        .map(|(n, b)| (n.clone(), b.clone()))
+        .collect();
+    files.insert(package::MODEL_TOML.into(), text.into_bytes());
+    for g in graphs {
+        files.insert(g.spec.file.clone(), g.bytes.clone());
+    }
+    for (name, bytes) in &files {
+        let path = out.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_error(parent, e))?;
+        }
+        crlm_core::fsutil::write_atomic(&path, bytes, 0o644).map_err(|e| io_error(&path, e))?;
+    }
+    let hash = package::sign_dir(out, key)?;
+    // The result must verify as a package before anyone relies on it.
+    package::parse_spec(files.get(package::MODEL_TOML).map(Vec::as_slice).unwrap_or_default())?;
+    Ok(hash)
 }

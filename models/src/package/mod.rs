@@ -324,45 +324,6 @@ pub fn sign_dir(dir: &Path, key: &SigningKey) -> Result<String, PackageError> {
     Ok(crate::sha256_hex(manifest.as_bytes()))
 }
 
-/// Write `package` to the new folder `out` with `onnx`'s graphs in place of any it had (the
-/// `[onnx]` tables of model.toml rewritten), then sign it with `key`. Returns the new hash.
-pub fn write_with_onnx(
-    package: &ModelPackage,
-    out: &Path,
-    onnx: &spec::OnnxSpec,
-    graphs: &[crate::onnx::export::ExportedGraph],
-    key: &SigningKey,
-) -> Result<String, PackageError> {
-    if out.exists() && std::fs::read_dir(out).map_err(|e| io(out, e))?.next().is_some() {
-        return Err(PackageError::Io(format!("{}: exists and is not empty", out.display())));
-    }
-    let old: Vec<&str> = package.spec.onnx.iter().flat_map(|o| o.parts().map(|(_, g, _, _)| g.file.as_str())).collect();
-    let text = std::str::from_utf8(package.files.get(MODEL_TOML).map(Vec::as_slice).unwrap_or_default())
-        .map_err(|_| PackageError::Spec("not UTF-8".into()))?;
-    let text = crate::onnx::export::model_toml_with_onnx(text, onnx).map_err(|e| PackageError::Spec(e.to_string()))?;
-    let mut files: BTreeMap<String, Vec<u8>> = package
-        .files
-        .iter()
-        .filter(|(n, _)| *n != MANIFEST && *n != SIGNATURE && !old.contains(&n.as_str()))
-        .map(|(n, b)| (n.clone(), b.clone()))
-        .collect();
-    files.insert(MODEL_TOML.into(), text.into_bytes());
-    for g in graphs {
-        files.insert(g.spec.file.clone(), g.bytes.clone());
-    }
-    for (name, bytes) in &files {
-        let path = out.join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
-        }
-        write_atomic(&path, bytes)?;
-    }
-    let hash = sign_dir(out, key)?;
-    // The result must verify as a package before anyone relies on it.
-    parse_spec(files.get(MODEL_TOML).map(Vec::as_slice).unwrap_or_default())?;
-    Ok(hash)
-}
-
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
     crlm_core::fsutil::write_atomic(path, bytes, 0o644).map_err(|e| io(path, e))
 }

@@ -32,7 +32,7 @@ fn weights(p: &ModelPackage) -> &[u8] {
 fn with_graphs(dir: &Path, ranges: Option<&ActivationRanges>) -> (ModelPackage, Vec<ExportedGraph>) {
     let d = demo();
     let (onnx, graphs) = export(&d.spec, weights(&d), ranges).unwrap();
-    package::write_with_onnx(&d, dir, &onnx, &graphs, &demo_key()).unwrap();
+    crlm_models::onnx::export::write_with_onnx(&d, dir, &onnx, &graphs, &demo_key()).unwrap();
     (ModelPackage::load(&PackageSource::Dir(dir.to_path_buf()), &TrustStore::default()).unwrap(), graphs)
 }
 
@@ -267,7 +267,7 @@ fn a_third_party_tile_encoder_from_torch_onnx_export_runs_inside_a_package() {
     graphs.retain(|g| g.part != "tile_encoder");
     graphs.push(ExportedGraph { part: "tile_encoder", spec: onnx.tile_encoder.clone(), bytes: torch });
     let dir = tmp.path().join("pkg");
-    package::write_with_onnx(&d, &dir, &onnx, &graphs, &demo_key()).unwrap();
+    crlm_models::onnx::export::write_with_onnx(&d, &dir, &onnx, &graphs, &demo_key()).unwrap();
     let p = ModelPackage::load(&PackageSource::Dir(dir.clone()), &TrustStore::default()).unwrap();
 
     // Names that do not match the graph are refused before anything runs, naming both.
@@ -321,7 +321,7 @@ fn a_package_with_only_onnx_graphs_runs_on_onnx_and_candle_says_why_not() {
     let d = demo();
     let (onnx, graphs) = export(&d.spec, weights(&d), None).unwrap();
     let dir = tmp.path().join("pkg");
-    package::write_with_onnx(&d, &dir, &onnx, &graphs, &demo_key()).unwrap();
+    crlm_models::onnx::export::write_with_onnx(&d, &dir, &onnx, &graphs, &demo_key()).unwrap();
     // Drop the weights and the [weights] table, then sign again.
     std::fs::remove_file(dir.join("weights.safetensors")).unwrap();
     let text = std::fs::read_to_string(dir.join("model.toml")).unwrap();

@@ -330,7 +330,7 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
                 let weights = p.weights().ok_or_else(|| anyhow::anyhow!("the package carries no weights to export"))?;
                 let (onnx, graphs) = crlm_models::onnx::export::export(&p.spec, weights, None)?;
                 let k = signing::read_signing_key(&key)?;
-                let sha = package::write_with_onnx(&p, &out, &onnx, &graphs, &k)?;
+                let sha = crlm_models::onnx::export::write_with_onnx(&p, &out, &onnx, &graphs, &k)?;
                 for g in &graphs {
                     println!("  {}: {} ({} bytes)", g.part, g.spec.file, g.bytes.len());
                 }
@@ -373,7 +373,7 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
             }
             let (onnx, graphs) = crlm_models::onnx::export::export(&p.spec, weights, Some(&ranges))?;
             let k = signing::read_signing_key(&key)?;
-            let sha = package::write_with_onnx(&p, &out, &onnx, &graphs, &k)?;
+            let sha = crlm_models::onnx::export::write_with_onnx(&p, &out, &onnx, &graphs, &k)?;
             println!("calibrated on {} case(s): {}", cases.len(), ranges.describe());
             println!("  CT encoder |x| ranges per conv input {:?}, output {:?}", ranges.ct.input, ranges.ct.output);
             println!(
