@@ -20,6 +20,7 @@ pub mod backend;
 pub mod calibration;
 pub mod case;
 pub mod clinical;
+#[cfg(any(test, feature = "write"))]
 pub mod cohort;
 pub mod ct;
 pub mod dicom;
@@ -32,6 +33,7 @@ pub mod net;
 pub mod onnx;
 pub mod package;
 pub mod slide;
+#[cfg(any(test, feature = "write"))]
 pub mod synth;
 
 /// SHA-256 of a byte slice as lowercase hex.

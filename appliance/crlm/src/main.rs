@@ -10,6 +10,8 @@
 //! process. The device image is built without it.
 
 mod cli;
+#[cfg(feature = "synth")]
+mod cohort_export;
 #[cfg(feature = "office")]
 mod demo;
 
@@ -42,6 +44,7 @@ enum Command {
     /// Say what the appliance sees in a file or folder, changing nothing.
     Inspect(cli::inspect::InspectArgs),
     /// Write synthetic test data with the project's own writers.
+    #[cfg(feature = "synth")]
     Synth {
         #[command(subcommand)]
         action: cli::synth::SynthAction,
@@ -109,6 +112,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => cli::validate::run(args),
         Command::Config { action } => cli::config::run(action),
         Command::Inspect(args) => cli::inspect::run(args),
+        #[cfg(feature = "synth")]
         Command::Synth { action } => cli::synth::run(action),
         Command::Wsi { action, config } => match config.load() {
             Ok(cfg) => cli::wsi::run(action, &cfg.limits),

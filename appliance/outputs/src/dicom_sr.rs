@@ -6,7 +6,7 @@
 
 use super::{OutputError, SiteStudy};
 use crlm_ledger::{CaseRecord, Outputs, Record};
-use crlm_models::dicom::writer::uid_from;
+use crlm_models::dicom::uid_from;
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
 use dicom_core::{DataElement, Tag, VR};
 use dicom_dictionary_std::tags;

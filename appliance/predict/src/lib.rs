@@ -18,7 +18,6 @@ use crlm_models::package::{ModelPackage, PackageSource, TrustStore};
 use serde_json::Value;
 use std::path::Path;
 
-pub mod cohort_export;
 mod prepare;
 mod run;
 mod tools;

@@ -9,11 +9,20 @@ pub mod guard;
 pub mod header;
 pub(crate) mod j2k;
 pub mod jpeg12;
+#[cfg(any(test, feature = "write"))]
 pub mod writer;
 
 pub use completeness::{PixelDataExtent, check_pixel_data, check_pixel_data_file};
 pub use header::{DicomHeader, DicomLayout, FramePlane, read_header, read_header_file, read_prefix, sniff_dicom};
+#[cfg(any(test, feature = "write"))]
 pub use writer::{CtSeriesSpec, write_ct_series, write_enhanced_ct, write_segmentation, write_structure_set};
+
+/// Deterministic DICOM UID under the 2.25 (UUID-derived) root.
+pub fn uid_from(seed: &str) -> String {
+    let h = crate::sha256_hex(seed.as_bytes());
+    let v = h.get(..32).and_then(|x| u128::from_str_radix(x, 16).ok()).unwrap_or(1) >> 2;
+    format!("2.25.{v}")
+}
 
 /// Transfer syntax UIDs this crate names.
 pub mod ts {

@@ -120,12 +120,7 @@ pub fn texture_hu(x: u32, y: u32, z: u32) -> i16 {
     ((x.wrapping_mul(31) ^ y.wrapping_mul(17) ^ z.wrapping_mul(7)) % 1400) as i16 - 900
 }
 
-/// Deterministic DICOM UID under the 2.25 (UUID-derived) root.
-pub fn uid_from(seed: &str) -> String {
-    let h = crate::sha256_hex(seed.as_bytes());
-    let v = u128::from_str_radix(&h[..32], 16).unwrap_or(1) >> 2;
-    format!("2.25.{v}")
-}
+pub use super::uid_from;
 
 /// Write the series into `dir` as `IM<instance>.dcm`; returns the paths in write order.
 pub fn write_ct_series(dir: &Path, spec: &CtSeriesSpec) -> Result<Vec<PathBuf>, DicomError> {

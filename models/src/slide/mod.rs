@@ -10,9 +10,11 @@ pub mod read;
 pub mod sample;
 pub mod tiff;
 pub mod tissue;
+#[cfg(any(test, feature = "write"))]
 pub mod writer;
 
 pub use tiff::{SlideFormat, SlideHeader, SlideLevel, read_slide_header, read_slide_header_file, sniff_tiff};
+#[cfg(any(test, feature = "write"))]
 pub use writer::{SlideSpec, write_pyramidal_tiff};
 
 #[derive(Debug, thiserror::Error)]

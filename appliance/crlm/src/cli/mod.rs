@@ -15,6 +15,7 @@ pub mod ledger;
 pub mod model;
 pub mod predict;
 pub mod run;
+#[cfg(feature = "synth")]
 pub mod synth;
 #[cfg(feature = "office")]
 pub mod validate;

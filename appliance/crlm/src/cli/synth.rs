@@ -97,10 +97,10 @@ pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
                 crlm_models::package::parse_spec(&std::fs::read(&spec).with_context(|| spec.display().to_string())?)?;
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             let t = std::time::Instant::now();
-            crlm_predict::cohort_export::export(
+            crate::cohort_export::export(
                 &spec,
                 &cfg,
-                &crlm_predict::cohort_export::CohortOptions { seed, patients, threads },
+                &crate::cohort_export::CohortOptions { seed, patients, threads },
                 &out,
             )?;
             println!("{}: {patients} patients in {:.0} s", out.display(), t.elapsed().as_secs_f64());

@@ -3,11 +3,11 @@
 //! exactly the code `crlm predict` uses, so the demo model trains on what it will be served.
 //! Output: one safetensors file the PyTorch twin's training script reads (docs/MODEL.md).
 
-use crate::{PredictError, prepare_case};
 use candle_core::{Device, Tensor};
 use crlm_config::Config;
 use crlm_models::cohort::{CaseParts, patient, write_case};
 use crlm_models::package::ModelSpec;
+use crlm_predict::{PredictError, prepare_case};
 use std::collections::HashMap;
 use std::path::Path;
 
