@@ -348,7 +348,9 @@ fn evaluate_case(
     };
     let tx = ing.db.begin()?;
     if let Some((check, action, record_file)) = &quarantine_row {
-        tx.insert_case_quarantine(case.id, check, &all.join("; "), action, &record_file.display().to_string(), now)?;
+        let (reason, record_file) = (all.join("; "), record_file.display().to_string());
+        let q = crlm_state::Quarantined { check, reason: &reason, action, record_file: &record_file };
+        tx.insert_case_quarantine(case.id, &q, now)?;
     }
     let closing = Closing {
         state,

@@ -295,7 +295,10 @@ impl Ingestor {
             kind: p.kind.as_str(),
             details: None,
         };
-        tx.insert_quarantined_file(&file, p.check, &p.reason, p.action, &record_file.display().to_string(), now_ms())?;
+        let record_file = record_file.display().to_string();
+        let q =
+            crlm_state::Quarantined { check: p.check, reason: &p.reason, action: p.action, record_file: &record_file };
+        tx.insert_quarantined_file(&file, &q, now_ms())?;
         tx.commit()?;
         self.tracker.forget(rel);
         report.quarantined += 1;

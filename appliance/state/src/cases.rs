@@ -57,6 +57,14 @@ pub struct NewFile<'a> {
     pub details: Option<&'a str>,
 }
 
+/// A quarantine: the check that failed, why, what staff should do, and the reason file written.
+pub struct Quarantined<'a> {
+    pub check: &'a str,
+    pub reason: &'a str,
+    pub action: &'a str,
+    pub record_file: &'a str,
+}
+
 /// What ingest records when a case closes.
 pub struct Closing<'a> {
     pub state: CaseState,
@@ -317,25 +325,17 @@ impl Tx<'_> {
     }
 
     /// A quarantined file and its quarantine record.
-    pub fn insert_quarantined_file(
-        &self,
-        f: &NewFile<'_>,
-        check: &str,
-        reason: &str,
-        action: &str,
-        record_file: &str,
-        now: i64,
-    ) -> Result<(), StateError> {
+    pub fn insert_quarantined_file(&self, f: &NewFile<'_>, q: &Quarantined<'_>, now: i64) -> Result<(), StateError> {
         self.tx.execute(
             "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, problem, seen_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, 'quarantined', ?6, ?7)",
-            params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, reason, now],
+            params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, q.reason, now],
         )?;
         let file_id = self.tx.last_insert_rowid();
         self.tx.execute(
             "INSERT INTO quarantine(file_id, path, check_name, reason, action, record_file, created_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![file_id, f.path, check, reason, action, record_file, now],
+            params![file_id, f.path, q.check, q.reason, q.action, q.record_file, now],
         )?;
         Ok(())
     }
@@ -381,18 +381,10 @@ impl Tx<'_> {
     }
 
     /// A case-level quarantine record.
-    pub fn insert_case_quarantine(
-        &self,
-        case_id: i64,
-        check: &str,
-        reason: &str,
-        action: &str,
-        record_file: &str,
-        now: i64,
-    ) -> Result<(), StateError> {
+    pub fn insert_case_quarantine(&self, case_id: i64, q: &Quarantined<'_>, now: i64) -> Result<(), StateError> {
         self.tx.execute(
             "INSERT INTO quarantine(case_id, check_name, reason, action, record_file, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![case_id, check, reason, action, record_file, now],
+            params![case_id, q.check, q.reason, q.action, q.record_file, now],
         )?;
         Ok(())
     }

@@ -18,13 +18,8 @@ pub enum ModelAction {
     /// folder OUT with the graphs and an [onnx] table, signed with KEY.
     ExportOnnx {
         package: Option<PathBuf>,
-        #[arg(long)]
-        out: PathBuf,
-        /// Signing key for the new package (the demo's: models/packages/demo.key).
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        new: NewPackage,
     },
     /// INT8 (QDQ) graphs calibrated on the case folders in CALIBRATION: a new package folder OUT,
     /// signed with KEY. The CT and tile encoders become INT8; the rest stays fp32.
@@ -33,12 +28,8 @@ pub enum ModelAction {
         /// A folder of case folders (as `crlm predict` reads them), e.g. from `crlm synth patient`.
         #[arg(long)]
         calibration: PathBuf,
-        #[arg(long)]
-        out: PathBuf,
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        new: NewPackage,
         /// Convolutions to keep in fp32, comma-separated (ct.conv.conv1, ..., slide.conv.conv3).
         #[arg(long, default_value = "")]
         keep_fp32: String,
@@ -119,6 +110,19 @@ fn onnx_graphs(p: &crlm_models::package::ModelPackage) -> Vec<(&'static str, Str
             Some((part, g.file.clone(), io))
         })
         .collect()
+}
+
+/// Where a command writes a new package, and what signs it.
+#[derive(Args)]
+pub struct NewPackage {
+    /// The new package folder (must not exist, or be empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Signing key for the new package (the demo's: models/packages/demo.key).
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
@@ -325,7 +329,7 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ModelAction::ExportOnnx { package, out, key, config } => match load(package, config)? {
+        ModelAction::ExportOnnx { package, new: NewPackage { out, key, config } } => match load(package, config)? {
             Ok(p) => {
                 let weights = p.weights().ok_or_else(|| anyhow::anyhow!("the package carries no weights to export"))?;
                 let (onnx, graphs) = crlm_models::onnx::export::export(&p.spec, weights, None)?;
@@ -339,7 +343,7 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
             }
             Err(code) => Ok(code),
         },
-        ModelAction::Quantize { package, calibration, out, key, config, keep_fp32, percentile } => {
+        ModelAction::Quantize { package, calibration, new: NewPackage { out, key, config }, keep_fp32, percentile } => {
             let cfg = match load_config(config_path(config.clone()).as_deref()) {
                 Ok(c) => c,
                 Err(code) => return Ok(code),
