@@ -369,7 +369,11 @@ fn processing_worker(
                 x.processing = Some(ProcessingView { case: case.clone(), stage: "model".into(), ..Default::default() });
             }
             let _ = events.blocking_send(WorkerEvent::Progress);
-            let r = processor.process(case_id);
+            // A panic while processing one case (a decoder's bug on one file) costs that case, not
+            // the worker: it is marked failed with the reason and the next case goes on. The
+            // processor's durable state (ledger, state database) is written in whole steps.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(case_id)))
+                .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))));
             progress.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut x) = extras.lock() {
                 x.processing = None;
@@ -401,4 +405,13 @@ fn processing_worker(
             let _ = events.blocking_send(ev);
         }
     }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
 }

@@ -47,6 +47,8 @@ pub enum ProcessError {
     Outputs(#[from] OutputError),
     #[error("cannot open {what}: {source}")]
     Open { what: String, source: std::io::Error },
+    #[error("processing stopped on an internal error (a panic: {0}); the case is not retried")]
+    Panic(String),
 }
 
 /// A case that went through (or was resumed): what the service reports and shows.

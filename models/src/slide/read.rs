@@ -163,7 +163,17 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
     if l.planar != 1 || !(spp == 3 || spp == 4 || l.compression == 7) {
         return Err(bad(format!("{spp} samples per pixel, planar configuration {} not supported", l.planar)));
     }
-    let mut rgb = if l.compression == 7 { rgb } else { rgb.chunks(spp).flat_map(|p| [p[0], p[1], p[2]]).collect() };
+    // A tile shorter than its declared size is an error, not a short last pixel to index past
+    // (an uncompressed tile of 100 bytes at 3 samples per pixel once stopped every prediction).
+    let need = if l.compression == 7 { n * 3 } else { n * spp };
+    if rgb.len() < need {
+        return Err(bad(format!("tile decoded to {} bytes, {need} expected", rgb.len())));
+    }
+    let mut rgb = if l.compression == 7 {
+        rgb
+    } else {
+        rgb.chunks_exact(spp).take(n).flat_map(|p| p.iter().take(3).copied()).collect()
+    };
     if l.predictor == 2 && l.compression != 7 {
         // Horizontal differencing, per channel, per row.
         for row in rgb.chunks_mut(w as usize * 3) {
@@ -274,4 +284,53 @@ fn decode_j2k_tile(raw: &[u8], w: u32, h: u32, ycbcr: bool) -> Result<Vec<u8>, S
         ycc_to_rgb_libjpeg(&mut px);
     }
     Ok(px)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn level(compression: u16, samples_per_pixel: u16) -> LevelData {
+        LevelData {
+            width: 16,
+            height: 16,
+            tile_width: 16,
+            tile_height: 16,
+            compression,
+            photometric: 2,
+            samples_per_pixel,
+            planar: 1,
+            predictor: 1,
+            jpeg_tables: None,
+            tile_offsets: vec![0],
+            tile_counts: vec![100],
+        }
+    }
+
+    /// Regression: an uncompressed tile whose byte count is not a multiple of the samples per
+    /// pixel (TileByteCounts 100 at 3 samples) panicked with an index out of bounds.
+    #[test]
+    fn a_short_or_ragged_uncompressed_tile_is_an_error_not_a_panic() {
+        for (spp, len) in [(3u16, 100usize), (4, 101), (3, 0), (4, 16 * 16 * 4 - 1)] {
+            let raw = vec![7u8; len];
+            let r = decode_tile(&level(1, spp), &raw);
+            assert!(
+                matches!(r, Err(SlideError::Broken(_))),
+                "{spp} samples, {len} bytes: {:?}",
+                r.map(|t| t.pixels.len())
+            );
+        }
+        let whole = decode_tile(&level(1, 4), &vec![7u8; 16 * 16 * 4]).unwrap();
+        assert_eq!(whole.pixels.len(), 16 * 16 * 3);
+    }
+
+    #[test]
+    fn a_damaged_compressed_tile_is_an_error_not_a_panic() {
+        for compression in [5u16, 7, 8, 32946] {
+            for len in [0usize, 1, 2, 3, 100, 767] {
+                let raw: Vec<u8> = (0..len).map(|i| (i * 37 % 251) as u8).collect();
+                let _ = decode_tile(&level(compression, 3), &raw);
+            }
+        }
+    }
 }

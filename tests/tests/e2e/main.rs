@@ -3,6 +3,7 @@
 
 mod backends;
 mod ledger;
+mod legacy;
 mod model;
 mod mqtt;
 mod openslide;
