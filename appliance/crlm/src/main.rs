@@ -94,11 +94,30 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match dispatch(Cli::parse().command) {
+    let command = Cli::parse().command;
+    if command.prints_only() {
+        cli::default_sigpipe();
+    }
+    match dispatch(command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("crlm: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+impl Command {
+    /// Commands that only print (no sockets): a closed pipe (`crlm ... | head`) ends them quietly,
+    /// as it ends other command-line tools, instead of a panic on the failed write.
+    fn prints_only(&self) -> bool {
+        match self {
+            Command::Run(_) | Command::Broker(_) => false,
+            #[cfg(feature = "office")]
+            Command::Demo(_) => false,
+            #[cfg(feature = "office")]
+            Command::Fleet { action } => !action.uses_network(),
+            _ => true,
         }
     }
 }

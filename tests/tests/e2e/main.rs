@@ -2,6 +2,7 @@
 //! file), one module per area. Helpers shared by all are in the crate's library (`crlm_e2e`).
 
 mod backends;
+mod cli;
 mod ledger;
 mod legacy;
 mod model;

@@ -44,6 +44,13 @@ pub enum FleetAction {
     },
 }
 
+impl FleetAction {
+    /// Collect and watch connect to a broker; export only reads the collector's database.
+    pub fn uses_network(&self) -> bool {
+        !matches!(self, FleetAction::Export { .. })
+    }
+}
+
 pub fn run(action: FleetAction) -> anyhow::Result<ExitCode> {
     match action {
         FleetAction::Collect { broker, db, key, devices, client_id, tls } => {

@@ -57,6 +57,19 @@ pub enum ExportFormat {
     Json,
 }
 
+/// Let a closed standard output end the process as it ends other command-line tools (SIGPIPE's
+/// default action) instead of failing the next write. Only for commands that hold no sockets: the
+/// service and the network clients keep Rust's default (SIGPIPE ignored, a failed write is an
+/// error), since a peer closing a connection must not end them.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL replaces the disposition of SIGPIPE for this process; it is
+    // called once at start-up on the main thread, before any other thread exists, and installs no
+    // Rust handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// A multi-threaded runtime for the async commands.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
