@@ -254,7 +254,11 @@ impl Processor {
             let reason = format!("not eligible for the study: {}", case.reasons.join("; "));
             let mut c = self.case_record(case, case_ref, clinical, CaseStatus::Refused);
             c.refusal = Some(self.scrub(&reason, files));
-            c.eligibility = Some(crlm_models::case::Eligibility::checked(true, case.reasons.clone()));
+            c.eligibility = Some(crlm_models::case::Eligibility {
+                checked: true,
+                eligible: Some(false),
+                reasons: Some(case.reasons.clone()),
+            });
             c.inputs = Some(Inputs { clinical: clinical.map(clinical_input), ..Inputs::default() });
             return Ok((RecordBody::Refusal(c), Value::Null));
         }
