@@ -147,53 +147,49 @@ pub fn receive(
             return Ok(None);
         }
     };
-    {
-        {
-            let leaf = stream.name();
-            let inserted = db.execute(
-                "INSERT OR IGNORE INTO messages(site, device, stream, seq, payload, received_ms, signature_ok)
+    let leaf = stream.name();
+    let inserted = db.execute(
+        "INSERT OR IGNORE INTO messages(site, device, stream, seq, payload, received_ms, signature_ok)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![site, device, leaf, seq, text, now, sig],
-            )?;
-            if inserted == 1 {
-                tracing::info!(stage = "fleet", site, device, stream = leaf, seq, signature_ok = ?sig, "received");
-            }
-            // The highest seq received without a gap from 0.
-            let seqs: Vec<i64> = db
-                .prepare("SELECT seq FROM messages WHERE site=?1 AND device=?2 AND stream=?3 ORDER BY seq")?
-                .query_map(params![site, device, leaf], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut through = -1;
-            for s in seqs {
-                if s == through + 1 {
-                    through = s;
-                } else if s > through + 1 {
-                    break;
-                }
-            }
-            if through < 0 {
-                return Ok(None);
-            }
-            let mut ack = Ack { version: PAYLOAD_VERSION, stream, through_seq: through, countersignature: None };
-            if stream == Stream::Result {
-                let head: Option<(String, i64)> = db
-                    .query_row(
-                        "SELECT payload, received_ms FROM messages WHERE site=?1 AND device=?2 AND stream='result' AND seq=?3",
-                        params![site, device, through],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
-                if let Some((p, received)) = head
-                    && let Some(Message::Result(p)) = Message::parse(p.as_bytes())
-                {
-                    let at = chrono::DateTime::from_timestamp_millis(received).unwrap_or_else(chrono::Utc::now);
-                    let head = Head { format: ledger::LEDGER_FORMAT, seq: p.ledger_seq, hash: p.record_hash.clone() };
-                    ack.countersignature = Some(countersign::countersign(collector, &p.device_key_id, &head, at));
-                }
-            }
-            Ok(Some((format!("crlm/v1/{site}/{device}/ack"), ack)))
+        params![site, device, leaf, seq, text, now, sig],
+    )?;
+    if inserted == 1 {
+        tracing::info!(stage = "fleet", site, device, stream = leaf, seq, signature_ok = ?sig, "received");
+    }
+    // The highest seq received without a gap from 0.
+    let seqs: Vec<i64> = db
+        .prepare("SELECT seq FROM messages WHERE site=?1 AND device=?2 AND stream=?3 ORDER BY seq")?
+        .query_map(params![site, device, leaf], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut through = -1;
+    for s in seqs {
+        if s == through + 1 {
+            through = s;
+        } else if s > through + 1 {
+            break;
         }
     }
+    if through < 0 {
+        return Ok(None);
+    }
+    let mut ack = Ack { version: PAYLOAD_VERSION, stream, through_seq: through, countersignature: None };
+    if stream == Stream::Result {
+        let head: Option<(String, i64)> = db
+            .query_row(
+                "SELECT payload, received_ms FROM messages WHERE site=?1 AND device=?2 AND stream='result' AND seq=?3",
+                params![site, device, through],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((p, received)) = head
+            && let Some(Message::Result(p)) = Message::parse(p.as_bytes())
+        {
+            let at = chrono::DateTime::from_timestamp_millis(received).unwrap_or_else(chrono::Utc::now);
+            let head = Head { format: ledger::LEDGER_FORMAT, seq: p.ledger_seq, hash: p.record_hash.clone() };
+            ack.countersignature = Some(countersign::countersign(collector, &p.device_key_id, &head, at));
+        }
+    }
+    Ok(Some((format!("crlm/v1/{site}/{device}/ack"), ack)))
 }
 
 /// What `crlm fleet collect` needs.
