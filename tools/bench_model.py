@@ -7,7 +7,6 @@
 import argparse
 import os
 import sys
-import time
 import tomllib
 
 import torch
@@ -16,17 +15,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models", "reference"))
 from crlm_net import CrlmNet  # noqa: E402
 
-
-def median_ms(fn, repeat, sync=lambda: None):
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t) * 1000)
-    return sorted(times)[len(times) // 2]
+sys.path.insert(0, os.path.dirname(__file__))
+from benchtime import median_ms  # noqa: E402
 
 
 def main():

@@ -11,12 +11,16 @@ calibrated on random normalised tiles (speed only: the accuracy numbers come fro
 import argparse
 import os
 import tempfile
-import time
 import tomllib
+
+import sys
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+sys.path.insert(0, os.path.dirname(__file__))
+from benchtime import median_ms  # noqa: E402
 
 
 class Tiles(CalibrationDataReader):
@@ -35,13 +39,7 @@ def time_ms(path, name, x, threads, repeat):
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
     s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    s.run(None, {name: x})
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        s.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1000)
-    return sorted(times)[len(times) // 2]
+    return median_ms(lambda: s.run(None, {name: x}), repeat)
 
 
 def main():

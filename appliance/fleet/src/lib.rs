@@ -135,11 +135,11 @@ pub fn receive(
             return Ok(None);
         }
         ("result", Message::Result(r)) => {
-            let Some(seq) = r.seq else { return Ok(None) };
+            let Some(seq) = r.header.seq else { return Ok(None) };
             (Stream::Result, seq, check_result(r, keys))
         }
         ("alert", Message::Alert(a)) => {
-            let Some(seq) = a.seq else { return Ok(None) };
+            let Some(seq) = a.header.seq else { return Ok(None) };
             (Stream::Alert, seq, None)
         }
         _ => {

@@ -190,14 +190,14 @@ pub fn describe(topic: &str, v: &Value) -> String {
         ),
         Ok(Message::Result(r)) => format!(
             "result #{}: case {} {}{}, ledger record {} ({}…)",
-            seq(r.seq),
+            seq(r.header.seq),
             r.case,
             r.status.name(),
             r.risk_group.map(|g| format!(", risk group {}", g.name())).unwrap_or_default(),
             r.ledger_seq,
             short(&r.record_hash)
         ),
-        Ok(Message::Alert(a)) => format!("alert #{}: {}: {}", seq(a.seq), a.alert.name(), a.message),
+        Ok(Message::Alert(a)) => format!("alert #{}: {}: {}", seq(a.header.seq), a.alert.name(), a.message),
         Err(_) => format!("{leaf}: {v}"),
     }
 }

@@ -57,11 +57,7 @@ pub fn result_payload(cfg: &MqttConfig, record: &Record, record_hash: &str) -> O
     let c = record.case()?;
     let outputs = c.outputs.as_ref();
     Some(Message::Result(ResultPayload {
-        version: PAYLOAD_VERSION,
-        site: cfg.site.clone(),
-        device: cfg.device.clone(),
-        stream: STREAM_RESULT.into(),
-        seq: None,
+        header: StreamHeader::new(cfg, STREAM_RESULT),
         case: c.case.clone(),
         status: c.status,
         risk_group: outputs.map(|o| o.risk_group),
@@ -81,11 +77,7 @@ pub fn result_payload(cfg: &MqttConfig, record: &Record, record_hash: &str) -> O
 /// An alert (quarantine, refusal, clock jump, ledger recovery, case failure, ...).
 pub fn alert_payload(cfg: &MqttConfig, code: AlertCode, message: &str, case: Option<&str>) -> Message {
     Message::Alert(AlertPayload {
-        version: PAYLOAD_VERSION,
-        site: cfg.site.clone(),
-        device: cfg.device.clone(),
-        stream: STREAM_ALERT.into(),
-        seq: None,
+        header: StreamHeader::new(cfg, STREAM_ALERT),
         alert: code,
         message: message.to_string(),
         case: case.map(str::to_string),

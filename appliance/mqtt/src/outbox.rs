@@ -12,8 +12,8 @@ pub use crlm_state::Queued;
 pub fn enqueue(q: &impl Enqueue, stream: &str, topic: &str, mut message: Message) -> Result<i64, StateError> {
     q.enqueue(stream, topic, |seq| {
         match &mut message {
-            Message::Result(p) => p.seq = Some(seq),
-            Message::Alert(p) => p.seq = Some(seq),
+            Message::Result(p) => p.header.seq = Some(seq),
+            Message::Alert(p) => p.header.seq = Some(seq),
             Message::Status(_) | Message::Heartbeat(_) => {}
         }
         message.to_json()

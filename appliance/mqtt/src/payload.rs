@@ -34,17 +34,37 @@ impl Message {
     }
 }
 
-/// A locked prediction or refusal, de-identified (the case pseudonym only).
+/// The fields every message of a stream (results, alerts) starts with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResultPayload {
+pub struct StreamHeader {
     pub version: u32,
     pub site: String,
     pub device: String,
-    /// `result`.
+    /// `result` or `alert`.
     pub stream: String,
     /// The stream's sequence number, given when the message is queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
+}
+
+impl StreamHeader {
+    /// This box's header for `stream`, before the outbox numbers it.
+    pub fn new(cfg: &crlm_config::MqttConfig, stream: &str) -> StreamHeader {
+        StreamHeader {
+            version: PAYLOAD_VERSION,
+            site: cfg.site.clone(),
+            device: cfg.device.clone(),
+            stream: stream.into(),
+            seq: None,
+        }
+    }
+}
+
+/// A locked prediction or refusal, de-identified (the case pseudonym only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultPayload {
+    #[serde(flatten)]
+    pub header: StreamHeader,
     pub case: String,
     pub status: CaseStatus,
     pub risk_group: Option<RiskGroup>,
@@ -95,13 +115,8 @@ impl AlertCode {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertPayload {
-    pub version: u32,
-    pub site: String,
-    pub device: String,
-    /// `alert`.
-    pub stream: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seq: Option<i64>,
+    #[serde(flatten)]
+    pub header: StreamHeader,
     pub alert: AlertCode,
     pub message: String,
     /// The case pseudonym, when the alert is about one.

@@ -174,10 +174,10 @@ fn one_run(args: &Args, staged: &Path) -> anyhow::Result<RunResult> {
     let find = |needle: &str| log.lines().find(|l| l.contains(needle));
     let closed = find("case complete").and_then(line_time).context("no `case complete` in the log")?;
     let locked_line = find("and locked").context("no lock in the log")?;
-    let record = std::fs::read_to_string(state.join("ledger/ledger.jsonl"))?;
-    let first: Value = serde_json::from_str(record.lines().next().unwrap_or("{}"))?;
+    let records = crlm_ledger::read_records(&state.join("ledger"))?;
+    let first = &records.first().context("no ledger record")?.0;
     // The lock's own time (the log line may come a moment later).
-    let locked = chrono::DateTime::parse_from_rfc3339(first["wall_time"].as_str().unwrap_or(""))
+    let locked = chrono::DateTime::parse_from_rfc3339(&first.core.wall_time)
         .ok()
         .and_then(|t| u64::try_from(t.timestamp_micros()).ok())
         .map(|us| SystemTime::UNIX_EPOCH + Duration::from_micros(us))
@@ -204,9 +204,9 @@ fn one_run(args: &Args, staged: &Path) -> anyhow::Result<RunResult> {
         ("report: state and outbox transaction, MQTT to the subscriber".to_string(), secs(locked, t_result)),
         ("(after the lock, beside reporting) output files: result.json, FHIR, SR".to_string(), t("outputs")),
     ];
-    let slides = first["body"]["inputs"]["slides"].as_array().cloned().unwrap_or_default();
-    let tissue_tiles = slides.iter().filter_map(|s| s["tissue_tiles"].as_u64()).sum();
-    let tiles_used = slides.iter().filter_map(|s| s["tiles_used"].as_u64()).sum();
+    let slides = first.case().and_then(|c| c.inputs).and_then(|i| i.slides).unwrap_or_default();
+    let tissue_tiles = slides.iter().map(|s| s.tissue_tiles as u64).sum();
+    let tiles_used = slides.iter().map(|s| s.tiles_used as u64).sum();
     drop(subscriber);
     Ok(RunResult {
         stages,

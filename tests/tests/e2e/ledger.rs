@@ -17,9 +17,9 @@ fn verify_passes_a_good_ledger_and_names_the_first_changed_record() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK, 5 records"));
     let show = site.command(&["ledger", "show", "3"]).output().unwrap();
-    let rec: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-    assert_eq!(rec["seq"], 3);
-    assert_eq!(rec["body"]["case"], "C-3");
+    let rec: crlm_ledger::Record = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(rec.core.seq, 3);
+    assert_eq!(rec.case().map(|c| c.case).as_deref(), Some("C-3"));
 
     let file = site.state.join("ledger").join(LEDGER_FILE);
     let text = std::fs::read_to_string(&file).unwrap();

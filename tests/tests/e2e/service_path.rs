@@ -135,14 +135,16 @@ fn run(kind: BrokerKind) {
     assert!(modalities(full).contains("ct") && modalities(full).contains("clinical"), "{full:#}");
     // The ledger records the segmentation the full case's crop was centred on (pseudonymised).
     let show = site.command(&["ledger", "show", &full["sequence"].as_u64().unwrap().to_string()]).output().unwrap();
-    let record: Value = serde_json::from_slice(&show.stdout).unwrap_or_else(|_| panic!("{}", site.log(0)));
-    let roi = &record["body"]["inputs"]["ct"]["roi"];
+    let record: crlm_ledger::Record =
+        serde_json::from_slice(&show.stdout).unwrap_or_else(|_| panic!("{}", site.log(0)));
+    let roi = record.case().and_then(|c| c.inputs).and_then(|i| i.ct).and_then(|ct| ct.roi);
+    let roi = roi.unwrap_or_else(|| panic!("no region of interest recorded: {record:#?}"));
     assert_eq!(
-        (roi["source"].as_str(), roi["labels"][0].as_str()),
-        (Some("segmentation"), Some("Liver")),
-        "{record:#}"
+        (roi.source, roi.labels.first().map(String::as_str)),
+        (crlm_models::ct::preprocess::RoiSource::Segmentation, Some("Liver")),
+        "{record:#?}"
     );
-    assert!(roi["sop"].as_str().is_some_and(|s| s.starts_with("R-")), "the SEG's UID is pseudonymised: {roi}");
+    assert!(roi.sop.starts_with("R-"), "the SEG's UID is pseudonymised: {roi:?}");
     let no_slide =
         rows.iter().find(|r| r["status"] == "predicted" && !modalities(r).contains("slide")).expect("no slide");
     assert!(no_slide["risk_2y"].as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)), "{no_slide:#}");

@@ -44,22 +44,23 @@ pub fn print_cases(rows: &[crlm_state::CaseRow]) {
             format!("{} {} {}", m("ct"), m("slide"), m("clinical")),
             if r.reasons.is_empty() { "-".to_string() } else { r.reasons.join("; ") }
         );
-        if let Some(c) = r.series_choice.as_ref().and_then(|s| s.get("chosen")).filter(|c| !c.is_null()) {
+        let choice: Option<crlm_ingest::series::SeriesChoice> =
+            r.series_choice.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok());
+        let Some(choice) = choice else { continue };
+        if let Some(c) = &choice.chosen {
             println!(
                 "{:<16} CT series chosen: \"{}\", {} slices",
                 "",
-                c.get("description").and_then(|d| d.as_str()).unwrap_or("?"),
-                c.get("slices").and_then(|d| d.as_u64()).unwrap_or(0)
+                c.description.as_deref().unwrap_or("?"),
+                c.slices
             );
         }
-        for rej in
-            r.series_choice.as_ref().and_then(|s| s.get("rejected")).and_then(|v| v.as_array()).into_iter().flatten()
-        {
+        for rej in &choice.rejected {
             println!(
                 "{:<16} CT series rejected: \"{}\": {}",
                 "",
-                rej.get("description").and_then(|d| d.as_str()).unwrap_or("?"),
-                rej.get("reason").and_then(|d| d.as_str()).unwrap_or("?")
+                rej.series.description.as_deref().unwrap_or("?"),
+                rej.reason
             );
         }
     }
