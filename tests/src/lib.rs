@@ -237,6 +237,19 @@ pub fn collected(db: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// The newest heartbeat the collector holds from any box (its `devices` table), if any.
+pub fn latest_heartbeat(db: &Path) -> Option<serde_json::Value> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    let text: String = conn
+        .query_row(
+            "SELECT heartbeat FROM devices WHERE heartbeat IS NOT NULL ORDER BY last_seen_ms DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// The study office's collector (`crlm fleet collect`) as a process, its key made in `dir`.
 pub struct Collector {
     pub child: Child,

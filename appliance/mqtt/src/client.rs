@@ -116,6 +116,9 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                         tracing::info!(stage = "mqtt", protocol = m.protocol.name(), "connected to the broker");
                         connected = true;
                         sent_through = 0;
+                        // The link is back: its error no longer holds (the heartbeat reports
+                        // only a condition that is still true).
+                        last_error = None;
                         let _ = client
                             .publish(topic(&m, "status"), true, true, status_payload(&m, LinkState::Online).to_json().into_bytes())
                             .await;

@@ -3,7 +3,8 @@
 //! mosquitto_sub as an independent client.
 
 use crlm_e2e::{
-    BrokerKind, Collector, Site, collected, crlm_bin, free_port, have, outbox_rows, signal, start_broker, stop, wait,
+    BrokerKind, Collector, Site, collected, crlm_bin, free_port, have, latest_heartbeat, outbox_rows, signal,
+    start_broker, stop, wait,
 };
 use crlm_models::synth::{SampleCase, write_sample_case};
 use std::process::Command;
@@ -48,6 +49,11 @@ fn outage(kind: BrokerKind) {
     wait("5 results at the collector", Duration::from_secs(60), || collected(&db).len() == 5);
     wait("the box's outbox to empty after the collector's acks", Duration::from_secs(30), || {
         outbox_rows(&site.state) == 0
+    });
+    // The outage's connection errors are no longer reported once the link is back (issue 21,
+    // defect 6: the heartbeat kept naming them for good).
+    wait("a heartbeat after the reconnect without the outage's error", Duration::from_secs(20), || {
+        latest_heartbeat(&db).is_some_and(|h| h["last_error"].is_null())
     });
     let rows = collected(&db);
     let seqs: Vec<u64> = rows.iter().map(|r| r["sequence"].as_u64().unwrap()).collect();
