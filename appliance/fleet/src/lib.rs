@@ -253,3 +253,23 @@ pub async fn collect(opts: CollectOptions, mut stop: watch::Receiver<bool>) -> R
     client.disconnect().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The collector's public key is where the documentation says (issue 21, defect 9: the docs
+    /// and --help named `collector.key.pub`, the collector wrote `collector.pub`).
+    #[test]
+    fn the_collector_key_pair_is_where_the_documentation_says() {
+        let d = tempfile::tempdir().unwrap();
+        let key = collector_key(&d.path().join("collector.key")).unwrap();
+        let public = ledger::read_public_key(&d.path().join("collector.pub")).unwrap();
+        assert_eq!(public, key.verifying_key());
+        assert!(!d.path().join("collector.key.pub").exists());
+        let docs = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/MQTT.md")).unwrap();
+        assert!(docs.contains("`collector.pub`") && !docs.contains("collector.key.pub"));
+        // The same key is read back, not made again.
+        assert_eq!(collector_key(&d.path().join("collector.key")).unwrap().to_bytes(), key.to_bytes());
+    }
+}

@@ -9,7 +9,8 @@ pub enum FleetAction {
         broker: String,
         #[arg(long)]
         db: PathBuf,
-        /// The collector's signing key (made on first use, with KEY.pub beside it for the boxes).
+        /// The collector's signing key, made on first use with its public key beside it under the
+        /// extension .pub (collector.key -> collector.pub): that file goes to the boxes.
         #[arg(long, default_value = "collector.key")]
         key: PathBuf,
         /// Folder of registered boxes' device.pub files (any name ending .pub).
