@@ -280,9 +280,12 @@ impl StateDb {
         Ok(StateDb { conn })
     }
 
-    /// Begin a transaction ([`Tx`]).
+    /// Begin a write transaction ([`Tx`]). IMMEDIATE: the write lock is taken at BEGIN (waiting
+    /// up to the busy timeout for another connection's), so a transaction that reads before it
+    /// writes (the outbox's next sequence number) cannot fail half-way because another
+    /// connection wrote in between.
     pub fn begin(&self) -> Result<Tx<'_>, StateError> {
-        Ok(Tx { tx: self.conn.unchecked_transaction()? })
+        Ok(Tx { tx: rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)? })
     }
 
     /// Has this exact file version (path, size, mtime) been handled already?

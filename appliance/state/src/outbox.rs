@@ -83,3 +83,33 @@ impl StateDb {
         })?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Two connections queue on one stream at once (the worker in its lock's transaction, the
+    /// publisher on its own): the second waits for the first and gets the next number. With a
+    /// deferred transaction it read a stale `next_seq` and failed (SQLITE_BUSY or a duplicate).
+    #[test]
+    fn two_connections_queue_on_one_stream_without_a_clash() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("crlm.sqlite");
+        let a = StateDb::open(&path).unwrap();
+        let tx = a.begin().unwrap();
+        assert_eq!(tx.enqueue("alert", "t", |s| format!("{{\"seq\":{s}}}")).unwrap(), 0);
+        let other = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let b = StateDb::open(&path).unwrap();
+                b.enqueue("alert", "t", |s| format!("{{\"seq\":{s}}}"))
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        tx.commit().unwrap();
+        assert_eq!(other.join().unwrap().unwrap(), 1);
+        let seqs: Vec<i64> = a.outbox_after(0, 10).unwrap().iter().map(|q| q.seq).collect();
+        assert_eq!(seqs, [0, 1]);
+    }
+}
