@@ -169,7 +169,7 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
             && rows.iter().all(|r| r.settled())
         {
             // Reported means acknowledged by the collector: the outbox is empty.
-            let queued = crlm_mqtt::outbox::depth(&db).map(|d| d.0).unwrap_or(u64::MAX);
+            let queued = db.outbox_depth().map(|d| d.0).unwrap_or(u64::MAX);
             if queued == 0 {
                 break Some(rows);
             }

@@ -100,7 +100,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
     let mut heartbeat = tokio::time::interval(Duration::from_secs_f64(m.heartbeat_seconds));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let report = |connected: bool, db: &crlm_state::StateDb| {
-        let messages = outbox::depth(db).map(|d| d.0).unwrap_or(0);
+        let messages = db.outbox_depth().map(|d| d.0).unwrap_or(0);
         (ctx.on_link)(LinkView {
             broker: if connected { "connected" } else { "disconnected" }.into(),
             outbox_messages: messages,
@@ -154,7 +154,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                     sent_through = 0;
                     last_progress = Instant::now();
                 }
-                let rows = outbox::pending(&db, sent_through, 100).unwrap_or_default();
+                let rows = db.outbox_after(sent_through, 100).unwrap_or_default();
                 for q in rows {
                     if client.publish(q.topic.clone(), true, false, q.payload.clone().into()).await.is_err() {
                         break;
@@ -163,7 +163,7 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 }
             }
             _ = heartbeat.tick() => {
-                let (messages, bytes) = outbox::depth(&db).unwrap_or((0, 0));
+                let (messages, bytes) = db.outbox_depth().unwrap_or((0, 0));
                 let full = bytes > m.outbox_max_bytes;
                 if full && !full_alerted {
                     let why = format!("the outbox holds {bytes} bytes, above mqtt.outbox_max_bytes; nothing is dropped");
@@ -226,7 +226,7 @@ fn handle_ack(
         return;
     };
     let (stream, through) = (ack.stream.name(), ack.through_seq);
-    match outbox::acknowledge(db, stream, through) {
+    match db.outbox_acknowledge(stream, through) {
         Ok(n) if n > 0 => tracing::info!(stage = "mqtt", stream, through, removed = n, "collector acknowledged"),
         Ok(_) => {}
         Err(e) => tracing::error!(stage = "mqtt", error = %e, "cannot apply the collector's ack"),

@@ -3,9 +3,7 @@
 //! "everything up to N" and drop duplicates by (device, stream, seq).
 
 use super::{AlertCode, Message};
-use crlm_state::{Enqueue, StateDb, StateError};
-
-pub use crlm_state::Queued;
+use crlm_state::{Enqueue, StateError};
 
 /// Queue `message` on `stream` (it gains `seq`). Give the transaction that records what the
 /// message reports, so both or neither survive a crash.
@@ -29,19 +27,4 @@ pub fn enqueue_alert(
     case: Option<&str>,
 ) -> Result<i64, StateError> {
     enqueue(q, super::STREAM_ALERT, &super::topic(cfg, "alert"), super::alert_payload(cfg, code, message, case))
-}
-
-/// Messages after row `after_id`, oldest first.
-pub fn pending(db: &StateDb, after_id: i64, limit: usize) -> Result<Vec<Queued>, StateError> {
-    db.outbox_after(after_id, limit)
-}
-
-/// The collector has everything of `stream` up to `through`: those rows go.
-pub fn acknowledge(db: &StateDb, stream: &str, through: i64) -> Result<usize, StateError> {
-    db.outbox_acknowledge(stream, through)
-}
-
-/// (messages, bytes) waiting for the collector.
-pub fn depth(db: &StateDb) -> Result<(u64, u64), StateError> {
-    db.outbox_depth()
 }

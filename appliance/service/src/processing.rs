@@ -27,7 +27,7 @@ use crlm_models::inference::Model;
 use crlm_mqtt::{self as mqtt, AlertCode};
 use crlm_outputs::{self as outputs, OutputError, SiteStudy};
 use crlm_predict::{CaseFiles, CaseResult, PredictError, predict_prepared, prepare_files};
-use crlm_state::{CaseState, StateDb, StateError, now_ms};
+use crlm_state::{CaseState, StateDb, StateError, WorkRow, now_ms};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -68,18 +68,6 @@ pub struct Processed {
     /// Where the time went, in ms: `files` (listed and hashed), the model's `ct`, `clinical`,
     /// `slide`, `model` and `total` when it ran, `ledger` (the fsynced append), `outputs`.
     pub timings_ms: Value,
-}
-
-struct CaseRowFull {
-    id: i64,
-    key: String,
-    pseudonym: String,
-    state: CaseState,
-    reasons: Vec<String>,
-    clinical_hash: Option<String>,
-    ledger_seq: Option<i64>,
-    /// The CT series choice made when the case closed.
-    series_choice: Option<SeriesChoice>,
 }
 
 pub struct Processor {
@@ -152,24 +140,10 @@ impl Processor {
         Ok(())
     }
 
-    fn case_row(&self, case_id: i64) -> Result<CaseRowFull, ProcessError> {
-        let r = self.db.work_row(case_id)?;
-        Ok(CaseRowFull {
-            id: r.id,
-            key: r.key,
-            pseudonym: r.pseudonym,
-            state: r.state,
-            reasons: r.reasons,
-            clinical_hash: r.clinical_hash,
-            ledger_seq: r.ledger_seq,
-            series_choice: r.series_choice.and_then(|s| serde_json::from_str::<SeriesChoice>(&s).ok()),
-        })
-    }
-
     /// Predict (or refuse), lock and write the outputs of one case.
     pub fn process(&mut self, case_id: i64) -> Result<Processed, ProcessError> {
         let t = Instant::now();
-        let case = self.case_row(case_id)?;
+        let case = self.db.work_row(case_id)?;
         let case_ref = self.secret.keyed_ref("case", &case.key);
         // The model's own timings, plus this worker's steps (ms).
         let mut timings = json!({});
@@ -245,7 +219,7 @@ impl Processor {
     /// Run the model (or not, for an ineligible case) and compose the ledger record's body.
     fn decide(
         &self,
-        case: &CaseRowFull,
+        case: &WorkRow,
         case_ref: &str,
         (files, shas): &(CaseFiles, HashMap<PathBuf, String>),
     ) -> Result<(RecordBody, Value), ProcessError> {
@@ -282,7 +256,7 @@ impl Processor {
     /// The fields every case record starts with.
     fn case_record(
         &self,
-        case: &CaseRowFull,
+        case: &WorkRow,
         case_ref: &str,
         clinical: Option<&ClinicalRecord>,
         status: CaseStatus,
@@ -302,7 +276,7 @@ impl Processor {
 
     fn result_record(
         &self,
-        case: &CaseRowFull,
+        case: &WorkRow,
         case_ref: &str,
         files: &CaseFiles,
         shas: &HashMap<PathBuf, String>,
@@ -386,11 +360,11 @@ impl Processor {
 
     /// The case's accepted files, re-read beneath the share exactly as ingest accepted them.
     /// A file changed since acceptance is not used (its hash would not be the one recorded).
-    fn case_files(&self, case: &CaseRowFull) -> Result<(CaseFiles, HashMap<PathBuf, String>), ProcessError> {
+    fn case_files(&self, case: &WorkRow) -> Result<(CaseFiles, HashMap<PathBuf, String>), ProcessError> {
         // The choice made when the case closed is the one used (crlm cases shows it).
         let mut files = CaseFiles {
             root: self.cfg.share.path.clone(),
-            chosen_series: case.series_choice.clone(),
+            chosen_series: case.series_choice.as_deref().and_then(|s| serde_json::from_str::<SeriesChoice>(s).ok()),
             ..CaseFiles::default()
         };
         let mut shas = HashMap::new();
