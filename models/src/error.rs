@@ -9,6 +9,8 @@ pub enum ModelError {
     Encoding(String),
     #[error("the weights do not fit CRLM-Net v1 as model.toml sizes it: {0}")]
     Weights(String),
+    #[error("the package's time axis cannot give the risk at the study horizon: {0}")]
+    Horizon(String),
     #[error("backend: {0}")]
     Backend(String),
     #[error("inference failed: {0}")]

@@ -5,6 +5,7 @@
 use crate::backend::{Backend, BackendInfo, BackendKind, OnnxOptions, RawInput};
 use crate::ct::preprocess::CtTensor;
 use crate::encode::{EncodedClinical, check_encoding};
+use crate::package::spec::{DEFAULT_HORIZON_MONTHS, TimeSpec};
 use crate::package::{Modality, ModelPackage};
 use crate::slide::sample::ModelTiles;
 use serde::Serialize;
@@ -82,12 +83,17 @@ impl RiskGroup {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelOutput {
-    /// Calibrated probability of liver metastasis within 24 months.
+    /// Calibrated probability of liver metastasis by the study horizon (24 months unless
+    /// configured otherwise), from exactly the package's intervals up to it.
     pub risk_2y: f64,
     pub risk_2y_uncalibrated: f64,
     pub risk_group: RiskGroup,
     pub threshold: f64,
     pub hazards: Vec<f32>,
+    /// The months each of `hazards` covers (the package's time axis).
+    pub intervals_months: Vec<[u32; 2]>,
+    /// The horizon `risk_2y` is at, in months.
+    pub horizon_months: u32,
     /// Attention over the CT's slices (model grid, z order).
     pub slice_attention: Option<Vec<f32>>,
     /// Attention over tiles, in the order of `CaseInputs::slides` then tiles.
@@ -97,6 +103,10 @@ pub struct ModelOutput {
 pub struct Model {
     pub package: ModelPackage,
     backend: Box<dyn Backend>,
+    time: TimeSpec,
+    horizon_months: u32,
+    /// How many outputs make the risk at the horizon.
+    steps: usize,
 }
 
 fn set_list(m: &[Modality]) -> String {
@@ -109,17 +119,31 @@ fn set_list(m: &[Modality]) -> String {
 impl Model {
     /// CRLM-Net from a verified package on the candle backend (CPU).
     pub fn new(package: ModelPackage) -> Result<Self, ModelError> {
-        Self::with_backend(package, BackendKind::Candle, &OnnxOptions::default())
+        Self::with_backend(package, BackendKind::Candle, &OnnxOptions::default(), DEFAULT_HORIZON_MONTHS)
     }
 
-    /// CRLM-Net from a verified package on the chosen backend.
-    pub fn with_backend(package: ModelPackage, kind: BackendKind, onnx: &OnnxOptions) -> Result<Self, ModelError> {
+    /// A verified package on the chosen backend, its risk at `horizon_months` (the study's
+    /// horizon, `model.horizon_months`): refused when the package's time axis has no interval
+    /// ending there.
+    pub fn with_backend(
+        package: ModelPackage,
+        kind: BackendKind,
+        onnx: &OnnxOptions,
+        horizon_months: u32,
+    ) -> Result<Self, ModelError> {
         let problems = check_encoding(&package.spec.clinical);
         if !problems.is_empty() {
             return Err(ModelError::Encoding(problems.join("; ")));
         }
+        let time = package.spec.time_axis();
+        let steps = time.steps_to(horizon_months).map_err(ModelError::Horizon)?;
         let backend = crate::backend::build(&package, kind, onnx)?;
-        Ok(Model { package, backend })
+        Ok(Model { package, backend, time, horizon_months, steps })
+    }
+
+    /// The horizon of `risk_2y`, in months.
+    pub fn horizon_months(&self) -> u32 {
+        self.horizon_months
     }
 
     pub fn backend(&self) -> &dyn Backend {
@@ -189,14 +213,24 @@ impl Model {
         };
         let raw = RawInput { ct, tiles: tiles.as_ref().map(|(v, n)| (v.as_slice(), *n)), clinical };
         let out = self.backend.forward(&raw)?;
-        let risk = spec.calibration.apply(out.risk);
+        if out.hazards.len() != self.time.outputs() {
+            return Err(ModelError::Inference(format!(
+                "the network gave {} outputs, the package's time axis has {}",
+                out.hazards.len(),
+                self.time.outputs()
+            )));
+        }
+        let uncalibrated = self.time.risk(&out.hazards, self.steps);
+        let risk = spec.calibration.apply(uncalibrated);
         let threshold = spec.decision.threshold;
         Ok(ModelOutput {
             risk_2y: risk,
-            risk_2y_uncalibrated: out.risk,
+            risk_2y_uncalibrated: uncalibrated,
             risk_group: if risk >= threshold { RiskGroup::High } else { RiskGroup::Low },
             threshold,
             hazards: out.hazards,
+            intervals_months: self.time.intervals_months(),
+            horizon_months: self.horizon_months,
             slice_attention: out.slice_attention,
             tile_attention: out.tile_attention,
         })

@@ -172,8 +172,6 @@ pub struct NetInput {
 pub struct NetOutput {
     /// Hazard of liver metastasis in each interval, given none before.
     pub hazards: Vec<f32>,
-    /// 1 - prod(1 - hazard): before calibration.
-    pub risk: f64,
     pub slice_attention: Option<Vec<f32>>,
     pub tile_attention: Option<Vec<f32>>,
 }
@@ -255,12 +253,6 @@ impl CrlmNet {
         let x = Tensor::cat(&parts, D::Minus1)?;
         let logits = self.fusion.fc2.forward(&self.fusion.fc1.forward(&x)?.relu()?)?;
         let hazards = candle_nn::ops::sigmoid(&logits)?.squeeze(0)?.to_vec1::<f32>()?;
-        let risk = risk_from_hazards(&hazards);
-        Ok(NetOutput { hazards, risk, slice_attention, tile_attention })
+        Ok(NetOutput { hazards, slice_attention, tile_attention })
     }
-}
-
-/// 1 - prod(1 - h): the uncalibrated 2-year risk from interval hazards.
-pub fn risk_from_hazards(hazards: &[f32]) -> f64 {
-    1.0 - hazards.iter().map(|h| 1.0 - f64::from(*h)).product::<f64>()
 }

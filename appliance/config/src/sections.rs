@@ -166,7 +166,7 @@ pub struct QuarantineConfig {
 }
 
 /// Which model package runs, and who may sign one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     /// A package folder or `.tar`; empty: the built-in demo package.
@@ -177,6 +177,21 @@ pub struct ModelConfig {
     pub threads: usize,
     /// Where the network runs: `candle` (pure Rust, CPU) or `onnx` (ONNX Runtime; `[onnx]`).
     pub backend: crlm_models::backend::BackendKind,
+    /// The study horizon in months: `risk_2y` is the risk by then, from exactly the package's
+    /// intervals up to it (a package with no interval ending there is refused).
+    pub horizon_months: u32,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            path: PathBuf::new(),
+            trusted_keys: Vec::new(),
+            threads: 0,
+            backend: crlm_models::backend::BackendKind::default(),
+            horizon_months: crlm_models::package::spec::DEFAULT_HORIZON_MONTHS,
+        }
+    }
 }
 
 /// The prediction ledger (docs/LEDGER.md).

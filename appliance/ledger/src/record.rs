@@ -171,6 +171,7 @@ impl CaseRecord {
             threshold: 0.5,
             hazards: vec![risk_2y as f32],
             hazard_intervals_months: vec![[0, 24]],
+            horizon_months: Some(24),
         });
         c
     }
@@ -266,13 +267,18 @@ pub struct ClinicalInput {
 /// The model's outputs as locked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Outputs {
+    /// The calibrated risk by `horizon_months` (24 unless configured otherwise).
     pub risk_2y: f64,
     pub risk_2y_uncalibrated: f64,
     pub risk_group: RiskGroup,
     pub threshold: f64,
+    /// The network's outputs: interval hazards, or one risk (the package's time axis).
     pub hazards: Vec<f32>,
     /// `[start, end)` in months after surgery, one per hazard.
-    pub hazard_intervals_months: Vec<[usize; 2]>,
+    pub hazard_intervals_months: Vec<[u32; 2]>,
+    /// The horizon `risk_2y` is at (absent in records before the time axis was declared: 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizon_months: Option<u32>,
 }
 
 /// A wall-clock step between two records.

@@ -31,7 +31,7 @@ pub fn document(record: &Record, c: &CaseRecord, record_hash: &str, device_key_i
             d["risk_2y"] = json!(o.risk_2y);
             d["risk_group"] = json!(o.risk_group);
             d["threshold"] = json!(o.threshold);
-            d["horizon_months"] = json!(24);
+            d["horizon_months"] = json!(o.horizon_months.unwrap_or(24));
             d["hazards"] = json!(o.hazards);
             d["hazard_intervals_months"] = json!(o.hazard_intervals_months);
         }

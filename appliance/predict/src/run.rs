@@ -118,10 +118,8 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
     d.insert("threshold".into(), json!(output.threshold));
     d.insert("risk_2y_uncalibrated".into(), json!(output.risk_2y_uncalibrated));
     d.insert("hazards".into(), json!(output.hazards));
-    d.insert(
-        "hazard_intervals_months".into(),
-        json!((0..output.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect::<Vec<_>>()),
-    );
+    d.insert("hazard_intervals_months".into(), json!(output.intervals_months));
+    d.insert("horizon_months".into(), json!(output.horizon_months));
     d.insert("modalities".into(), json!(modalities));
     d.insert("eligibility".into(), json!(eligibility));
     d.insert("inputs".into(), Value::Object(inputs_json));

@@ -328,7 +328,8 @@ impl Processor {
                     risk_group: o.risk_group,
                     threshold: o.threshold,
                     hazards: o.hazards.clone(),
-                    hazard_intervals_months: (0..o.hazards.len()).map(|k| [k * 6, k * 6 + 6]).collect(),
+                    hazard_intervals_months: o.intervals_months.clone(),
+                    horizon_months: Some(o.horizon_months),
                 });
                 RecordBody::Prediction(c)
             }

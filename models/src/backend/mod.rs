@@ -140,5 +140,3 @@ fn build_onnx(package: &ModelPackage, onnx: &OnnxOptions) -> Result<Box<dyn Back
 fn build_onnx(_: &ModelPackage, _: &OnnxOptions) -> Result<Box<dyn Backend>, ModelError> {
     Err(ModelError::Backend("this build has no ONNX Runtime backend (build with the `onnx` cargo feature)".into()))
 }
-
-pub use crate::net::risk_from_hazards;

@@ -6,7 +6,7 @@
 //! builds engines on first use and caches them in `engine_cache` (they are tied to the GPU and
 //! the TensorRT version); CUDA is registered behind it for nodes TensorRT does not take.
 
-use super::{Backend, BackendInfo, OnnxOptions, Provider, RawInput, risk_from_hazards};
+use super::{Backend, BackendInfo, OnnxOptions, Provider, RawInput};
 use crate::error::ModelError;
 use crate::graph::{Dim, GraphIo};
 use crate::net::NetOutput;
@@ -398,7 +398,7 @@ impl Backend for OnnxBackend {
         if hazards.is_empty() {
             return Err(ModelError::Inference("the fusion graph gave no hazards".into()));
         }
-        Ok(NetOutput { risk: risk_from_hazards(&hazards), hazards, slice_attention, tile_attention })
+        Ok(NetOutput { hazards, slice_attention, tile_attention })
     }
 
     fn embed_tiles(&self, tiles: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {

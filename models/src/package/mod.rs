@@ -298,6 +298,17 @@ pub fn parse_spec(bytes: &[u8]) -> Result<ModelSpec, PackageError> {
             }
         }
     }
+    let time = spec.time_axis();
+    if let Some(p) = time.problem() {
+        return Err(PackageError::Spec(p));
+    }
+    if time.outputs() != spec.network.intervals {
+        return Err(PackageError::Spec(format!(
+            "the time axis has {} outputs, network.intervals is {}",
+            time.outputs(),
+            spec.network.intervals
+        )));
+    }
     if spec.modalities.allowed.is_empty() {
         return Err(PackageError::Spec("modalities.allowed is empty: nothing could ever be predicted".into()));
     }

@@ -32,6 +32,97 @@ pub struct ModelSpec {
     /// ONNX graphs of the network's parts for the `onnx` backend (docs/BACKENDS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxSpec>,
+    /// What the output means in time; absent: `network.intervals` hazards of 6 months each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<TimeSpec>,
+}
+
+impl ModelSpec {
+    /// The declared time axis, or format 1's implicit one: `network.intervals` intervals of 6
+    /// months from 0.
+    pub fn time_axis(&self) -> TimeSpec {
+        self.time.clone().unwrap_or_else(|| TimeSpec::Hazards {
+            edges_months: (0..=self.network.intervals).map(|k| 6 * k as u32).collect(),
+        })
+    }
+}
+
+/// The study horizon unless configured otherwise: liver metastasis within 24 months.
+pub const DEFAULT_HORIZON_MONTHS: u32 = 24;
+
+/// How the network's output relates to time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "output", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TimeSpec {
+    /// Discrete-time hazards: output k is the hazard in `edges_months[k]..edges_months[k + 1]`
+    /// given no event before; the edges start at 0 and increase.
+    Hazards { edges_months: Vec<u32> },
+    /// One output: the probability of the event by `horizon_months`.
+    Risk { horizon_months: u32 },
+}
+
+impl TimeSpec {
+    /// How many values the network gives.
+    pub fn outputs(&self) -> usize {
+        match self {
+            TimeSpec::Hazards { edges_months } => edges_months.len().saturating_sub(1),
+            TimeSpec::Risk { .. } => 1,
+        }
+    }
+
+    /// The problem with the axis itself (edges not from 0, not increasing, too few), if any.
+    pub fn problem(&self) -> Option<String> {
+        match self {
+            TimeSpec::Hazards { edges_months: e } => {
+                if e.len() < 2 || e.first() != Some(&0) {
+                    Some(format!("time.edges_months {e:?}: at least two edges, the first 0"))
+                } else if e.windows(2).any(|w| w[0] >= w[1]) {
+                    Some(format!("time.edges_months {e:?}: the edges must increase"))
+                } else {
+                    None
+                }
+            }
+            TimeSpec::Risk { horizon_months: 0 } => Some("time.horizon_months must be positive".into()),
+            TimeSpec::Risk { .. } => None,
+        }
+    }
+
+    /// How many outputs make up the risk at `horizon` months: exactly the intervals up to it,
+    /// or why the axis cannot give that risk.
+    pub fn steps_to(&self, horizon: u32) -> Result<usize, String> {
+        if let Some(p) = self.problem() {
+            return Err(p);
+        }
+        match self {
+            TimeSpec::Hazards { edges_months } => match edges_months.iter().position(|e| *e == horizon) {
+                Some(k) if k > 0 => Ok(k),
+                _ => Err(format!(
+                    "the hazard intervals end at {edges_months:?} months; none ends at the {horizon}-month \
+                     horizon, so the risk by then cannot be computed without guessing"
+                )),
+            },
+            TimeSpec::Risk { horizon_months } if *horizon_months == horizon => Ok(1),
+            TimeSpec::Risk { horizon_months } => Err(format!(
+                "the package outputs the risk by {horizon_months} months, not by the {horizon}-month horizon"
+            )),
+        }
+    }
+
+    /// The intervals (months) the outputs cover, in output order.
+    pub fn intervals_months(&self) -> Vec<[u32; 2]> {
+        match self {
+            TimeSpec::Hazards { edges_months } => edges_months.windows(2).map(|w| [w[0], w[1]]).collect(),
+            TimeSpec::Risk { horizon_months } => vec![[0, *horizon_months]],
+        }
+    }
+
+    /// The risk from the first `steps` outputs (see [`TimeSpec::steps_to`]).
+    pub fn risk(&self, outputs: &[f32], steps: usize) -> f64 {
+        match self {
+            TimeSpec::Hazards { .. } => 1.0 - outputs.iter().take(steps).map(|h| 1.0 - f64::from(*h)).product::<f64>(),
+            TimeSpec::Risk { .. } => outputs.first().map_or(f64::NAN, |r| f64::from(*r)),
+        }
+    }
 }
 
 /// The three inputs of CRLM-Net.

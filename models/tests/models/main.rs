@@ -6,3 +6,4 @@ mod onnx;
 mod package;
 mod parity;
 mod slides;
+mod time;
