@@ -8,6 +8,7 @@ use crate::encode::{EncodedClinical, check_encoding};
 use crate::package::spec::{DEFAULT_HORIZON_MONTHS, TimeSpec};
 use crate::package::{Modality, ModelPackage};
 use crate::slide::sample::ModelTiles;
+use crate::tile_stream::{StreamOptions, TileEmbeddings, encode_tiles};
 use serde::Serialize;
 
 pub use crate::error::ModelError;
@@ -107,6 +108,8 @@ pub struct Model {
     horizon_months: u32,
     /// How many outputs make the risk at the horizon.
     steps: usize,
+    /// Threads reading and decoding slide tiles.
+    read_threads: usize,
 }
 
 fn set_list(m: &[Modality]) -> String {
@@ -138,7 +141,27 @@ impl Model {
         let time = package.spec.time_axis();
         let steps = time.steps_to(horizon_months).map_err(ModelError::Horizon)?;
         let backend = crate::backend::build(&package, kind, onnx)?;
-        Ok(Model { package, backend, time, horizon_months, steps })
+        let read_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Model { package, backend, time, horizon_months, steps, read_threads })
+    }
+
+    /// Read slide tiles on `threads` threads (0: every core).
+    pub fn with_read_threads(mut self, threads: usize) -> Self {
+        if threads > 0 {
+            self.read_threads = threads;
+        }
+        self
+    }
+
+    /// How tiles stream into this model's tile encoder.
+    pub fn stream_options(&self) -> StreamOptions {
+        let n = &self.package.spec.network;
+        StreamOptions {
+            batch: self.package.spec.slide.tile_batch.unwrap_or_else(|| self.backend.tile_batch()),
+            threads: self.read_threads,
+            mean: n.tile_mean,
+            std: n.tile_std,
+        }
     }
 
     /// The horizon of `risk_2y`, in months.
@@ -154,9 +177,13 @@ impl Model {
         self.backend.info()
     }
 
-    /// Normalised `[N, 3, T, T]` values of tiles (RGB u8, rows, interleaved) and N.
-    pub fn tile_data(&self, tiles: &[&ModelTiles]) -> Result<(Vec<f32>, usize), ModelError> {
-        tile_data(&self.package.spec, tiles)
+    /// The tile encoder over every tile of `slides`, streamed (memory bounded by the batch).
+    pub fn encode_tiles(&self, slides: &[ModelTiles]) -> Result<TileEmbeddings, ModelError> {
+        let t = self.package.spec.slide.tile_px;
+        if let Some(m) = slides.iter().find(|m| m.tile_px != t) {
+            return Err(ModelError::Input(format!("tiles of {} px, the package wants {t}", m.tile_px)));
+        }
+        encode_tiles(self.backend.as_ref(), slides, self.stream_options())
     }
 
     /// Predict, or refuse when the package does not allow the modalities present.
@@ -194,11 +221,10 @@ impl Model {
         };
         let tiles = match inputs.slides.used() {
             Some(m) => {
-                let refs: Vec<&ModelTiles> = m.iter().collect();
-                if refs.iter().all(|m| m.tiles.is_empty()) {
+                if m.iter().all(|m| m.tiles.is_empty()) {
                     return Err(ModelError::Input("no tissue tiles".into()));
                 }
-                Some(self.tile_data(&refs)?)
+                Some(self.encode_tiles(m)?)
             }
             None => None,
         };
@@ -211,7 +237,7 @@ impl Model {
             }
             None => None,
         };
-        let raw = RawInput { ct, tiles: tiles.as_ref().map(|(v, n)| (v.as_slice(), *n)), clinical };
+        let raw = RawInput { ct, tile_embeddings: tiles.as_ref().map(|e| (e.values.as_slice(), e.n)), clinical };
         let out = self.backend.forward(&raw)?;
         if out.hazards.len() != self.time.outputs() {
             return Err(ModelError::Inference(format!(
@@ -235,31 +261,4 @@ impl Model {
             tile_attention: out.tile_attention,
         })
     }
-}
-
-/// Normalised `[N, 3, T, T]` values of tiles (RGB u8, rows, interleaved) and N.
-pub fn tile_data(spec: &crate::package::ModelSpec, tiles: &[&ModelTiles]) -> Result<(Vec<f32>, usize), ModelError> {
-    let t = spec.slide.tile_px as usize;
-    let n: usize = tiles.iter().map(|m| m.tiles.len()).sum();
-    let mut data = vec![0f32; n * 3 * t * t];
-    let mut k = 0;
-    for m in tiles {
-        if m.tile_px as usize != t {
-            return Err(ModelError::Input(format!("tiles of {} px, the package wants {t}", m.tile_px)));
-        }
-        for tile in m.pixels.chunks_exact(t * t * 3) {
-            if k >= n {
-                return Err(ModelError::Input("more tile pixels than tiles".into()));
-            }
-            let base = k * 3 * t * t;
-            for (i, px) in tile.chunks_exact(3).enumerate() {
-                for c in 0..3 {
-                    data[base + c * t * t + i] =
-                        (f32::from(px[c]) / 255.0 - spec.network.tile_mean[c]) / spec.network.tile_std[c];
-                }
-            }
-            k += 1;
-        }
-    }
-    Ok((data, n))
 }

@@ -14,6 +14,7 @@
 //! - [`backend`]: where the network runs: candle, or ONNX Runtime (feature `onnx`).
 //! - [`graph`]: ONNX graphs as data (protobuf messages, builder, interface checks), in pure Rust.
 //! - [`onnx`]: ONNX export of CRLM-Net and INT8 QDQ quantisation, in pure Rust (offline tools).
+//! - [`tile_stream`]: a case's tiles read, normalised and encoded batch by batch (bounded memory).
 //! - [`case`], [`calibration`], [`error`]: the case vocabulary, calibration ranges, the model's error.
 
 pub mod backend;
@@ -35,6 +36,7 @@ pub mod package;
 pub mod slide;
 #[cfg(any(test, feature = "write"))]
 pub mod synth;
+pub mod tile_stream;
 
 /// SHA-256 of a byte slice as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {

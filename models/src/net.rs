@@ -162,8 +162,8 @@ impl Fusion {
 pub struct NetInput {
     /// Preprocessed CT, `[Z, Y, X]`, values 0..1.
     pub ct: Option<Tensor>,
-    /// Normalised tiles `[N, 3, T, T]`.
-    pub tiles: Option<Tensor>,
+    /// Tile embeddings `[N, E]` ([`CrlmNet::embed_tiles`]).
+    pub tile_embeddings: Option<Tensor>,
     /// Encoded clinical vector `[1, C]`.
     pub clinical: Option<Tensor>,
 }
@@ -206,13 +206,19 @@ impl CrlmNet {
         self.slide.embed_tiles(tiles)
     }
 
-    /// Widen INT8 calibration ranges with one case's activations (`crlm model quantize`).
-    pub fn observe_activations(&self, input: &NetInput, r: &mut ActivationRanges) -> Result<()> {
-        if let Some(v) = &input.ct {
+    /// Widen INT8 calibration ranges with one case's activations (`crlm model quantize`): its
+    /// CT `[Z, Y, X]` and normalised tiles `[N, 3, T, T]`.
+    pub fn observe_activations(
+        &self,
+        ct: Option<&Tensor>,
+        tiles: Option<&Tensor>,
+        r: &mut ActivationRanges,
+    ) -> Result<()> {
+        if let Some(v) = ct {
             self.ct.convs.observe(&v.unsqueeze(1)?, &mut r.ct)?;
             r.ct_cases += 1;
         }
-        if let Some(t) = &input.tiles {
+        if let Some(t) = tiles {
             self.slide.convs.observe(t, &mut r.tiles)?;
             r.tiles_seen += t.dim(0)?;
         }
@@ -233,9 +239,9 @@ impl CrlmNet {
             }
             None => parts.push(self.fusion.missing[0].clone()),
         }
-        match &input.tiles {
-            Some(t) => {
-                let (e, a) = self.slide.pool(&self.slide.embed_tiles(t)?)?;
+        match &input.tile_embeddings {
+            Some(h) => {
+                let (e, a) = self.slide.pool(h)?;
                 parts.push(e);
                 tile_attention = Some(a.to_vec1::<f32>()?);
                 mask[1] = 1.0;

@@ -44,7 +44,11 @@ fn prepare_one(seed: u64, i: u32, spec: &ModelSpec, cfg: &Config, work: &Path) -
     let t = spec.slide.tile_px as usize;
     let per = t * t * 3;
     let mut tiles = vec![0u8; TRAIN_TILES * per];
-    let all: Vec<&[u8]> = slides.iter().flat_map(|m| m.pixels.chunks_exact(per)).collect();
+    let mut pixels = Vec::new();
+    for m in slides {
+        pixels.extend(m.read(0..m.tiles.len(), 1).map_err(|e| PredictError::Case(e.to_string()))?);
+    }
+    let all: Vec<&[u8]> = pixels.chunks_exact(per).collect();
     let n_tiles = all.len().min(TRAIN_TILES);
     for k in 0..n_tiles {
         // Evenly spread over the case's tiles, as the package's sampling rule does.

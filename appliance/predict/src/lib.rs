@@ -52,7 +52,8 @@ pub fn load_model(cfg: &Config, override_path: Option<&Path>) -> Result<Model, M
 pub fn load_model_on(cfg: &Config, override_path: Option<&Path>, backend: BackendKind) -> Result<Model, ModelError> {
     let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
     let package = ModelPackage::load(&package_source(cfg, override_path), &trust)?;
-    let model = Model::with_backend(package, backend, &onnx_options(cfg), cfg.model.horizon_months)?;
+    let model = Model::with_backend(package, backend, &onnx_options(cfg), cfg.model.horizon_months)?
+        .with_read_threads(cfg.model.threads);
     let info = model.backend_info();
     tracing::info!(
         backend = %info.name, provider = %info.provider, precision = %info.precision,

@@ -21,6 +21,7 @@ use crlm_models::slide::sample::{ModelTiles, sample_tiles};
 use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The files of a case, sorted by role. Labels name files in messages: relative paths for
@@ -177,10 +178,6 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
 
 /// Preprocess a case's files as the package asks (the service gathers them from its database).
 pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Result<PreparedCase, PredictError> {
-    let threads = match cfg.model.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let mut warnings = files.warnings.clone();
     let mut inputs_json = serde_json::Map::new();
     let mut ct_used = None;
@@ -314,9 +311,9 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
     let mut slides_used = Vec::new();
     let mut slide_json = Vec::new();
     let mut slide_problems = Vec::new();
-    let per_slide = (spec.slide.max_tiles / files.slides.len().max(1)).max(1);
+    let per_slide = spec.slide.max_tiles.per_slide(files.slides.len());
     for (p, label) in &files.slides {
-        let r = SlideReader::open(p, &cfg.limits).and_then(|r| sample_tiles(&r, &spec.slide, per_slide, threads));
+        let r = SlideReader::open(p, &cfg.limits).and_then(|r| sample_tiles(Arc::new(r), &spec.slide, per_slide));
         match r {
             Ok(m) if m.tiles.is_empty() => slide_problems.push(format!("{label}: no tissue tiles")),
             Ok(m) => {

@@ -94,11 +94,14 @@ pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, Predi
         }
         Ok(median(v))
     };
-    let ct_only = RawInput { ct: Some(&ct), tiles: None, clinical: Some(&clin) };
+    let ct_only = RawInput { ct: Some(&ct), tile_embeddings: None, clinical: Some(&clin) };
     let ct_ms = time(&mut || backend.forward(&ct_only).map(|_| ()).map_err(PredictError::from))?;
     let tile_ms = time(&mut || backend.embed_tiles(&px, tiles).map(|_| ()).map_err(PredictError::from))?;
-    let all = RawInput { ct: Some(&ct), tiles: Some((&px, tiles)), clinical: Some(&clin) };
-    let all_ms = time(&mut || backend.forward(&all).map(|_| ()).map_err(PredictError::from))?;
+    let all_ms = time(&mut || {
+        let h = backend.embed_tiles(&px, tiles)?;
+        let all = RawInput { ct: Some(&ct), tile_embeddings: Some((&h, tiles)), clinical: Some(&clin) };
+        backend.forward(&all).map(|_| ()).map_err(PredictError::from)
+    })?;
     let info = backend.info();
     let threads = match info.name.as_str() {
         "candle" => format!("{} threads", candle_core::utils::get_num_threads()),

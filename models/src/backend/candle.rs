@@ -8,10 +8,11 @@ use candle_core::{Device, Tensor};
 
 pub struct CandleBackend {
     net: CrlmNet,
-    /// CT `[Z, Y, X]`, tile edge, clinical width.
+    /// CT `[Z, Y, X]`, tile edge, clinical width, embedding width.
     ct_shape: [usize; 3],
     tile_px: usize,
     clinical_width: usize,
+    embed: usize,
 }
 
 fn err(e: candle_core::Error) -> ModelError {
@@ -31,7 +32,13 @@ impl CandleBackend {
         let net = CrlmNet::from_safetensors(weights, &spec.network, width, &Device::Cpu)
             .map_err(|e| ModelError::Weights(format!("{file}: {e}")))?;
         let [x, y, z] = spec.ct.shape;
-        Ok(CandleBackend { net, ct_shape: [z, y, x], tile_px: spec.slide.tile_px as usize, clinical_width: width })
+        Ok(CandleBackend {
+            net,
+            ct_shape: [z, y, x],
+            tile_px: spec.slide.tile_px as usize,
+            clinical_width: width,
+            embed: spec.network.embed,
+        })
     }
 
     pub fn net(&self) -> &CrlmNet {
@@ -41,14 +48,18 @@ impl CandleBackend {
     /// candle tensors from raw inputs.
     pub fn tensors(&self, input: &RawInput) -> Result<NetInput, ModelError> {
         let dev = self.net.device();
-        let t = self.tile_px;
+        let e = self.embed;
         Ok(NetInput {
             ct: input
                 .ct
                 .map(|c| Tensor::from_slice(c, (self.ct_shape[0], self.ct_shape[1], self.ct_shape[2]), dev))
                 .transpose()
                 .map_err(err)?,
-            tiles: input.tiles.map(|(p, n)| Tensor::from_slice(p, (n, 3, t, t), dev)).transpose().map_err(err)?,
+            tile_embeddings: input
+                .tile_embeddings
+                .map(|(h, n)| Tensor::from_slice(h, (n, e), dev))
+                .transpose()
+                .map_err(err)?,
             clinical: input
                 .clinical
                 .map(|c| Tensor::from_slice(c, (1, self.clinical_width), dev))
@@ -69,6 +80,9 @@ impl Backend for CandleBackend {
 
     fn embed_tiles(&self, tiles: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
         let t = self.tile_px;
+        if tiles.len() != n * 3 * t * t {
+            return Err(ModelError::Input(format!("{} tile values for {n} tiles of {t} px", tiles.len())));
+        }
         let x = Tensor::from_slice(tiles, (n, 3, t, t), self.net.device()).map_err(err)?;
         self.net.embed_tiles(&x).and_then(|e| e.flatten_all()?.to_vec1::<f32>()).map_err(err)
     }

@@ -14,12 +14,13 @@ use crate::package::ModelPackage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// One case's prepared tensors, row-major fp32.
+/// One case's prepared tensors, row-major fp32. Tiles arrive encoded: the tile encoder runs
+/// batch by batch while the slide is read (`inference::encode_tiles`), never on a whole slide.
 pub struct RawInput<'a> {
     /// CT on the package grid, `[Z, Y, X]`.
     pub ct: Option<&'a [f32]>,
-    /// Normalised tiles `[N, 3, T, T]` and N.
-    pub tiles: Option<(&'a [f32], usize)>,
+    /// Tile embeddings `[N, E]` (from [`Backend::embed_tiles`]) and N.
+    pub tile_embeddings: Option<(&'a [f32], usize)>,
     /// Encoded clinical vector `[C]`.
     pub clinical: Option<&'a [f32]>,
 }
@@ -40,10 +41,14 @@ pub struct BackendInfo {
 
 pub trait Backend: Send + Sync {
     fn info(&self) -> BackendInfo;
-    /// The network on one case: hazards, uncalibrated risk, attention maps.
+    /// The network on one case's inputs and tile embeddings: its outputs and attention maps.
     fn forward(&self, input: &RawInput) -> Result<NetOutput, ModelError>;
-    /// Tile embeddings only, `[N, E]` flattened (benchmarks).
+    /// The tile encoder on normalised tiles `[N, 3, T, T]`: embeddings `[N, E]` flattened.
     fn embed_tiles(&self, tiles: &[f32], n: usize) -> Result<Vec<f32>, ModelError>;
+    /// Tiles per tile-encoder run when the package does not say.
+    fn tile_batch(&self) -> usize {
+        256
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -371,9 +371,9 @@ impl Backend for OnnxBackend {
             }
             None => (vec![0.0; e], None),
         };
-        let (e_slide, tile_attention) = match input.tiles {
-            Some((px, n)) => {
-                let h = self.embed_tiles(px, n)?;
+        let (e_slide, tile_attention) = match input.tile_embeddings {
+            Some((h, n)) => {
+                let h = sized(h.to_vec(), n * e, "tile embeddings")?;
                 let (emb, att) = take2(self.pool.run(&[(&h, vec![n, e])])?);
                 mask[1] = 1.0;
                 (sized(emb, e, "slide embedding")?, Some(sized(att, n, "tile attention")?))
@@ -399,6 +399,10 @@ impl Backend for OnnxBackend {
             return Err(ModelError::Inference("the fusion graph gave no hazards".into()));
         }
         Ok(NetOutput { hazards, slice_attention, tile_attention })
+    }
+
+    fn tile_batch(&self) -> usize {
+        self.tile_batch
     }
 
     fn embed_tiles(&self, tiles: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {

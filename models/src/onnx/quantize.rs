@@ -11,11 +11,11 @@
 //! ONNX Runtime runs the same graph (on x86 it converts s8 activations to u8 internally).
 
 use super::OnnxError;
-use crate::backend::RawInput;
 use crate::backend::candle::CandleBackend;
-use crate::inference::{CaseInputs, tile_data};
+use crate::inference::CaseInputs;
 use crate::package::ModelPackage;
-use crate::slide::sample::ModelTiles;
+use crate::tile_stream::normalise;
+use candle_core::Tensor;
 
 use crate::calibration::scale;
 pub use crate::calibration::{ActivationRanges, ConvRanges};
@@ -51,22 +51,27 @@ pub fn calibrate(package: &ModelPackage, cases: &[CaseInputs], percentile: f64) 
         return Err(OnnxError::Calibration(format!("percentile {percentile}: must be within 50..100")));
     }
     let backend = CandleBackend::new(package).map_err(|e| OnnxError::Calibration(e.to_string()))?;
+    let cal = |e: &dyn std::fmt::Display| OnnxError::Calibration(e.to_string());
+    let spec = &package.spec;
+    let [x, y, z] = spec.ct.shape;
+    let t = spec.slide.tile_px as usize;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dev = backend.net().device();
     let mut r = ActivationRanges::default();
     for case in cases {
-        let tiles = match case.slides.used() {
-            Some(m) => {
-                let refs: Vec<&ModelTiles> = m.iter().collect();
-                Some(tile_data(&package.spec, &refs).map_err(|e| OnnxError::Calibration(e.to_string()))?)
-            }
-            None => None,
-        };
-        let raw = RawInput {
-            ct: case.ct.used().map(|c| c.data.as_slice()),
-            tiles: tiles.as_ref().filter(|(_, n)| *n > 0).map(|(v, n)| (v.as_slice(), *n)),
-            clinical: None,
-        };
-        let input = backend.tensors(&raw).map_err(|e| OnnxError::Calibration(e.to_string()))?;
-        backend.net().observe_activations(&input, &mut r).map_err(|e| OnnxError::Calibration(e.to_string()))?;
+        let ct =
+            case.ct.used().map(|c| Tensor::from_slice(&c.data, (z, y, x), dev)).transpose().map_err(|e| cal(&e))?;
+        let mut pixels = Vec::new();
+        for m in case.slides.used().map(Vec::as_slice).unwrap_or_default() {
+            pixels.extend(m.read(0..m.tiles.len(), threads).map_err(|e| cal(&e))?);
+        }
+        let n = pixels.len() / (3 * t * t);
+        let tiles = (n > 0)
+            .then(|| normalise(&pixels, t, spec.network.tile_mean, spec.network.tile_std))
+            .map(|v| Tensor::from_vec(v, (n, 3, t, t), dev))
+            .transpose()
+            .map_err(|e| cal(&e))?;
+        backend.net().observe_activations(ct.as_ref(), tiles.as_ref(), &mut r).map_err(|e| cal(&e))?;
     }
     r.finish(percentile);
     if r.ct_cases == 0 || r.tiles_seen == 0 {

@@ -312,9 +312,9 @@ pub fn parse_spec(bytes: &[u8]) -> Result<ModelSpec, PackageError> {
     if spec.modalities.allowed.is_empty() {
         return Err(PackageError::Spec("modalities.allowed is empty: nothing could ever be predicted".into()));
     }
-    if spec.network.intervals == 0 || spec.slide.tile_px < 8 || spec.slide.max_tiles == 0 {
+    if spec.network.intervals == 0 || spec.slide.tile_px < 8 || spec.slide.tile_batch == Some(0) {
         return Err(PackageError::Spec(
-            "network.intervals, slide.tile_px (>= 8) and slide.max_tiles must be positive".into(),
+            "network.intervals, slide.tile_px (>= 8) and slide.tile_batch must be positive".into(),
         ));
     }
     Ok(spec)

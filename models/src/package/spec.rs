@@ -175,9 +175,78 @@ pub struct SlideInputSpec {
     pub microns_per_pixel: f64,
     /// Minimum tissue fraction of a tile (from the tissue mask).
     pub min_tissue: f64,
-    /// Most tiles per case (all slides together).
-    pub max_tiles: usize,
+    /// Most tiles per case (all slides together), or `"all"`: every tissue tile.
+    pub max_tiles: MaxTiles,
     pub sampling: TileSampling,
+    /// Tiles per tile-encoder run; absent: the backend's (`onnx.tile_batch`, 256). Memory is
+    /// bounded by this, not by the slide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_batch: Option<usize>,
+}
+
+/// How many tiles a case may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxTiles {
+    Count(usize),
+    /// Every tissue tile of every slide.
+    All,
+}
+
+impl MaxTiles {
+    /// The budget of each of `slides` slides (a count is shared; at least one tile each).
+    pub fn per_slide(self, slides: usize) -> usize {
+        match self {
+            MaxTiles::Count(n) => (n / slides.max(1)).max(1),
+            MaxTiles::All => usize::MAX,
+        }
+    }
+}
+
+impl std::fmt::Display for MaxTiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MaxTiles::Count(n) => write!(f, "{n}"),
+            MaxTiles::All => f.write_str("all"),
+        }
+    }
+}
+
+impl Serialize for MaxTiles {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxTiles::Count(n) => s.serialize_u64(*n as u64),
+            MaxTiles::All => s.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MaxTiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = MaxTiles;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a positive number of tiles or \"all\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<MaxTiles, E> {
+                match usize::try_from(v) {
+                    Ok(n) if n > 0 => Ok(MaxTiles::Count(n)),
+                    _ => Err(E::custom("max_tiles must be positive (or \"all\")")),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<MaxTiles, E> {
+                u64::try_from(v).map_err(|_| E::custom("max_tiles must be positive")).and_then(|v| self.visit_u64(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MaxTiles, E> {
+                if v == "all" {
+                    Ok(MaxTiles::All)
+                } else {
+                    Err(E::custom(format!("max_tiles {v:?}: a number or \"all\"")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

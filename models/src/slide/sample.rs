@@ -1,21 +1,68 @@
 //! Model tiles from a slide: the tissue grid at the package's microns per pixel, a deterministic
-//! selection, and the pixels read from the pyramid level nearest (not coarser than) that
+//! selection, and where their pixels are: the pyramid level nearest (not coarser than) that
 //! resolution, resized to the package's tile side when the level does not match exactly.
+//!
+//! The plan holds no pixels. They are read in batches ([`ModelTiles::read`]) while the model
+//! encodes the batch before (`inference::encode_tiles`), so memory is bounded by the batch, not
+//! by the slide.
 
 use super::SlideError;
 use super::read::{Rgb, SlideReader};
 use super::tissue::{Tile, tile_grid, tissue_mask};
 use crate::package::spec::{SlideInputSpec, TileSampling};
+use std::ops::Range;
+use std::sync::Arc;
 
-/// Tiles chosen from one slide and their pixels (`tile_px` x `tile_px` RGB each, concatenated).
-#[derive(Debug, Clone)]
+/// Tiles chosen from one slide, and the open slide to read their pixels from.
+#[derive(Clone)]
 pub struct ModelTiles {
     pub tiles: Vec<Tile>,
     /// How many tissue tiles the grid had before selection.
     pub tissue_tiles: usize,
     pub level: usize,
     pub tile_px: u32,
-    pub pixels: Vec<u8>,
+    /// Side of the square read at `level` for each tile (resized to `tile_px` when different).
+    pub read_px: u32,
+    reader: Arc<SlideReader>,
+}
+
+impl std::fmt::Debug for ModelTiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelTiles")
+            .field("tiles", &self.tiles.len())
+            .field("tissue_tiles", &self.tissue_tiles)
+            .field("level", &self.level)
+            .field("tile_px", &self.tile_px)
+            .field("read_px", &self.read_px)
+            .finish()
+    }
+}
+
+impl ModelTiles {
+    /// RGB pixels (`tile_px` x `tile_px`, rows, interleaved) of the tiles `range`, one after
+    /// the other, read with `threads` threads.
+    pub fn read(&self, range: Range<usize>, threads: usize) -> Result<Vec<u8>, SlideError> {
+        let tiles = self
+            .tiles
+            .get(range.clone())
+            .ok_or_else(|| SlideError::Broken(format!("tiles {range:?} asked of a plan with {}", self.tiles.len())))?;
+        let side = self.tile_px as usize;
+        let tile_bytes = side * side * 3;
+        let origins: Vec<(i64, i64)> = tiles.iter().map(|t| (t.x as i64, t.y as i64)).collect();
+        let mut pixels = vec![0u8; tile_bytes * tiles.len()];
+        self.reader.read_regions_parallel(self.level, &origins, self.read_px, threads, |i, rgb| {
+            let out = pixels
+                .get_mut(i * tile_bytes..(i + 1) * tile_bytes)
+                .ok_or_else(|| SlideError::Broken("a tile beyond the batch".into()))?;
+            if rgb.width == self.tile_px && rgb.pixels.len() == tile_bytes {
+                out.copy_from_slice(&rgb.pixels);
+            } else {
+                resize_into(&rgb, self.tile_px, out);
+            }
+            Ok(())
+        })?;
+        Ok(pixels)
+    }
 }
 
 /// Choose at most `max` of `grid` by the package's rule; order stays reading order.
@@ -35,15 +82,10 @@ pub fn select(grid: &[Tile], max: usize, rule: TileSampling) -> Vec<Tile> {
     }
 }
 
-/// Tissue tiles of the slide, at most `max`, with their pixels.
-pub fn sample_tiles(
-    reader: &SlideReader,
-    spec: &SlideInputSpec,
-    max: usize,
-    threads: usize,
-) -> Result<ModelTiles, SlideError> {
-    let mask = tissue_mask(reader)?;
-    let grid = tile_grid(reader, &mask, spec.microns_per_pixel, spec.tile_px, spec.min_tissue)?;
+/// Tissue tiles of the slide, at most `max`, and where to read them.
+pub fn sample_tiles(reader: Arc<SlideReader>, spec: &SlideInputSpec, max: usize) -> Result<ModelTiles, SlideError> {
+    let mask = tissue_mask(&reader)?;
+    let grid = tile_grid(&reader, &mask, spec.microns_per_pixel, spec.tile_px, spec.min_tissue)?;
     let tiles = select(&grid, max, spec.sampling);
     // The coarsest level that is still at least as fine as the package's resolution.
     let size0 = tiles.first().map_or(1, |t| t.size) as f64;
@@ -56,21 +98,9 @@ pub fn sample_tiles(
         .filter(|(_, l)| l.downsample <= wanted_ds * 1.001)
         .max_by(|a, b| a.1.downsample.total_cmp(&b.1.downsample))
         .map_or(0, |(i, _)| i);
-    let ds = reader.header.levels[level].downsample;
+    let ds = reader.header.levels.get(level).map_or(1.0, |l| l.downsample);
     let read_px = ((size0 / ds).round() as u32).max(1);
-    let origins: Vec<(i64, i64)> = tiles.iter().map(|t| (t.x as i64, t.y as i64)).collect();
-    let tile_bytes = (spec.tile_px * spec.tile_px * 3) as usize;
-    let mut pixels = vec![0u8; tile_bytes * tiles.len()];
-    reader.read_regions_parallel(level, &origins, read_px, threads, |i, rgb| {
-        let out = &mut pixels[i * tile_bytes..(i + 1) * tile_bytes];
-        if rgb.width == spec.tile_px {
-            out.copy_from_slice(&rgb.pixels);
-        } else {
-            resize_into(&rgb, spec.tile_px, out);
-        }
-        Ok(())
-    })?;
-    Ok(ModelTiles { tiles, tissue_tiles: grid.len(), level, tile_px: spec.tile_px, pixels })
+    Ok(ModelTiles { tiles, tissue_tiles: grid.len(), level, tile_px: spec.tile_px, read_px, reader })
 }
 
 /// Area-weighted (box) resampling of a square image to `side` x `side`: exact averages for

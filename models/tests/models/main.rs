@@ -6,4 +6,5 @@ mod onnx;
 mod package;
 mod parity;
 mod slides;
+mod stream;
 mod time;

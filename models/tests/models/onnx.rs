@@ -85,12 +85,25 @@ const PATTERNS: [(bool, bool, bool); 6] = [
     (false, true, false),
 ];
 
-fn raw<'a>(c: &'a Case, (ct, slide, clin): (bool, bool, bool)) -> RawInput<'a> {
-    RawInput {
+/// The case through one backend: its tile encoder on the tiles, then the rest of the network.
+fn run(b: &dyn Backend, c: &Case, (ct, slide, clin): (bool, bool, bool)) -> NetOutput {
+    let h = if slide { b.embed_tiles(&c.tiles, c.n).unwrap() } else { Vec::new() };
+    b.forward(&RawInput {
         ct: ct.then_some(c.ct.as_slice()),
-        tiles: slide.then_some((c.tiles.as_slice(), c.n)),
+        tile_embeddings: slide.then_some((h.as_slice(), c.n)),
         clinical: clin.then_some(c.clinical.as_slice()),
-    }
+    })
+    .unwrap()
+}
+
+/// The demo's CT and tiles of a case as candle tensors (calibration input).
+fn observe(cand: &CandleBackend, p: &ModelPackage, c: &Case, ranges: &mut ActivationRanges) {
+    let [x, y, z] = p.spec.ct.shape;
+    let t = p.spec.slide.tile_px as usize;
+    let dev = cand.net().device();
+    let ct = candle_core::Tensor::from_slice(&c.ct, (z, y, x), dev).unwrap();
+    let tiles = candle_core::Tensor::from_slice(&c.tiles, (c.n, 3, t, t), dev).unwrap();
+    cand.net().observe_activations(Some(&ct), Some(&tiles), ranges).unwrap();
 }
 
 fn max_diff(a: &NetOutput, b: &NetOutput) -> f64 {
@@ -158,8 +171,7 @@ fn int8_export_has_per_channel_qdq_convolutions_only_in_the_encoders() {
     let mut ranges = ActivationRanges::default();
     for seed in 0..4 {
         let c = case(&d, seed, 16);
-        let input = cand.tensors(&raw(&c, (true, true, true))).unwrap();
-        cand.net().observe_activations(&input, &mut ranges).unwrap();
+        observe(&cand, &d, &c, &mut ranges);
     }
     ranges.finish(99.99);
     assert_eq!((ranges.ct_cases, ranges.tiles_seen), (4, 64));
@@ -218,8 +230,8 @@ fn onnx_runtime_agrees_with_candle_within_1e_4_on_every_output() {
         // Tile counts that are not a multiple of anything, and more than one tile batch.
         let n = [1, 7, 64, 300, 33, 2][i];
         let c = case(&p, 100 + i as u64, n);
-        let a = cand.forward(&raw(&c, *pattern)).unwrap();
-        let b = ort.forward(&raw(&c, *pattern)).unwrap();
+        let a = run(&cand, &c, *pattern);
+        let b = run(ort.as_ref(), &c, *pattern);
         let d = max_diff(&a, &b);
         assert!(d <= 1e-4, "pattern {pattern:?}, {n} tiles: max |candle - onnx| = {d}");
         worst = worst.max(d);
@@ -238,7 +250,7 @@ fn int8_graphs_run_in_onnx_runtime_close_to_fp32() {
     let mut ranges = ActivationRanges::default();
     for seed in 0..8 {
         let c = case(&d, seed, 24);
-        cand.net().observe_activations(&cand.tensors(&raw(&c, (true, true, true))).unwrap(), &mut ranges).unwrap();
+        observe(&cand, &d, &c, &mut ranges);
     }
     ranges.finish(99.99);
     let (p, _) = with_graphs(&tmp.path().join("int8"), Some(&ranges));
@@ -246,8 +258,8 @@ fn int8_graphs_run_in_onnx_runtime_close_to_fp32() {
     assert_eq!(ort.info().precision, "int8");
     for seed in 50..54 {
         let c = case(&p, seed, 24);
-        let a = cand.forward(&raw(&c, (true, true, true))).unwrap();
-        let b = ort.forward(&raw(&c, (true, true, true))).unwrap();
+        let a = run(&cand, &c, (true, true, true));
+        let b = run(ort.as_ref(), &c, (true, true, true));
         let d = (risk(&a) - risk(&b)).abs();
         // Quantisation moves the risk a little, never a lot (docs/BACKENDS.md has the holdout numbers).
         assert!(d > 0.0 && d < 0.02, "seed {seed}: |fp32 - int8| risk = {d}");
@@ -298,7 +310,7 @@ fn a_third_party_tile_encoder_from_torch_onnx_export_runs_inside_a_package() {
     let cand = CandleBackend::new(&p).unwrap();
     for (i, pattern) in PATTERNS.iter().take(4).enumerate() {
         let c = case(&p, 200 + i as u64, 9 + i);
-        let d = max_diff(&cand.forward(&raw(&c, *pattern)).unwrap(), &ort.forward(&raw(&c, *pattern)).unwrap());
+        let d = max_diff(&run(&cand, &c, *pattern), &run(ort.as_ref(), &c, *pattern));
         assert!(d <= 1e-4, "{pattern:?}: {d}");
     }
 }
@@ -339,7 +351,7 @@ fn a_package_with_only_onnx_graphs_runs_on_onnx_and_candle_says_why_not() {
     assert!(err.to_string().contains("use the onnx backend"), "{err}");
     let Some(ort) = onnx_backend(&p, &cpu_only()) else { return };
     let c = case(&p, 7, 5);
-    let out = ort.forward(&raw(&c, (true, true, true))).unwrap();
-    let reference = CandleBackend::new(&d).unwrap().forward(&raw(&c, (true, true, true))).unwrap();
+    let out = run(ort.as_ref(), &c, (true, true, true));
+    let reference = run(&CandleBackend::new(&d).unwrap(), &c, (true, true, true));
     assert!(max_diff(&out, &reference) <= 1e-4);
 }

@@ -32,7 +32,7 @@ fn candle_matches_the_pytorch_twin() {
             meta["cases"][i]["present"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
         let input = NetInput {
             ct: (present[0] == 1).then(|| get(format!("case{i}.ct"))),
-            tiles: (present[1] == 1).then(|| get(format!("case{i}.tiles"))),
+            tile_embeddings: (present[1] == 1).then(|| net.embed_tiles(&get(format!("case{i}.tiles"))).unwrap()),
             clinical: (present[2] == 1).then(|| get(format!("case{i}.clinical"))),
         };
         let out = net.forward(&input).unwrap();
