@@ -100,6 +100,13 @@ pub struct ModelIdentity {
     /// ONNX Runtime's version, for the onnx backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnxruntime: Option<String>,
+    /// The package's `model.toml` format (1: CRLM-Net v1, 2: ONNX parts); absent in records
+    /// made before format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<u32>,
+    /// Each ONNX part that ran and its precision (onnx backend).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parts: std::collections::BTreeMap<String, String>,
 }
 
 impl ModelIdentity {
@@ -116,6 +123,8 @@ impl ModelIdentity {
             device: b.provider,
             precision: b.precision,
             onnxruntime: b.runtime,
+            format: Some(p.spec.format),
+            parts: b.parts,
         }
     }
 }

@@ -155,12 +155,12 @@ impl Model {
 
     /// How tiles stream into this model's tile encoder.
     pub fn stream_options(&self) -> StreamOptions {
-        let n = &self.package.spec.network;
+        let (mean, std) = self.package.spec.tile_normalisation();
         StreamOptions {
             batch: self.package.spec.slide.tile_batch.unwrap_or_else(|| self.backend.tile_batch()),
             threads: self.read_threads,
-            mean: n.tile_mean,
-            std: n.tile_std,
+            mean,
+            std,
         }
     }
 

@@ -28,8 +28,14 @@ impl CandleBackend {
             )
         })?;
         let file = spec.weights.as_ref().map(|w| w.file.as_str()).unwrap_or("weights");
+        let network = spec.network.as_ref().ok_or_else(|| {
+            ModelError::Backend(format!(
+                "a format {} package is ONNX parts, not CRLM-Net: use the onnx backend (model.backend = \"onnx\")",
+                spec.format
+            ))
+        })?;
         let width = spec.clinical.width();
-        let net = CrlmNet::from_safetensors(weights, &spec.network, width, &Device::Cpu)
+        let net = CrlmNet::from_safetensors(weights, network, width, &Device::Cpu)
             .map_err(|e| ModelError::Weights(format!("{file}: {e}")))?;
         let [x, y, z] = spec.ct.shape;
         Ok(CandleBackend {
@@ -37,7 +43,7 @@ impl CandleBackend {
             ct_shape: [z, y, x],
             tile_px: spec.slide.tile_px as usize,
             clinical_width: width,
-            embed: spec.network.embed,
+            embed: network.embed,
         })
     }
 
@@ -71,7 +77,13 @@ impl CandleBackend {
 
 impl Backend for CandleBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo { name: "candle".into(), provider: "cpu".into(), precision: "fp32".into(), runtime: None }
+        BackendInfo {
+            name: "candle".into(),
+            provider: "cpu".into(),
+            precision: "fp32".into(),
+            runtime: None,
+            parts: Default::default(),
+        }
     }
 
     fn forward(&self, input: &RawInput) -> Result<NetOutput, ModelError> {

@@ -7,6 +7,7 @@
 pub mod candle;
 #[cfg(feature = "onnx")]
 pub mod onnx_runtime;
+pub mod wiring;
 
 use crate::error::ModelError;
 use crate::net::NetOutput;
@@ -37,6 +38,9 @@ pub struct BackendInfo {
     /// ONNX Runtime's version, for the onnx backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// Each ONNX part and its precision (onnx backend).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parts: std::collections::BTreeMap<String, String>,
 }
 
 pub trait Backend: Send + Sync {

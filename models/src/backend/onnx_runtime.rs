@@ -1,4 +1,5 @@
-//! The onnx backend: the package's five ONNX graphs in ONNX Runtime (`ort`, loaded at run time).
+//! The onnx backend: the package's ONNX parts in ONNX Runtime (`ort`, loaded at run time),
+//! wired as `backend::wiring` checked them: format 2's `[parts]`, or format 1's five graphs.
 //!
 //! Providers are tried in the configured order, each registered with `error_on_failure` (ort
 //! would otherwise fall back to the CPU silently): the first that registers runs every graph
@@ -6,17 +7,20 @@
 //! builds engines on first use and caches them in `engine_cache` (they are tied to the GPU and
 //! the TensorRT version); CUDA is registered behind it for nodes TensorRT does not take.
 
+use super::wiring::{PartWiring, Wiring, wire};
 use super::{Backend, BackendInfo, OnnxOptions, Provider, RawInput};
 use crate::error::ModelError;
-use crate::graph::{Dim, GraphIo};
+use crate::graph::GraphIo;
 use crate::net::NetOutput;
 use crate::package::ModelPackage;
-use crate::package::spec::{OnnxGraphSpec, OnnxPrecision};
+use crate::package::parts::{PartSpec, PartsSpec};
+use crate::package::spec::OnnxPrecision;
 use ort::environment::Environment;
 use ort::ep;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -109,30 +113,6 @@ fn runtime(opts: &OnnxOptions) -> Result<&'static (Environment, PathBuf, String)
         .map_err(|e| ModelError::Backend(format!("ONNX Runtime could not be loaded: {e}")))
 }
 
-/// Shapes of a graph's inputs or outputs.
-type Shapes = Vec<Vec<Dim>>;
-
-/// A graph's session and the names of its tensors, in the package's order.
-struct Part {
-    session: Mutex<Session>,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-}
-
-pub struct OnnxBackend {
-    ct: Part,
-    tiles: Part,
-    pool: Part,
-    clinical: Part,
-    fusion: Part,
-    info: BackendInfo,
-    ct_shape: [usize; 3],
-    tile_px: usize,
-    clinical_width: usize,
-    embed: usize,
-    tile_batch: usize,
-}
-
 fn session(
     env: &Environment,
     bytes: &[u8],
@@ -167,81 +147,35 @@ fn session(
     b.commit_from_memory(bytes).map_err(|e| e.to_string())
 }
 
-/// Check a graph's declared interface against the package's input spec before running it.
-fn check_io(
-    part: &str,
-    g: &OnnxGraphSpec,
-    io: &GraphIo,
-    want_in: &[Vec<Dim>],
-    want_out: &[Vec<Dim>],
-) -> Result<(), ModelError> {
-    let fits = |have: &[Dim], want: &[Dim]| {
-        have.len() == want.len()
-            && have.iter().zip(want).all(|(h, w)| match (h, w) {
-                (Dim::Fixed(a), Dim::Fixed(b)) => a == b,
-                // A dynamic dimension in the graph accepts what we feed; a named one we need
-                // dynamic (the tile count) must not be fixed in the graph.
-                (Dim::Named(_), _) => true,
-                (Dim::Fixed(_), Dim::Named(_)) => false,
-            })
-    };
-    let show = |d: &[Dim]| format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "));
-    for (names, declared, want, what) in
-        [(&g.inputs, &io.inputs, want_in, "input"), (&g.outputs, &io.outputs, want_out, "output")]
-    {
-        for (name, w) in names.iter().zip(want) {
-            let (_, elem, dims) = declared.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
-                ModelError::Backend(format!(
-                    "{}: onnx.{part} names {what} {name:?}, the graph has {:?}",
-                    g.file,
-                    declared.iter().map(|d| d.0.as_str()).collect::<Vec<_>>()
-                ))
-            })?;
-            if *elem != crate::graph::proto::data_type::FLOAT {
-                return Err(ModelError::Backend(format!("{}: {what} {name:?} is not float32", g.file)));
-            }
-            if !fits(dims, w) {
-                return Err(ModelError::Backend(format!(
-                    "{}: {what} {name:?} is {}, the package's spec needs {}",
-                    g.file,
-                    show(dims),
-                    show(w)
-                )));
-            }
-        }
-    }
-    Ok(())
+/// A part's session and its checked interface.
+struct Part {
+    session: Mutex<Session>,
+    wiring: PartWiring,
+}
+
+pub struct OnnxBackend {
+    tile_encoder: Option<Part>,
+    slide_aggregator: Option<Part>,
+    ct_encoder: Option<Part>,
+    clinical_encoder: Option<Part>,
+    fusion: Part,
+    wiring: Wiring,
+    info: BackendInfo,
+    tile_batch: usize,
 }
 
 impl OnnxBackend {
     pub fn new(package: &ModelPackage, opts: &OnnxOptions) -> Result<Self, ModelError> {
         let spec = &package.spec;
-        let onnx = spec.onnx.as_ref().ok_or_else(|| {
-            ModelError::Backend("the package has no [onnx] graphs (see `crlm model export-onnx`)".into())
+        let parts = spec.graph_parts().ok_or_else(|| {
+            ModelError::Backend("the package has no ONNX graphs ([parts], or [onnx]: `crlm model export-onnx`)".into())
         })?;
-        let [x, y, z] = spec.ct.shape;
-        let t = spec.slide.tile_px as usize;
-        let e = spec.network.embed;
-        let c = spec.clinical.width();
-        let k = spec.network.intervals;
-        let f = |v: usize| Dim::Fixed(v as i64);
-        let n = || Dim::n("n");
-        let shapes: [(Shapes, Shapes); 5] = [
-            (vec![vec![f(z), f(y), f(x)]], vec![vec![f(1), f(e)], vec![f(z)]]),
-            (vec![vec![n(), f(3), f(t), f(t)]], vec![vec![n(), f(e)]]),
-            (vec![vec![n(), f(e)]], vec![vec![f(1), f(e)], vec![n()]]),
-            (vec![vec![f(1), f(c)]], vec![vec![f(1), f(e)]]),
-            (vec![vec![f(1), f(e)], vec![f(1), f(e)], vec![f(1), f(e)], vec![f(1), f(3)]], vec![vec![f(1), f(k)]]),
-        ];
-        let mut graphs = Vec::new();
-        for ((part, g, _, _), (want_in, want_out)) in onnx.parts().into_iter().zip(&shapes) {
-            let bytes = package
-                .file(&g.file)
-                .ok_or_else(|| ModelError::Backend(format!("{} (onnx.{part}) is not in the package", g.file)))?;
-            let io = GraphIo::read(&g.file, bytes).map_err(backend_err)?;
-            check_io(part, g, &io, want_in, want_out)?;
-            graphs.push((g.clone(), bytes));
-        }
+        let bytes = |p: &PartSpec| -> Result<&[u8], String> {
+            package.file(&p.file).ok_or_else(|| format!("{} is not in the package", p.file))
+        };
+        let wiring =
+            wire(spec, &parts, |p| bytes(p).and_then(|b| GraphIo::read(&p.file, b).map_err(|e| e.to_string())))
+                .map_err(ModelError::Backend)?;
         let (env, _, version) = runtime(opts)?;
         // The engine cache lives in the state folder: made when that exists (on the box), so
         // `crlm predict` in some other folder leaves nothing behind.
@@ -253,12 +187,20 @@ impl OnnxBackend {
         {
             tracing::warn!(path = %cache.display(), error = %e, "cannot create the TensorRT engine cache");
         }
-        let int8 = onnx.precision == OnnxPrecision::Int8;
+        // The provider is chosen on the first part (the tile encoder when there is one): if a
+        // provider cannot take it, it cannot serve the model.
+        let order: Vec<&PartWiring> =
+            [&wiring.tile_encoder, &wiring.slide_aggregator, &wiring.ct_encoder, &wiring.clinical_encoder]
+                .into_iter()
+                .flatten()
+                .chain(std::iter::once(&wiring.fusion))
+                .collect();
+        let first = order.first().ok_or_else(|| ModelError::Backend("the package has no parts".into()))?;
+        let first_bytes = bytes(&part_spec(&parts, first.part)).map_err(ModelError::Backend)?;
         let mut chosen = None;
         let mut failures = Vec::new();
         for p in &opts.providers {
-            // The tile encoder first: if a provider cannot take it, it cannot serve the model.
-            match session(env, graphs[1].1, opts, *p, int8) {
+            match session(env, first_bytes, opts, *p, first.precision == OnnxPrecision::Int8) {
                 Ok(s) => {
                     chosen = Some((*p, s));
                     break;
@@ -275,72 +217,97 @@ impl OnnxBackend {
                 }
             }
         }
-        let (provider, tile_session) = chosen.ok_or_else(|| {
+        let (provider, first_session) = chosen.ok_or_else(|| {
             ModelError::Backend(format!("no ONNX Runtime provider could be registered: {}", failures.join("; ")))
         })?;
-        let mut sessions = Vec::with_capacity(graphs.len());
-        let mut tile_session = Some(tile_session);
-        for (i, (g, bytes)) in graphs.iter().enumerate() {
-            let s = match tile_session.take() {
-                Some(s) if i == 1 => s,
+        let mut first_session = Some(first_session);
+        let mut open = |w: &Option<PartWiring>| -> Result<Option<Part>, ModelError> {
+            let Some(w) = w else { return Ok(None) };
+            let s = match first_session.take() {
+                Some(s) if w.part == first.part => s,
                 other => {
-                    tile_session = other;
-                    session(env, bytes, opts, provider, int8)
-                        .map_err(|e| ModelError::Backend(format!("{}: {e}", g.file)))?
+                    first_session = other;
+                    let b = bytes(&part_spec(&parts, w.part)).map_err(ModelError::Backend)?;
+                    session(env, b, opts, provider, w.precision == OnnxPrecision::Int8)
+                        .map_err(|e| ModelError::Backend(format!("{}: {e}", w.file)))?
                 }
             };
-            sessions.push(Part { session: Mutex::new(s), inputs: g.inputs.clone(), outputs: g.outputs.clone() });
-        }
-        let [ct, tiles, pool, clinical, fusion]: [Part; 5] =
-            sessions.try_into().map_err(|_| ModelError::Backend("internal: a graph is missing".into()))?;
-        let backend = OnnxBackend {
-            ct,
-            tiles,
-            pool,
-            clinical,
-            fusion,
-            info: BackendInfo {
-                name: "onnx".into(),
-                provider: provider.name().into(),
-                precision: onnx.precision.name().into(),
-                runtime: Some(version.clone()),
-            },
-            ct_shape: [z, y, x],
-            tile_px: t,
-            clinical_width: c,
-            embed: e,
-            tile_batch: opts.tile_batch.max(1),
+            Ok(Some(Part { session: Mutex::new(s), wiring: w.clone() }))
         };
-        tracing::info!(provider = provider.name(), precision = onnx.precision.name(), onnxruntime = %version, "onnx backend ready");
-        Ok(backend)
+        let tile_encoder = open(&wiring.tile_encoder)?;
+        let slide_aggregator = open(&wiring.slide_aggregator)?;
+        let ct_encoder = open(&wiring.ct_encoder)?;
+        let clinical_encoder = open(&wiring.clinical_encoder)?;
+        let fusion = open(&Some(wiring.fusion.clone()))?
+            .ok_or_else(|| ModelError::Backend("internal: the fusion part did not open".into()))?;
+        let precisions = parts.precisions();
+        let mut distinct: Vec<&str> = precisions.values().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let info = BackendInfo {
+            name: "onnx".into(),
+            provider: provider.name().into(),
+            // Format 1 says what `crlm model quantize` made (`int8`: the encoders); format 2
+            // lists the precisions its parts have (`parts` has each).
+            precision: match (&spec.parts, &spec.onnx) {
+                (None, Some(onnx)) => onnx.precision.name().to_string(),
+                _ => distinct.join("+"),
+            },
+            runtime: Some(version.clone()),
+            parts: precisions,
+        };
+        tracing::info!(provider = provider.name(), precision = %info.precision, onnxruntime = %version, format = spec.format, "onnx backend ready");
+        Ok(OnnxBackend {
+            tile_encoder,
+            slide_aggregator,
+            ct_encoder,
+            clinical_encoder,
+            fusion,
+            wiring,
+            info,
+            tile_batch: opts.tile_batch.max(1),
+        })
     }
 }
 
+fn part_spec(parts: &PartsSpec, name: &str) -> PartSpec {
+    parts
+        .present()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(|| parts.fusion.clone())
+}
+
 impl Part {
-    /// Run with one `(values, shape)` per input, in the package's order; one vector per output.
-    fn run(&self, inputs: &[(&[f32], Vec<usize>)]) -> Result<Vec<Vec<f32>>, ModelError> {
+    /// Run with `(role, values, logical shape)` per input; every output by role.
+    fn run(&self, inputs: &[(&str, &[f32], Vec<usize>)]) -> Result<BTreeMap<String, Vec<f32>>, ModelError> {
         let mut session = self.session.lock().map_err(|_| backend_err("an ONNX Runtime session lock was poisoned"))?;
         let mut values = Vec::with_capacity(inputs.len());
-        for (name, (data, shape)) in self.inputs.iter().zip(inputs) {
-            let t = TensorRef::from_array_view((shape.clone(), *data)).map_err(backend_err)?;
-            values.push((std::borrow::Cow::from(name.as_str()), ort::session::SessionInputValue::from(t)));
+        for (role, data, logical) in inputs {
+            let Some(t) = self.wiring.input(role) else { continue };
+            let v = TensorRef::from_array_view((t.feed_shape(logical), *data)).map_err(backend_err)?;
+            values.push((std::borrow::Cow::from(t.name.clone()), ort::session::SessionInputValue::from(v)));
         }
         let out = session.run(values).map_err(|e| ModelError::Inference(format!("ONNX Runtime: {e}")))?;
-        self.outputs
+        self.wiring
+            .outputs
             .iter()
-            .map(|name| {
-                let v =
-                    out.get(name).ok_or_else(|| ModelError::Inference(format!("the graph gave no output {name:?}")))?;
+            .map(|t| {
+                let v = out.get(&t.name).ok_or_else(|| {
+                    ModelError::Inference(format!("{}: the graph gave no output {:?}", self.wiring.file, t.name))
+                })?;
                 let (_, data) =
-                    v.try_extract_tensor::<f32>().map_err(|e| ModelError::Inference(format!("{name}: {e}")))?;
-                Ok(data.to_vec())
+                    v.try_extract_tensor::<f32>().map_err(|e| ModelError::Inference(format!("{}: {e}", t.name)))?;
+                Ok((t.role.clone(), data.to_vec()))
             })
             .collect()
     }
 }
 
-/// An output must have exactly `len` values (a third-party graph may not).
-fn sized(v: Vec<f32>, len: usize, what: &str) -> Result<Vec<f32>, ModelError> {
+/// Take one role's output, which must have exactly `len` values (a third-party graph may not).
+fn take(out: &mut BTreeMap<String, Vec<f32>>, role: &str, len: usize, what: &str) -> Result<Vec<f32>, ModelError> {
+    let v = out.remove(role).unwrap_or_default();
     if v.len() == len {
         Ok(v)
     } else {
@@ -348,10 +315,18 @@ fn sized(v: Vec<f32>, len: usize, what: &str) -> Result<Vec<f32>, ModelError> {
     }
 }
 
-fn take2(mut v: Vec<Vec<f32>>) -> (Vec<f32>, Vec<f32>) {
-    let b = v.pop().unwrap_or_default();
-    let a = v.pop().unwrap_or_default();
-    (a, b)
+/// An optional attention output of `len` values (any of `[len]`, `[1, len]`, `[len, 1]`).
+fn attention(
+    out: &mut BTreeMap<String, Vec<f32>>,
+    role: &str,
+    len: usize,
+    what: &str,
+) -> Result<Option<Vec<f32>>, ModelError> {
+    if out.contains_key(role) { take(out, role, len, what).map(Some) } else { Ok(None) }
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
 }
 
 impl Backend for OnnxBackend {
@@ -360,43 +335,81 @@ impl Backend for OnnxBackend {
     }
 
     fn forward(&self, input: &RawInput) -> Result<NetOutput, ModelError> {
-        let e = self.embed;
-        let [z, y, x] = self.ct_shape;
+        let w = &self.wiring;
         let mut mask = [0f32; 3];
-        let (e_ct, slice_attention) = match input.ct {
-            Some(ct) => {
-                let (emb, att) = take2(self.ct.run(&[(ct, vec![z, y, x])])?);
+        // CT: its encoder's embedding, or the volume itself when the fusion reads it.
+        let mut slice_attention = None;
+        let (ct, ct_shape) = match (input.ct, &self.ct_encoder) {
+            (Some(v), Some(p)) => {
                 mask[0] = 1.0;
-                (sized(emb, e, "CT embedding")?, Some(sized(att, z, "slice attention")?))
+                let [z, y, x] = w.ct_shape;
+                let mut out = p.run(&[("ct", v, vec![z, y, x])])?;
+                slice_attention = attention(&mut out, "attention", z, "slice attention")?;
+                (take(&mut out, "embedding", numel(&w.fusion_ct), "CT embedding")?, w.fusion_ct.clone())
             }
-            None => (vec![0.0; e], None),
+            (Some(v), None) => {
+                mask[0] = 1.0;
+                (v.to_vec(), w.fusion_ct.clone())
+            }
+            (None, _) => (vec![0.0; numel(&w.fusion_ct)], w.fusion_ct.clone()),
         };
-        let (e_slide, tile_attention) = match input.tile_embeddings {
-            Some((h, n)) => {
-                let h = sized(h.to_vec(), n * e, "tile embeddings")?;
-                let (emb, att) = take2(self.pool.run(&[(&h, vec![n, e])])?);
+        // Slide: the aggregator's embedding, or the tile embeddings when the fusion pools.
+        let mut tile_attention = None;
+        let (slide, slide_shape) = match (input.tile_embeddings, &self.slide_aggregator) {
+            (Some((h, n)), agg) => {
                 mask[1] = 1.0;
-                (sized(emb, e, "slide embedding")?, Some(sized(att, n, "tile attention")?))
+                if h.len() != n * w.tile_width {
+                    return Err(ModelError::Input(format!(
+                        "{} tile embedding values for {n} tiles of width {}",
+                        h.len(),
+                        w.tile_width
+                    )));
+                }
+                match agg {
+                    Some(p) => {
+                        let mut out = p.run(&[("embeddings", h, vec![n, w.tile_width])])?;
+                        tile_attention = attention(&mut out, "attention", n, "tile attention")?;
+                        (
+                            take(&mut out, "embedding", numel(&w.fusion_slide), "slide embedding")?,
+                            w.fusion_slide.clone(),
+                        )
+                    }
+                    None => (h.to_vec(), vec![n, w.tile_width]),
+                }
             }
-            None => (vec![0.0; e], None),
+            (None, Some(_)) => (vec![0.0; numel(&w.fusion_slide)], w.fusion_slide.clone()),
+            (None, None) => (vec![0.0; w.tile_width], vec![1, w.tile_width]),
         };
-        let e_clin = match input.clinical {
-            Some(c) => {
+        let (clinical, clinical_shape) = match (input.clinical, &self.clinical_encoder) {
+            (Some(c), Some(p)) => {
                 mask[2] = 1.0;
-                let out = self.clinical.run(&[(c, vec![1, self.clinical_width])])?;
-                sized(out.into_iter().next().unwrap_or_default(), e, "clinical embedding")?
+                let mut out = p.run(&[("clinical", c, vec![1, w.clinical_width])])?;
+                (
+                    take(&mut out, "embedding", numel(&w.fusion_clinical), "clinical embedding")?,
+                    w.fusion_clinical.clone(),
+                )
             }
-            None => vec![0.0; e],
+            (Some(c), None) => {
+                mask[2] = 1.0;
+                (c.to_vec(), w.fusion_clinical.clone())
+            }
+            (None, _) => (vec![0.0; numel(&w.fusion_clinical)], w.fusion_clinical.clone()),
         };
-        let out = self.fusion.run(&[
-            (&e_ct, vec![1, e]),
-            (&e_slide, vec![1, e]),
-            (&e_clin, vec![1, e]),
-            (&mask, vec![1, 3]),
+        let n_tiles = input.tile_embeddings.map(|(_, n)| n);
+        let mut out = self.fusion.run(&[
+            ("ct", &ct, ct_shape),
+            ("slide", &slide, slide_shape),
+            ("clinical", &clinical, clinical_shape),
+            ("mask", &mask, vec![1, 3]),
         ])?;
-        let hazards = out.into_iter().next().unwrap_or_default();
-        if hazards.is_empty() {
-            return Err(ModelError::Inference("the fusion graph gave no hazards".into()));
+        let hazards = take(&mut out, "output", w.outputs, "the fusion's output")?;
+        if let Some(n) = n_tiles
+            && tile_attention.is_none()
+        {
+            tile_attention = attention(&mut out, "tile_attention", n, "tile attention")?;
+        }
+        if input.ct.is_some() && slice_attention.is_none() {
+            slice_attention = attention(&mut out, "slice_attention", w.ct_shape[0], "slice attention")?;
         }
         Ok(NetOutput { hazards, slice_attention, tile_attention })
     }
@@ -406,16 +419,19 @@ impl Backend for OnnxBackend {
     }
 
     fn embed_tiles(&self, tiles: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
-        let t = self.tile_px;
+        let p =
+            self.tile_encoder.as_ref().ok_or_else(|| ModelError::Input("the package has no tile encoder".into()))?;
+        let t = self.wiring.tile_px;
         let per = 3 * t * t;
         if tiles.len() != n * per {
             return Err(ModelError::Input(format!("{} tile values for {n} tiles of {t} px", tiles.len())));
         }
-        let mut out = Vec::with_capacity(n * self.embed);
+        let e = self.wiring.tile_width;
+        let mut out = Vec::with_capacity(n * e);
         for chunk in tiles.chunks(self.tile_batch * per) {
             let m = chunk.len() / per;
-            let h = self.tiles.run(&[(chunk, vec![m, 3, t, t])])?;
-            out.extend(sized(h.into_iter().next().unwrap_or_default(), m * self.embed, "tile embeddings")?);
+            let mut h = p.run(&[("tiles", chunk, vec![m, 3, t, t])])?;
+            out.extend(take(&mut h, "embeddings", m * e, "tile embeddings")?);
         }
         Ok(out)
     }

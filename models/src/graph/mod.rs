@@ -160,6 +160,8 @@ pub struct GraphIo {
     pub outputs: Vec<(String, i32, Vec<Dim>)>,
     /// Operators by type, counted (what `crlm model info` shows, and the INT8 check).
     pub ops: Vec<(String, usize)>,
+    /// Initializers (weights) by ONNX element type, counted (the fp16 check).
+    pub initializer_types: Vec<(i32, usize)>,
 }
 
 fn dims_of(v: &ValueInfoProto) -> (i32, Vec<Dim>) {
@@ -208,7 +210,26 @@ impl GraphIo {
             }
         }
         ops.sort();
-        Ok(GraphIo { opset: opset.unwrap_or(0), inputs: io(&g.input, true), outputs: io(&g.output, false), ops })
+        let mut initializer_types: Vec<(i32, usize)> = Vec::new();
+        for t in &g.initializer {
+            match initializer_types.iter_mut().find(|(d, _)| *d == t.data_type) {
+                Some((_, c)) => *c += 1,
+                None => initializer_types.push((t.data_type, 1)),
+            }
+        }
+        initializer_types.sort_unstable();
+        Ok(GraphIo {
+            opset: opset.unwrap_or(0),
+            inputs: io(&g.input, true),
+            outputs: io(&g.output, false),
+            ops,
+            initializer_types,
+        })
+    }
+
+    /// Initializers of one element type.
+    pub fn initializers_of(&self, data_type: i32) -> usize {
+        self.initializer_types.iter().find(|(d, _)| *d == data_type).map_or(0, |(_, c)| *c)
     }
 
     pub fn count(&self, op: &str) -> usize {

@@ -176,7 +176,9 @@ pub fn export(
     let w = Weights::from_safetensors(weights)?;
     let keep: &[String] = ranges.map(|r| r.keep_fp32.as_slice()).unwrap_or_default();
     let ctx = Ctx { w: &w, keep_fp32: keep };
-    let n = &spec.network;
+    let n = spec.network.as_ref().ok_or_else(|| {
+        OnnxError::Weights("a format 2 package is already ONNX parts; export is for CRLM-Net v1 weights".into())
+    })?;
     let e = n.embed;
     let [x, y, z] = spec.ct.shape;
     let t = spec.slide.tile_px as usize;

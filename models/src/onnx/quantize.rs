@@ -67,7 +67,10 @@ pub fn calibrate(package: &ModelPackage, cases: &[CaseInputs], percentile: f64) 
         }
         let n = pixels.len() / (3 * t * t);
         let tiles = (n > 0)
-            .then(|| normalise(&pixels, t, spec.network.tile_mean, spec.network.tile_std))
+            .then(|| {
+                let (mean, std) = spec.tile_normalisation();
+                normalise(&pixels, t, mean, std)
+            })
             .map(|v| Tensor::from_vec(v, (n, 3, t, t), dev))
             .transpose()
             .map_err(|e| cal(&e))?;

@@ -3,6 +3,7 @@
 //! only after every hash and the signature check out and the signer is trusted; the error names
 //! the file that failed. The demo package is built into the binary (the default model).
 
+pub mod parts;
 pub mod signing;
 pub mod spec;
 
@@ -255,9 +256,8 @@ pub fn verify_files(
         )));
     };
     let mut named: Vec<&str> = spec.weights.iter().map(|w| w.file.as_str()).collect();
-    if let Some(onnx) = &spec.onnx {
-        named.extend(onnx.parts().iter().map(|(_, g, _, _)| g.file.as_str()));
-    }
+    let parts = spec.graph_parts();
+    named.extend(parts.iter().flat_map(|p| p.present()).map(|(_, g)| g.file.as_str()));
     if let Some(missing) = named.iter().find(|f| !files.contains_key(**f)) {
         return Err(PackageError::Layout(format!("{missing} (named in {MODEL_TOML}) is missing")));
     }
@@ -270,54 +270,112 @@ pub fn verify_files(
 pub fn parse_spec(bytes: &[u8]) -> Result<ModelSpec, PackageError> {
     let text = std::str::from_utf8(bytes).map_err(|_| PackageError::Spec("not UTF-8".into()))?;
     let spec: ModelSpec = toml::from_str(text).map_err(|e| PackageError::Spec(e.to_string()))?;
-    if spec.format != spec::SPEC_FORMAT {
-        return Err(PackageError::Spec(format!(
-            "format {} is not supported (this build reads {})",
-            spec.format,
-            spec::SPEC_FORMAT
-        )));
-    }
-    if spec.architecture != ARCHITECTURE_V1 {
-        return Err(PackageError::Spec(format!(
-            "architecture {:?} is not built in (only {ARCHITECTURE_V1})",
-            spec.architecture
-        )));
+    let bad = |m: String| Err(PackageError::Spec(m));
+    match spec.format {
+        spec::SPEC_FORMAT => check_v1(&spec)?,
+        spec::SPEC_FORMAT_PARTS => check_v2(&spec)?,
+        other => {
+            return bad(format!(
+                "format {other} is not supported (this build reads {} and {})",
+                spec::SPEC_FORMAT,
+                spec::SPEC_FORMAT_PARTS
+            ));
+        }
     }
     if !(0.0..=1.0).contains(&spec.decision.threshold) {
-        return Err(PackageError::Spec("decision.threshold must be within 0..1".into()));
+        return bad("decision.threshold must be within 0..1".into());
     }
+    let time = spec.time_axis();
+    if let Some(p) = time.problem() {
+        return bad(p);
+    }
+    if spec.modalities.allowed.is_empty() {
+        return bad("modalities.allowed is empty: nothing could ever be predicted".into());
+    }
+    if spec.slide.tile_px < 8 || spec.slide.tile_batch == Some(0) {
+        return bad("slide.tile_px (>= 8) and slide.tile_batch must be positive".into());
+    }
+    if spec.slide.tile_mean.is_some() != spec.slide.tile_std.is_some()
+        || spec.slide.tile_std.is_some_and(|s| s.iter().any(|v| !(*v > 0.0)))
+    {
+        return bad("slide.tile_mean and slide.tile_std go together, every std positive".into());
+    }
+    Ok(spec)
+}
+
+/// Format 1: CRLM-Net v1, its sizes, weights and/or its five graphs.
+fn check_v1(spec: &ModelSpec) -> Result<(), PackageError> {
+    let bad = |m: String| Err(PackageError::Spec(m));
+    if spec.architecture != ARCHITECTURE_V1 {
+        return bad(format!(
+            "architecture {:?} is not built in (only {ARCHITECTURE_V1}); any other network is a format 2 \
+             package of ONNX parts (docs/MODEL.md)",
+            spec.architecture
+        ));
+    }
+    if spec.parts.is_some() {
+        return bad("[parts] is format 2: set format = 2 (and drop [network])".into());
+    }
+    let Some(network) = &spec.network else { return bad("format 1 needs [network] (CRLM-Net's sizes)".into()) };
     if spec.weights.is_none() && spec.onnx.is_none() {
-        return Err(PackageError::Spec("neither [weights] nor [onnx]: the package has no network".into()));
+        return bad("neither [weights] nor [onnx]: the package has no network".into());
     }
     if let Some(onnx) = &spec.onnx {
         for (part, g, n_in, n_out) in onnx.parts() {
             if g.inputs.len() != n_in || g.outputs.len() != n_out {
-                return Err(PackageError::Spec(format!(
-                    "onnx.{part} must name {n_in} input(s) and {n_out} output(s) (docs/BACKENDS.md)"
-                )));
+                return bad(format!("onnx.{part} must name {n_in} input(s) and {n_out} output(s) (docs/BACKENDS.md)"));
             }
         }
     }
     let time = spec.time_axis();
-    if let Some(p) = time.problem() {
-        return Err(PackageError::Spec(p));
-    }
-    if time.outputs() != spec.network.intervals {
-        return Err(PackageError::Spec(format!(
+    if network.intervals == 0 || time.outputs() != network.intervals {
+        return bad(format!(
             "the time axis has {} outputs, network.intervals is {}",
             time.outputs(),
-            spec.network.intervals
-        )));
-    }
-    if spec.modalities.allowed.is_empty() {
-        return Err(PackageError::Spec("modalities.allowed is empty: nothing could ever be predicted".into()));
-    }
-    if spec.network.intervals == 0 || spec.slide.tile_px < 8 || spec.slide.tile_batch == Some(0) {
-        return Err(PackageError::Spec(
-            "network.intervals, slide.tile_px (>= 8) and slide.tile_batch must be positive".into(),
+            network.intervals
         ));
     }
-    Ok(spec)
+    Ok(())
+}
+
+/// Format 2: named ONNX parts, a declared time axis, tile normalisation when slides are used.
+fn check_v2(spec: &ModelSpec) -> Result<(), PackageError> {
+    let bad = |m: String| Err(PackageError::Spec(m));
+    let Some(parts) = &spec.parts else { return bad("format 2 needs [parts] (the model's ONNX graphs)".into()) };
+    if spec.network.is_some() || spec.weights.is_some() || spec.onnx.is_some() {
+        return bad("[network], [weights] and [onnx] are format 1 (CRLM-Net v1); format 2 has [parts]".into());
+    }
+    if spec.time.is_none() {
+        return bad("format 2 needs [time]: hazard interval edges in months, or a risk output and its horizon".into());
+    }
+    let problems = parts.problems();
+    if !problems.is_empty() {
+        return bad(problems.join("; "));
+    }
+    let uses = |m: Modality| spec.modalities.allowed.iter().any(|s| s.contains(&m));
+    if uses(Modality::Slide) {
+        if parts.tile_encoder.is_none() {
+            return bad("slides are allowed but there is no parts.tile_encoder".into());
+        }
+        if spec.slide.tile_mean.is_none() {
+            return bad("format 2 with slides needs slide.tile_mean and slide.tile_std".into());
+        }
+    }
+    for (m, role) in [(Modality::Ct, "ct"), (Modality::Slide, "slide"), (Modality::Clinical, "clinical")] {
+        let read = parts.fusion.input(role).is_some();
+        if uses(m) && !read {
+            return bad(format!("{} is an allowed modality but parts.fusion has no {role:?} input", m.name()));
+        }
+        // Without a mask the fusion cannot tell a missing modality from zeros.
+        let optional = spec.modalities.allowed.iter().any(|s| !s.contains(&m));
+        if read && optional && parts.fusion.input("mask").is_none() {
+            return bad(format!(
+                "{} may be missing (modalities.allowed) but parts.fusion has no \"mask\" input to say so",
+                m.name()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Write the manifest and signature for the package folder `dir` (atomically, each file).

@@ -1,11 +1,16 @@
-//! `model.toml`: what a model package declares. Format version 1; unknown keys are refused so a
-//! typo cannot silently fall back to a default.
+//! `model.toml`: what a model package declares. Format 1 is CRLM-Net v1 (`[network]` sizes,
+//! safetensors weights, optionally its five ONNX graphs in `[onnx]`); format 2 is any network as
+//! named ONNX parts (`[parts]`, [`super::parts`]) with a declared time axis. Unknown keys are
+//! refused so a typo cannot silently fall back to a default.
 
+use super::parts::PartsSpec;
 use crate::ct::preprocess::CtPreprocessSpec;
 use serde::{Deserialize, Serialize};
 
-/// Current `model.toml` format.
+/// CRLM-Net v1 packages.
 pub const SPEC_FORMAT: u32 = 1;
+/// Named ONNX parts.
+pub const SPEC_FORMAT_PARTS: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -13,7 +18,8 @@ pub struct ModelSpec {
     pub format: u32,
     pub name: String,
     pub version: String,
-    /// Network architecture the weights belong to; only `crlm-net-v1` is built in.
+    /// Format 1: the architecture the weights belong to (only `crlm-net-v1` is built in).
+    /// Format 2: free text describing the parts (`resnet50-l3 + clam-sb + r3d`), reported only.
     pub architecture: String,
     pub intended_use: String,
     /// A demo package: every output that carries its results says DEMO - NOT FOR CLINICAL USE.
@@ -22,7 +28,9 @@ pub struct ModelSpec {
     pub ct: CtPreprocessSpec,
     pub slide: SlideInputSpec,
     pub clinical: ClinicalEncodingSpec,
-    pub network: NetworkSpec,
+    /// CRLM-Net's sizes (format 1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
     pub decision: DecisionSpec,
     #[serde(default)]
     pub calibration: Calibration,
@@ -32,7 +40,11 @@ pub struct ModelSpec {
     /// ONNX graphs of the network's parts for the `onnx` backend (docs/BACKENDS.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxSpec>,
-    /// What the output means in time; absent: `network.intervals` hazards of 6 months each.
+    /// Format 2: the network as named ONNX parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartsSpec>,
+    /// What the output means in time; absent (format 1 only): `network.intervals` hazards of 6
+    /// months each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<TimeSpec>,
 }
@@ -42,8 +54,22 @@ impl ModelSpec {
     /// months from 0.
     pub fn time_axis(&self) -> TimeSpec {
         self.time.clone().unwrap_or_else(|| TimeSpec::Hazards {
-            edges_months: (0..=self.network.intervals).map(|k| 6 * k as u32).collect(),
+            edges_months: (0..=self.network.as_ref().map_or(0, |n| n.intervals)).map(|k| 6 * k as u32).collect(),
         })
+    }
+
+    /// The network's ONNX graphs as parts: format 2's `[parts]`, or format 1's `[onnx]`.
+    pub fn graph_parts(&self) -> Option<PartsSpec> {
+        self.parts.clone().or_else(|| self.onnx.as_ref().map(PartsSpec::from_v1))
+    }
+
+    /// Tile normalisation `(mean, std)` per channel: `[slide]`'s, else CRLM-Net's.
+    pub fn tile_normalisation(&self) -> ([f32; 3], [f32; 3]) {
+        match (&self.slide.tile_mean, &self.slide.tile_std, &self.network) {
+            (Some(m), Some(s), _) => (*m, *s),
+            (_, _, Some(n)) => (n.tile_mean, n.tile_std),
+            _ => ([0.0; 3], [1.0; 3]),
+        }
     }
 }
 
@@ -182,6 +208,12 @@ pub struct SlideInputSpec {
     /// bounded by this, not by the slide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tile_batch: Option<usize>,
+    /// Tile normalisation, (pixel / 255 - mean) / std per channel (format 2; format 1 has it
+    /// in `[network]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_mean: Option<[f32; 3]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_std: Option<[f32; 3]>,
 }
 
 /// How many tiles a case may use.
@@ -422,6 +454,8 @@ impl OnnxSpec {
 pub enum OnnxPrecision {
     #[default]
     Fp32,
+    /// fp16 weights inside the graph, fp32 at its inputs and outputs.
+    Fp16,
     Int8,
 }
 
@@ -429,6 +463,7 @@ impl OnnxPrecision {
     pub fn name(self) -> &'static str {
         match self {
             OnnxPrecision::Fp32 => "fp32",
+            OnnxPrecision::Fp16 => "fp16",
             OnnxPrecision::Int8 => "int8",
         }
     }

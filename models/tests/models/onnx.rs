@@ -64,7 +64,7 @@ fn case(p: &ModelPackage, seed: u64, n: usize) -> Case {
             ((1.0 - d * 2.0).max(0.0) * (0.5 + 0.04 * zz as f64) + 0.1 * r.uniform()) as f32
         })
         .collect();
-    let m = &s.network;
+    let m = s.network.as_ref().unwrap();
     let tiles = (0..n * 3 * t * t)
         .map(|i| {
             let c = (i / (t * t)) % 3;
@@ -131,7 +131,7 @@ fn exported_graphs_declare_the_package_interface_and_the_package_verifies() {
     assert_eq!(graphs.len(), 5);
     let [x, y, z] = p.spec.ct.shape;
     let f = |v: usize| Dim::Fixed(v as i64);
-    let e = p.spec.network.embed;
+    let e = p.spec.network.as_ref().unwrap().embed;
     for (part, g, n_in, n_out) in onnx.parts() {
         let io = GraphIo::read(&g.file, p.file(&g.file).unwrap()).unwrap();
         assert_eq!(io.opset, 17, "{part}");

@@ -49,6 +49,8 @@ fn every_tile_is_encoded_in_bounded_batches_and_the_batch_size_does_not_change_t
         max_tiles: MaxTiles::All,
         sampling: TileSampling::Even,
         tile_batch: None,
+        tile_mean: None,
+        tile_std: None,
     };
     let reader = Arc::new(SlideReader::open(&path, &Limits::default()).unwrap());
     let plan = sample_tiles(reader, &spec, spec.max_tiles.per_slide(1)).unwrap();
@@ -56,7 +58,7 @@ fn every_tile_is_encoded_in_bounded_batches_and_the_batch_size_does_not_change_t
     assert!(plan.tiles.len() > 50, "{} tiles", plan.tiles.len());
     let n = plan.tiles.len();
     let slides = [plan];
-    let net = &demo.spec.network;
+    let net = demo.spec.network.as_ref().unwrap();
     let opts = |batch| StreamOptions { batch, threads: 2, mean: net.tile_mean, std: net.tile_std };
 
     let counting = Counting { inner: CandleBackend::new(&demo).unwrap(), calls: 0.into(), largest: 0.into() };
@@ -87,7 +89,13 @@ fn a_failing_encoder_stops_the_reader() {
     struct Failing;
     impl Backend for Failing {
         fn info(&self) -> BackendInfo {
-            BackendInfo { name: "failing".into(), provider: "cpu".into(), precision: "fp32".into(), runtime: None }
+            BackendInfo {
+                name: "failing".into(),
+                provider: "cpu".into(),
+                precision: "fp32".into(),
+                runtime: None,
+                parts: Default::default(),
+            }
         }
         fn forward(&self, _: &RawInput) -> Result<NetOutput, ModelError> {
             Err(ModelError::Inference("no".into()))
@@ -106,6 +114,8 @@ fn a_failing_encoder_stops_the_reader() {
         max_tiles: MaxTiles::All,
         sampling: TileSampling::Even,
         tile_batch: None,
+        tile_mean: None,
+        tile_std: None,
     };
     let reader = Arc::new(SlideReader::open(&path, &Limits::default()).unwrap());
     let plan = sample_tiles(reader, &spec, usize::MAX).unwrap();

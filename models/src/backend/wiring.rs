@@ -1,0 +1,270 @@
+//! How a package's ONNX parts connect, checked against the graphs themselves before anything
+//! runs: every role's tensor exists and is float32, every width one part gives is the width the
+//! next part reads, the tile count stays dynamic, fixed dimensions match the package (CT grid,
+//! tile side, clinical width, the time axis), and each part's declared precision is what its
+//! graph holds. Pure Rust: no ONNX Runtime needed, so `crlm model verify` could run it anywhere.
+//!
+//! A role's data has a logical shape (`[n, E]` for tile embeddings); a graph may declare extra
+//! leading dimensions of 1 (`[1, n, E]`, `[1, 1, Z, Y, X]`), which [`Tensor::feed_shape`] adds.
+
+use crate::graph::proto::data_type;
+use crate::graph::{Dim, GraphIo};
+use crate::package::ModelSpec;
+use crate::package::parts::{PartSpec, PartsSpec};
+use crate::package::spec::OnnxPrecision;
+
+/// One role's tensor in a graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub role: String,
+    pub name: String,
+    /// As the graph declares it.
+    pub dims: Vec<Dim>,
+}
+
+impl Tensor {
+    /// The shape to feed for data of `logical` shape: the graph's extra leading 1s, then it.
+    pub fn feed_shape(&self, logical: &[usize]) -> Vec<usize> {
+        let extra = self.dims.len().saturating_sub(logical.len());
+        std::iter::repeat_n(1, extra).chain(logical.iter().copied()).collect()
+    }
+}
+
+/// One part, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartWiring {
+    pub part: &'static str,
+    pub file: String,
+    pub precision: OnnxPrecision,
+    pub inputs: Vec<Tensor>,
+    pub outputs: Vec<Tensor>,
+}
+
+impl PartWiring {
+    pub fn input(&self, role: &str) -> Option<&Tensor> {
+        self.inputs.iter().find(|t| t.role == role)
+    }
+    pub fn output(&self, role: &str) -> Option<&Tensor> {
+        self.outputs.iter().find(|t| t.role == role)
+    }
+}
+
+/// The whole model, checked: the parts and the widths between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wiring {
+    pub tile_encoder: Option<PartWiring>,
+    pub slide_aggregator: Option<PartWiring>,
+    pub ct_encoder: Option<PartWiring>,
+    pub clinical_encoder: Option<PartWiring>,
+    pub fusion: PartWiring,
+    /// Tile embedding width (the tile encoder's).
+    pub tile_width: usize,
+    /// What the fusion's `ct`, `slide` and `clinical` inputs take per case (logical shapes; the
+    /// tile count is 0 in `slide` when the fusion reads tile embeddings directly).
+    pub fusion_ct: Vec<usize>,
+    pub fusion_slide: Vec<usize>,
+    pub fusion_clinical: Vec<usize>,
+    /// `[Z, Y, X]` of the CT grid.
+    pub ct_shape: [usize; 3],
+    pub tile_px: usize,
+    pub clinical_width: usize,
+    /// Values in the fusion's `output`.
+    pub outputs: usize,
+}
+
+fn show(d: &[Dim]) -> String {
+    format!("[{}]", d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "))
+}
+
+/// Does `have` (the graph) accept data of shape `want`? `None` in `want` is a count only known
+/// per case (tiles), which the graph must leave dynamic. Extra leading dimensions must be 1.
+fn fits(have: &[Dim], want: &[Option<usize>]) -> bool {
+    if have.len() < want.len() {
+        return false;
+    }
+    let extra = have.len() - want.len();
+    let (lead, rest) = have.split_at(extra);
+    lead.iter().all(|d| matches!(d, Dim::Fixed(1) | Dim::Named(_)))
+        && rest.iter().zip(want).all(|(h, w)| match (h, w) {
+            (Dim::Fixed(a), Some(b)) => usize::try_from(*a).is_ok_and(|a| a == *b),
+            (Dim::Fixed(_), None) => false,
+            (Dim::Named(_), _) => true,
+        })
+}
+
+fn want_text(w: &[Option<usize>]) -> String {
+    format!(
+        "[{}]",
+        w.iter().map(|d| d.map_or_else(|| "n".to_string(), |v| v.to_string())).collect::<Vec<_>>().join(", ")
+    )
+}
+
+/// The fixed last dimension of an output: a width the next part reads.
+fn width(part: &str, t: &Tensor, file: &str) -> Result<usize, String> {
+    match t.dims.last() {
+        Some(Dim::Fixed(v)) if *v > 0 => Ok(*v as usize),
+        _ => Err(format!(
+            "{file}: parts.{part} output {:?} is {}: its last dimension (the width) must be fixed",
+            t.name,
+            show(&t.dims)
+        )),
+    }
+}
+
+/// Resolve one part's roles against its graph: names, float32, precision.
+fn part(name: &'static str, spec: &PartSpec, io: &GraphIo) -> Result<PartWiring, String> {
+    let f = &spec.file;
+    let find = |declared: &[(String, i32, Vec<Dim>)], role: &str, tensor: &str, what: &str| {
+        let (_, elem, dims) = declared.iter().find(|(n, _, _)| n == tensor).ok_or_else(|| {
+            format!(
+                "{f}: parts.{name} names {what} {tensor:?} ({role}), the graph has {:?}",
+                declared.iter().map(|d| d.0.as_str()).collect::<Vec<_>>()
+            )
+        })?;
+        if *elem != data_type::FLOAT {
+            return Err(format!(
+                "{f}: {what} {tensor:?} is not float32 (cast inside the graph; the interface is fp32)"
+            ));
+        }
+        Ok(Tensor { role: role.into(), name: tensor.into(), dims: dims.clone() })
+    };
+    let inputs = spec.inputs.iter().map(|(r, t)| find(&io.inputs, r, t, "input")).collect::<Result<_, _>>()?;
+    let outputs = spec.outputs.iter().map(|(r, t)| find(&io.outputs, r, t, "output")).collect::<Result<_, _>>()?;
+    let qdq = io.count("QuantizeLinear") + io.count("DequantizeLinear");
+    let fp16 = io.initializers_of(data_type::FLOAT16);
+    let found = if qdq > 0 {
+        OnnxPrecision::Int8
+    } else if fp16 > 0 {
+        OnnxPrecision::Fp16
+    } else {
+        OnnxPrecision::Fp32
+    };
+    if found != spec.precision {
+        return Err(format!(
+            "{f}: parts.{name} is declared {} but the graph is {} ({qdq} Q/DQ nodes, {fp16} fp16 initializers)",
+            spec.precision.name(),
+            found.name()
+        ));
+    }
+    Ok(PartWiring { part: name, file: f.clone(), precision: spec.precision, inputs, outputs })
+}
+
+fn check(p: &PartWiring, dir_in: bool, role: &str, want: &[Option<usize>]) -> Result<(), String> {
+    let t = if dir_in { p.input(role) } else { p.output(role) };
+    let Some(t) = t else { return Ok(()) };
+    if fits(&t.dims, want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: parts.{} {} {:?} ({role}) is {}, the package's spec needs {}",
+            p.file,
+            p.part,
+            if dir_in { "input" } else { "output" },
+            t.name,
+            show(&t.dims),
+            want_text(want)
+        ))
+    }
+}
+
+/// Check every part against its graph (`graph(part)` gives the part's interface) and the
+/// package's shapes; the wiring, or the first thing that does not fit.
+pub fn wire(
+    spec: &ModelSpec,
+    parts: &PartsSpec,
+    mut graph: impl FnMut(&PartSpec) -> Result<GraphIo, String>,
+) -> Result<Wiring, String> {
+    let mut load = |name: &'static str, p: &Option<PartSpec>| -> Result<Option<PartWiring>, String> {
+        p.as_ref().map(|p| graph(p).and_then(|io| part(name, p, &io))).transpose()
+    };
+    let tile_encoder = load("tile_encoder", &parts.tile_encoder)?;
+    let slide_aggregator = load("slide_aggregator", &parts.slide_aggregator)?;
+    let ct_encoder = load("ct_encoder", &parts.ct_encoder)?;
+    let clinical_encoder = load("clinical_encoder", &parts.clinical_encoder)?;
+    let fusion = graph(&parts.fusion).and_then(|io| part("fusion", &parts.fusion, &io))?;
+
+    let [x, y, z] = spec.ct.shape;
+    let t = spec.slide.tile_px as usize;
+    let c = spec.clinical.width();
+    let k = spec.time_axis().outputs();
+    let s = Some;
+
+    let mut tile_width = 0;
+    if let Some(p) = &tile_encoder {
+        check(p, true, "tiles", &[None, s(3), s(t), s(t)])?;
+        let out = p.output("embeddings").ok_or("parts.tile_encoder has no embeddings output")?;
+        tile_width = width(p.part, out, &p.file)?;
+        check(p, false, "embeddings", &[None, s(tile_width)])?;
+    }
+    let fusion_slide = match &slide_aggregator {
+        Some(p) => {
+            check(p, true, "embeddings", &[None, s(tile_width)])?;
+            let out = p.output("embedding").ok_or("parts.slide_aggregator has no embedding output")?;
+            let w = width(p.part, out, &p.file)?;
+            check(p, false, "embedding", &[s(1), s(w)])?;
+            vec![1, w]
+        }
+        None => vec![0, tile_width],
+    };
+    let fusion_ct = match &ct_encoder {
+        Some(p) => {
+            check(p, true, "ct", &[s(z), s(y), s(x)])?;
+            let out = p.output("embedding").ok_or("parts.ct_encoder has no embedding output")?;
+            let w = width(p.part, out, &p.file)?;
+            check(p, false, "embedding", &[s(1), s(w)])?;
+            vec![1, w]
+        }
+        None => vec![z, y, x],
+    };
+    let fusion_clinical = match &clinical_encoder {
+        Some(p) => {
+            check(p, true, "clinical", &[s(1), s(c)])?;
+            let out = p.output("embedding").ok_or("parts.clinical_encoder has no embedding output")?;
+            let w = width(p.part, out, &p.file)?;
+            check(p, false, "embedding", &[s(1), s(w)])?;
+            vec![1, w]
+        }
+        None => vec![1, c],
+    };
+    let as_want = |v: &[usize]| -> Vec<Option<usize>> {
+        v.iter().enumerate().map(|(i, d)| if i == 0 && *d == 0 { None } else { Some(*d) }).collect()
+    };
+    check(&fusion, true, "ct", &as_want(&fusion_ct))?;
+    check(&fusion, true, "slide", &as_want(&fusion_slide))?;
+    check(&fusion, true, "clinical", &as_want(&fusion_clinical))?;
+    check(&fusion, true, "mask", &[s(1), s(3)])?;
+    check(&fusion, false, "output", &[s(1), s(k)])?;
+    Ok(Wiring {
+        tile_encoder,
+        slide_aggregator,
+        ct_encoder,
+        clinical_encoder,
+        fusion,
+        tile_width,
+        fusion_ct,
+        fusion_slide,
+        fusion_clinical,
+        ct_shape: [z, y, x],
+        tile_px: t,
+        clinical_width: c,
+        outputs: k,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_ones_and_dynamic_counts() {
+        let n = || Dim::n("n");
+        assert!(fits(&[n(), Dim::Fixed(1024)], &[None, Some(1024)]));
+        assert!(fits(&[Dim::Fixed(1), n(), Dim::Fixed(1024)], &[None, Some(1024)]));
+        assert!(!fits(&[Dim::Fixed(2), n(), Dim::Fixed(1024)], &[None, Some(1024)]));
+        assert!(!fits(&[Dim::Fixed(16), Dim::Fixed(1024)], &[None, Some(1024)]), "a fixed tile count");
+        assert!(!fits(&[n(), Dim::Fixed(1024)], &[None, Some(64)]));
+        assert!(!fits(&[Dim::Fixed(1024)], &[None, Some(1024)]));
+        let t = Tensor { role: "ct".into(), name: "x".into(), dims: vec![Dim::Fixed(1); 5] };
+        assert_eq!(t.feed_shape(&[16, 64, 64]), [1, 1, 16, 64, 64]);
+    }
+}
