@@ -175,15 +175,19 @@ pub fn summary(doc: &Value) -> String {
     let m = &doc["model"];
     let sha: String = m["sha256"].as_str().unwrap_or("?").chars().take(12).collect();
     s.push_str(&format!(
-        "model: {} {} (sha256 {sha}...), candle on CPU\n",
+        "model: {} {} (sha256 {sha}...), {} on {} ({})\n",
         m["name"].as_str().unwrap_or("?"),
         m["version"].as_str().unwrap_or("?"),
+        m["backend"].as_str().unwrap_or("?"),
+        m["device"].as_str().unwrap_or("?").to_uppercase(),
+        m["precision"].as_str().unwrap_or("?"),
     ));
     if doc["status"] == "refused" {
         s.push_str(&format!("REFUSED: {}\n", doc["refusal"].as_str().unwrap_or("?")));
     } else {
         s.push_str(&format!(
-            "2-year liver-metastasis risk: {:.3}  group: {} (threshold {})\n",
+            "{}-month liver-metastasis risk: {:.3}  group: {} (threshold {})\n",
+            doc["horizon_months"].as_u64().unwrap_or(24),
             doc["risk_2y"].as_f64().unwrap_or(f64::NAN),
             doc["risk_group"].as_str().unwrap_or("?"),
             doc["threshold"]

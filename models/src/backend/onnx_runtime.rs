@@ -7,10 +7,9 @@
 //! builds engines on first use and caches them in `engine_cache` (they are tied to the GPU and
 //! the TensorRT version); CUDA is registered behind it for nodes TensorRT does not take.
 
-use super::wiring::{PartWiring, Wiring, wire};
+use super::wiring::{PartWiring, Wiring, wire_package};
 use super::{Backend, BackendInfo, OnnxOptions, Provider, RawInput};
 use crate::error::ModelError;
-use crate::graph::GraphIo;
 use crate::net::NetOutput;
 use crate::package::ModelPackage;
 use crate::package::parts::{PartSpec, PartsSpec};
@@ -173,9 +172,9 @@ impl OnnxBackend {
         let bytes = |p: &PartSpec| -> Result<&[u8], String> {
             package.file(&p.file).ok_or_else(|| format!("{} is not in the package", p.file))
         };
-        let wiring =
-            wire(spec, &parts, |p| bytes(p).and_then(|b| GraphIo::read(&p.file, b).map_err(|e| e.to_string())))
-                .map_err(ModelError::Backend)?;
+        let wiring = wire_package(package)
+            .unwrap_or_else(|| Err("the package has no ONNX graphs".into()))
+            .map_err(ModelError::Backend)?;
         let (env, _, version) = runtime(opts)?;
         // The engine cache lives in the state folder: made when that exists (on the box), so
         // `crlm predict` in some other folder leaves nothing behind.

@@ -9,9 +9,9 @@
 
 use crate::graph::proto::data_type;
 use crate::graph::{Dim, GraphIo};
-use crate::package::ModelSpec;
 use crate::package::parts::{PartSpec, PartsSpec};
 use crate::package::spec::OnnxPrecision;
+use crate::package::{ModelPackage, ModelSpec};
 
 /// One role's tensor in a graph.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,6 +249,62 @@ pub fn wire(
         clinical_width: c,
         outputs: k,
     })
+}
+
+/// The package's graphs wired, when it has any (`crlm model verify` and the onnx backend).
+pub fn wire_package(package: &ModelPackage) -> Option<Result<Wiring, String>> {
+    let parts = package.spec.graph_parts()?;
+    Some(wire(&package.spec, &parts, |p| {
+        let bytes = package.file(&p.file).ok_or_else(|| format!("{} is not in the package", p.file))?;
+        GraphIo::read(&p.file, bytes).map_err(|e| e.to_string())
+    }))
+}
+
+impl Wiring {
+    /// One line per part: what it reads and gives, and its precision.
+    pub fn describe(&self) -> Vec<String> {
+        let d = |v: &[usize]| {
+            let v: Vec<String> = v.iter().map(|x| if *x == 0 { "n".into() } else { x.to_string() }).collect();
+            format!("[{}]", v.join(", "))
+        };
+        let mut out = Vec::new();
+        let t = self.tile_px;
+        if let Some(p) = &self.tile_encoder {
+            out.push(format!(
+                "tile_encoder ({}): tiles [n, 3, {t}, {t}] -> [n, {}]",
+                p.precision.name(),
+                self.tile_width
+            ));
+        }
+        if let Some(p) = &self.slide_aggregator {
+            out.push(format!(
+                "slide_aggregator ({}): [n, {}] -> {}{}",
+                p.precision.name(),
+                self.tile_width,
+                d(&self.fusion_slide),
+                if p.output("attention").is_some() { " + attention" } else { "" }
+            ));
+        }
+        if let Some(p) = &self.ct_encoder {
+            out.push(format!("ct_encoder ({}): CT {:?} -> {}", p.precision.name(), self.ct_shape, d(&self.fusion_ct)));
+        }
+        if let Some(p) = &self.clinical_encoder {
+            out.push(format!(
+                "clinical_encoder ({}): [1, {}] -> {}",
+                p.precision.name(),
+                self.clinical_width,
+                d(&self.fusion_clinical)
+            ));
+        }
+        let reads: Vec<&str> = self.fusion.inputs.iter().map(|t| t.role.as_str()).collect();
+        out.push(format!(
+            "fusion ({}): {} -> {} outputs",
+            self.fusion.precision.name(),
+            reads.join(", "),
+            self.outputs
+        ));
+        out
+    }
 }
 
 #[cfg(test)]

@@ -86,6 +86,51 @@ pub fn calibrate(package: &ModelPackage, cases: &[CaseInputs], percentile: f64) 
     Ok(r)
 }
 
+/// Whether `crlm model quantize` may rebuild this package's graphs from its weights: only when
+/// every graph it carries is crlm's own fp32 export of those weights. Quantising rebuilds the
+/// network from `weights.safetensors`; a package whose graph is someone else's (a tile encoder
+/// from torch.onnx.export, a format 2 part) would otherwise get a different network under the
+/// same name. The refusal names the part; such graphs are quantised with their own tools and
+/// declared `precision = "int8"` (or `"fp16"`), which the onnx backend checks.
+pub fn check_rebuildable(package: &ModelPackage) -> Result<(), OnnxError> {
+    let spec = &package.spec;
+    let refuse = |m: String| Err(OnnxError::Calibration(m));
+    if let Some(parts) = &spec.parts {
+        let names: Vec<&str> = parts.present().iter().map(|(n, _)| *n).collect();
+        return refuse(format!(
+            "a format 2 package's parts ({}) are its authors' graphs: crlm cannot calibrate and rebuild them, and will not \
+             replace them. Quantise a part with its own tooling (e.g. onnxruntime.quantization, QDQ) and declare its \
+             precision in [parts] (docs/BACKENDS.md)",
+            names.join(", ")
+        ));
+    }
+    let Some(weights) = package.weights() else {
+        return refuse(
+            "the package carries no fp32 weights (weights.safetensors) to calibrate and rebuild from".into(),
+        );
+    };
+    let Some(onnx) = &spec.onnx else { return Ok(()) };
+    if onnx.precision != crate::package::spec::OnnxPrecision::Fp32 {
+        return refuse(format!("the package is already {}: quantise its fp32 parent", onnx.precision.name()));
+    }
+    let (_, own) = super::export::export(spec, weights, None)?;
+    let graph_of =
+        |bytes: &[u8]| <crate::graph::proto::ModelProto as prost::Message>::decode(bytes).ok().and_then(|m| m.graph);
+    for (part, g, _, _) in onnx.parts() {
+        let theirs = package.file(&g.file).and_then(graph_of);
+        let ours = own.iter().find(|e| e.part == part).and_then(|e| graph_of(&e.bytes));
+        if theirs.is_none() || theirs != ours {
+            return refuse(format!(
+                "onnx.{part} ({}) is not crlm's own export of weights.safetensors: quantising would replace it with a \
+                 different network under the same name. Quantise that graph with its own tooling and declare \
+                 precision = \"int8\", or export the package again from its weights (crlm model export-onnx)",
+                g.file
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -296,7 +296,7 @@ pub fn parse_spec(bytes: &[u8]) -> Result<ModelSpec, PackageError> {
         return bad("slide.tile_px (>= 8) and slide.tile_batch must be positive".into());
     }
     if spec.slide.tile_mean.is_some() != spec.slide.tile_std.is_some()
-        || spec.slide.tile_std.is_some_and(|s| s.iter().any(|v| !(*v > 0.0)))
+        || spec.slide.tile_std.is_some_and(|s| s.iter().any(|v| v.is_nan() || *v <= 0.0))
     {
         return bad("slide.tile_mean and slide.tile_std go together, every std positive".into());
     }

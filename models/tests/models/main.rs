@@ -5,6 +5,7 @@ mod headers;
 mod onnx;
 mod package;
 mod parity;
+mod reference;
 mod slides;
 mod stream;
 mod time;

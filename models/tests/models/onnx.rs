@@ -10,7 +10,7 @@ use crlm_models::backend::{Backend, RawInput};
 use crlm_models::cohort::Rng;
 use crlm_models::net::NetOutput;
 use crlm_models::onnx::export::{ExportedGraph, export, model_toml_with_onnx};
-use crlm_models::onnx::quantize::ActivationRanges;
+use crlm_models::onnx::quantize::{ActivationRanges, check_rebuildable};
 use crlm_models::onnx::{Dim, GraphIo};
 use crlm_models::package::spec::OnnxPrecision;
 use crlm_models::package::{self, ModelPackage, PackageSource, TrustStore, signing};
@@ -191,14 +191,14 @@ fn int8_export_has_per_channel_qdq_convolutions_only_in_the_encoders() {
 }
 
 #[cfg(not(feature = "onnx"))]
-fn onnx_backend(_: &ModelPackage, _: &crlm_models::backend::OnnxOptions) -> Option<Box<dyn Backend>> {
+pub(crate) fn onnx_backend(_: &ModelPackage, _: &crlm_models::backend::OnnxOptions) -> Option<Box<dyn Backend>> {
     eprintln!("SKIPPED: crlm-models was built without the onnx feature");
     None
 }
 
 /// The onnx backend for `p`, or None (with a message) where ONNX Runtime is not installed.
 #[cfg(feature = "onnx")]
-fn onnx_backend(p: &ModelPackage, opts: &crlm_models::backend::OnnxOptions) -> Option<Box<dyn Backend>> {
+pub(crate) fn onnx_backend(p: &ModelPackage, opts: &crlm_models::backend::OnnxOptions) -> Option<Box<dyn Backend>> {
     use crlm_models::backend::{BackendKind, build};
     if let Err(why) = crlm_models::backend::onnx_runtime::find_library(Path::new("")) {
         assert!(std::env::var("REQUIRE_ONNXRUNTIME").as_deref() != Ok("1"), "REQUIRE_ONNXRUNTIME=1 but {why}");
@@ -208,7 +208,7 @@ fn onnx_backend(p: &ModelPackage, opts: &crlm_models::backend::OnnxOptions) -> O
     Some(build(p, BackendKind::Onnx, opts).unwrap_or_else(|e| panic!("{e}")))
 }
 
-fn cpu_only() -> crlm_models::backend::OnnxOptions {
+pub(crate) fn cpu_only() -> crlm_models::backend::OnnxOptions {
     crlm_models::backend::OnnxOptions {
         providers: vec![crlm_models::backend::Provider::Cpu],
         allow_fallback: false,
@@ -287,6 +287,12 @@ fn a_third_party_tile_encoder_from_torch_onnx_export_runs_inside_a_package() {
     let dir = tmp.path().join("pkg");
     crlm_models::onnx::export::write_with_onnx(&d, &dir, &onnx, &graphs, &demo_key()).unwrap();
     let p = ModelPackage::load(&PackageSource::Dir(dir.clone()), &TrustStore::default()).unwrap();
+
+    // Quantising would rebuild the tile encoder from the weights: refused, naming the part.
+    let err = check_rebuildable(&p).unwrap_err().to_string();
+    assert!(err.contains("onnx.tile_encoder") && err.contains("tile_encoder_torch.onnx"), "{err}");
+    let (own, _) = with_graphs(&tmp.path().join("own"), None);
+    check_rebuildable(&own).unwrap();
 
     // Names that do not match the graph are refused before anything runs, naming both.
     let mut wrong = p.clone();

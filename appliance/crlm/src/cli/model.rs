@@ -102,10 +102,11 @@ fn case_folders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// The package's ONNX graphs and their declared interfaces (unreadable ones are left out).
 fn onnx_graphs(p: &crlm_models::package::ModelPackage) -> Vec<(&'static str, String, crlm_models::onnx::GraphIo)> {
-    let Some(onnx) = &p.spec.onnx else { return Vec::new() };
-    onnx.parts()
+    let Some(parts) = p.spec.graph_parts() else { return Vec::new() };
+    parts
+        .present()
         .into_iter()
-        .filter_map(|(part, g, _, _)| {
+        .filter_map(|(part, g)| {
             let io = crlm_models::onnx::GraphIo::read(&g.file, p.file(&g.file)?).ok()?;
             Some((part, g.file.clone(), io))
         })
@@ -142,14 +143,26 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
     match action {
         ModelAction::Verify { package, config } => match load(package, config)? {
             Ok(p) => {
+                // The graphs must also fit together and fit the package (no ONNX Runtime needed).
+                let wiring = match crlm_models::backend::wiring::wire_package(&p).transpose() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("crlm: {}: REFUSED: the ONNX parts do not fit: {e}", p.source.describe());
+                        return Ok(ExitCode::FAILURE);
+                    }
+                };
                 println!(
-                    "{}: OK ({} files, sha256 {}, signed by {} [{:?}])",
+                    "{}: OK ({} files, sha256 {}, signed by {} [{:?}], format {})",
                     p.source.describe(),
                     p.files.len(),
                     p.sha256,
                     p.signer_key_id,
-                    p.trust
+                    p.trust,
+                    p.spec.format
                 );
+                for line in wiring.iter().flat_map(|w| w.describe()) {
+                    println!("  {line}");
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(code) => Ok(code),
@@ -174,7 +187,7 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
                     "trust": p.trust, "spec": s,
                     "backends": {
                         "candle": p.weights().is_some(),
-                        "onnx": s.onnx.as_ref().map(|o| o.precision.name()),
+                        "onnx": s.graph_parts().map(|g| g.precisions()),
                     },
                     "onnx_graphs": graphs.iter().map(|(part, file, io)| serde_json::json!({
                         "part": part, "file": file, "opset": io.opset,
@@ -199,8 +212,9 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
                     if p.weights().is_some() {
                         forms.push("candle (safetensors weights)".to_string());
                     }
-                    if let Some(o) = &s.onnx {
-                        forms.push(format!("onnx ({} graphs, {})", graphs.len(), o.precision.name()));
+                    if let Some(g) = s.graph_parts() {
+                        let prec: Vec<String> = g.precisions().into_iter().map(|(k, v)| format!("{k} {v}")).collect();
+                        forms.push(format!("onnx ({} graphs: {})", graphs.len(), prec.join(", ")));
                     }
                     println!("  backends: {}", forms.join(", "));
                     for (part, file, io) in &graphs {
@@ -352,6 +366,8 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
                 Ok(p) => p,
                 Err(code) => return Ok(code),
             };
+            // Never a different network under the same name: only crlm's own graphs are rebuilt.
+            crlm_models::onnx::quantize::check_rebuildable(&p)?;
             let weights =
                 p.weights().ok_or_else(|| anyhow::anyhow!("the package carries no fp32 weights to calibrate"))?;
             let dirs = case_folders(&calibration)?;
