@@ -4,6 +4,7 @@
 
 use crate::backend::{Backend, BackendInfo, BackendKind, OnnxOptions, RawInput};
 use crate::ct::preprocess::CtTensor;
+use crate::embedding_cache::EmbeddingCache;
 use crate::encode::{EncodedClinical, check_encoding};
 use crate::package::spec::{DEFAULT_HORIZON_MONTHS, TimeSpec};
 use crate::package::{Modality, ModelPackage};
@@ -95,10 +96,19 @@ pub struct ModelOutput {
     pub intervals_months: Vec<[u32; 2]>,
     /// The horizon `risk_2y` is at, in months.
     pub horizon_months: u32,
+    /// Tiles through the tile encoder, and tiles whose embeddings came from the cache.
+    pub tiles: TileCounts,
     /// Attention over the CT's slices (model grid, z order).
     pub slice_attention: Option<Vec<f32>>,
     /// Attention over tiles, in the order of `CaseInputs::slides` then tiles.
     pub tile_attention: Option<Vec<f32>>,
+}
+
+/// How a case's tiles reached the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct TileCounts {
+    pub encoded: usize,
+    pub from_cache: usize,
 }
 
 pub struct Model {
@@ -110,6 +120,7 @@ pub struct Model {
     steps: usize,
     /// Threads reading and decoding slide tiles.
     read_threads: usize,
+    cache: Option<EmbeddingCache>,
 }
 
 fn set_list(m: &[Modality]) -> String {
@@ -142,7 +153,7 @@ impl Model {
         let steps = time.steps_to(horizon_months).map_err(ModelError::Horizon)?;
         let backend = crate::backend::build(&package, kind, onnx)?;
         let read_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Ok(Model { package, backend, time, horizon_months, steps, read_threads })
+        Ok(Model { package, backend, time, horizon_months, steps, read_threads, cache: None })
     }
 
     /// Read slide tiles on `threads` threads (0: every core).
@@ -150,6 +161,12 @@ impl Model {
         if threads > 0 {
             self.read_threads = threads;
         }
+        self
+    }
+
+    /// Keep tile embeddings in `cache` and reuse them (same slide, same package, same tiles).
+    pub fn with_embedding_cache(mut self, cache: EmbeddingCache) -> Self {
+        self.cache = Some(cache);
         self
     }
 
@@ -177,13 +194,44 @@ impl Model {
         self.backend.info()
     }
 
-    /// The tile encoder over every tile of `slides`, streamed (memory bounded by the batch).
-    pub fn encode_tiles(&self, slides: &[ModelTiles]) -> Result<TileEmbeddings, ModelError> {
+    /// The tile encoder over every tile of `slides`, streamed (memory bounded by the batch), or
+    /// a slide's embeddings from the cache; and how many tiles were encoded and how many came
+    /// from the cache.
+    pub fn encode_tiles(&self, slides: &[ModelTiles]) -> Result<(TileEmbeddings, TileCounts), ModelError> {
         let t = self.package.spec.slide.tile_px;
         if let Some(m) = slides.iter().find(|m| m.tile_px != t) {
             return Err(ModelError::Input(format!("tiles of {} px, the package wants {t}", m.tile_px)));
         }
-        encode_tiles(self.backend.as_ref(), slides, self.stream_options())
+        let Some(cache) = &self.cache else {
+            let e = encode_tiles(self.backend.as_ref(), slides, self.stream_options())?;
+            let counts = TileCounts { encoded: e.n, from_cache: 0 };
+            return Ok((e, counts));
+        };
+        let mut all = TileEmbeddings { values: Vec::new(), n: 0, width: 0 };
+        let mut counts = TileCounts::default();
+        for m in slides {
+            let slide_sha = m.slide_sha256().map_err(|e| ModelError::Input(e.to_string()))?;
+            let key = crate::embedding_cache::key(&self.package.sha256, &slide_sha, m);
+            let e = match cache.get(&key).filter(|e| e.n == m.tiles.len()) {
+                Some(e) => {
+                    counts.from_cache += e.n;
+                    e
+                }
+                None => {
+                    let e = encode_tiles(self.backend.as_ref(), std::slice::from_ref(m), self.stream_options())?;
+                    cache.put(&key, &e);
+                    counts.encoded += e.n;
+                    e
+                }
+            };
+            if all.n > 0 && e.width != all.width {
+                return Err(ModelError::Inference("tile embeddings of different widths".into()));
+            }
+            all.width = e.width;
+            all.n += e.n;
+            all.values.extend_from_slice(&e.values);
+        }
+        Ok((all, counts))
     }
 
     /// Predict, or refuse when the package does not allow the modalities present.
@@ -228,6 +276,8 @@ impl Model {
             }
             None => None,
         };
+        let tile_counts = tiles.as_ref().map(|(_, c)| *c).unwrap_or_default();
+        let tiles = tiles.map(|(e, _)| e);
         let clinical = match inputs.clinical.used() {
             Some(e) => {
                 if e.values.len() != spec.clinical.width() {
@@ -256,6 +306,7 @@ impl Model {
             threshold,
             hazards: out.hazards,
             intervals_months: self.time.intervals_months(),
+            tiles: tile_counts,
             horizon_months: self.horizon_months,
             slice_attention: out.slice_attention,
             tile_attention: out.tile_attention,

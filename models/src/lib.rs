@@ -14,7 +14,8 @@
 //! - [`backend`]: where the network runs: candle, or ONNX Runtime (feature `onnx`).
 //! - [`graph`]: ONNX graphs as data (protobuf messages, builder, interface checks), in pure Rust.
 //! - [`onnx`]: ONNX export of CRLM-Net and INT8 QDQ quantisation, in pure Rust (offline tools).
-//! - [`tile_stream`]: a case's tiles read, normalised and encoded batch by batch (bounded memory).
+//! - [`tile_stream`]: a case's tiles read, normalised and encoded batch by batch (bounded memory);
+//!   [`embedding_cache`]: a slide's embeddings kept by slide and package hash.
 //! - [`case`], [`calibration`], [`error`]: the case vocabulary, calibration ranges, the model's error.
 
 pub mod backend;
@@ -25,6 +26,7 @@ pub mod clinical;
 pub mod cohort;
 pub mod ct;
 pub mod dicom;
+pub mod embedding_cache;
 pub mod encode;
 pub mod error;
 pub mod graph;

@@ -180,6 +180,8 @@ pub struct ModelConfig {
     /// The study horizon in months: `risk_2y` is the risk by then, from exactly the package's
     /// intervals up to it (a package with no interval ending there is refused).
     pub horizon_months: u32,
+    /// The tile-embedding cache (`<state>/embeddings`), in MiB; 0: off.
+    pub embedding_cache_mib: u64,
 }
 
 impl Default for ModelConfig {
@@ -190,6 +192,7 @@ impl Default for ModelConfig {
             threads: 0,
             backend: crlm_models::backend::BackendKind::default(),
             horizon_months: crlm_models::package::spec::DEFAULT_HORIZON_MONTHS,
+            embedding_cache_mib: 2048,
         }
     }
 }

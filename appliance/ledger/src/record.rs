@@ -172,6 +172,7 @@ impl CaseRecord {
             hazards: vec![risk_2y as f32],
             hazard_intervals_months: vec![[0, 24]],
             horizon_months: Some(24),
+            tiles: None,
         });
         c
     }
@@ -279,6 +280,10 @@ pub struct Outputs {
     /// The horizon `risk_2y` is at (absent in records before the time axis was declared: 24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizon_months: Option<u32>,
+    /// Tiles through the tile encoder and tiles from the embedding cache (absent in older
+    /// records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<crlm_models::inference::TileCounts>,
 }
 
 /// A wall-clock step between two records.

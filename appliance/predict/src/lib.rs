@@ -13,6 +13,7 @@
 
 use crlm_config::Config;
 use crlm_models::backend::{BackendKind, OnnxOptions};
+use crlm_models::embedding_cache::EmbeddingCache;
 use crlm_models::inference::{Model, ModelError};
 use crlm_models::package::{ModelPackage, PackageSource, TrustStore};
 use serde_json::Value;
@@ -52,8 +53,16 @@ pub fn load_model(cfg: &Config, override_path: Option<&Path>) -> Result<Model, M
 pub fn load_model_on(cfg: &Config, override_path: Option<&Path>, backend: BackendKind) -> Result<Model, ModelError> {
     let trust = TrustStore::from_files(&cfg.model.trusted_keys)?;
     let package = ModelPackage::load(&package_source(cfg, override_path), &trust)?;
-    let model = Model::with_backend(package, backend, &onnx_options(cfg), cfg.model.horizon_months)?
+    let mut model = Model::with_backend(package, backend, &onnx_options(cfg), cfg.model.horizon_months)?
         .with_read_threads(cfg.model.threads);
+    // The tile-embedding cache lives in the state folder, when that exists (on the box), so
+    // `crlm predict` in some other folder leaves nothing behind.
+    if cfg.model.embedding_cache_mib > 0 && cfg.state.path.is_dir() {
+        model = model.with_embedding_cache(EmbeddingCache::new(
+            cfg.state.path.join("embeddings"),
+            cfg.model.embedding_cache_mib << 20,
+        ));
+    }
     let info = model.backend_info();
     tracing::info!(
         backend = %info.name, provider = %info.provider, precision = %info.precision,

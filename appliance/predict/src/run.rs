@@ -120,6 +120,7 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
     d.insert("hazards".into(), json!(output.hazards));
     d.insert("hazard_intervals_months".into(), json!(output.intervals_months));
     d.insert("horizon_months".into(), json!(output.horizon_months));
+    d.insert("tiles".into(), json!(output.tiles));
     d.insert("modalities".into(), json!(modalities));
     d.insert("eligibility".into(), json!(eligibility));
     d.insert("inputs".into(), Value::Object(inputs_json));

@@ -96,9 +96,18 @@ pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, Predi
     };
     let ct_only = RawInput { ct: Some(&ct), tile_embeddings: None, clinical: Some(&clin) };
     let ct_ms = time(&mut || backend.forward(&ct_only).map(|_| ()).map_err(PredictError::from))?;
-    let tile_ms = time(&mut || backend.embed_tiles(&px, tiles).map(|_| ()).map_err(PredictError::from))?;
+    // The tile encoder in the batches the tile stream gives it (the package's tile_batch).
+    let batch = model.stream_options().batch.max(1);
+    let embed = || -> Result<Vec<f32>, PredictError> {
+        let mut h = Vec::new();
+        for chunk in px.chunks(batch * 3 * t * t) {
+            h.extend(backend.embed_tiles(chunk, chunk.len() / (3 * t * t))?);
+        }
+        Ok(h)
+    };
+    let tile_ms = time(&mut || embed().map(|_| ()))?;
     let all_ms = time(&mut || {
-        let h = backend.embed_tiles(&px, tiles)?;
+        let h = embed()?;
         let all = RawInput { ct: Some(&ct), tile_embeddings: Some((&h, tiles)), clinical: Some(&clin) };
         backend.forward(&all).map(|_| ()).map_err(PredictError::from)
     })?;
@@ -108,7 +117,7 @@ pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, Predi
         _ => "threads from [onnx] threads".into(),
     };
     Ok(format!(
-        "{} ({}, {}{}), {threads}, median of {repeat}\n  CT volume {:?} (+ clinical, fusion): {ct_ms:.1} ms\n  tile encoder: {tiles} tiles of {t} px in {tile_ms:.1} ms = {:.0} tiles/s\n  whole model, CT + {tiles} tiles + clinical: {all_ms:.1} ms\n",
+        "{} ({}, {}{}), {threads}, median of {repeat}\n  CT volume {:?} (+ clinical, fusion): {ct_ms:.1} ms\n  tile encoder: {tiles} tiles of {t} px in batches of {batch} in {tile_ms:.1} ms = {:.0} tiles/s\n  whole model, CT + {tiles} tiles + clinical: {all_ms:.1} ms\n",
         info.name,
         info.provider,
         info.precision,
@@ -197,4 +206,70 @@ pub fn compare(a: &Model, b: &Model, dirs: &[PathBuf], cfg: &Config) -> Result<C
         group_changes: flips,
         group_change_fraction: if n > 0 { flips as f64 / n as f64 } else { 0.0 },
     })
+}
+
+/// How far a package's network is from its authors' own run on the same inputs
+/// (`crlm model parity`, docs/MODEL.md "Bring your PyTorch model").
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Parity {
+    pub cases: usize,
+    /// Largest |difference| per output over every case: `hazards`, `tile_embeddings`,
+    /// `tile_attention` (those the reference has).
+    pub max_abs_diff: std::collections::BTreeMap<String, f32>,
+}
+
+/// Run the model's network on the reference inputs of a safetensors file and compare with the
+/// outputs stored beside them. Keys per case `i`: inputs `case{i}.ct` (`[Z, Y, X]` on the
+/// package grid), `case{i}.tiles` (`[n, 3, T, T]` normalised; n may be 0), `case{i}.clinical`
+/// (`[C]`), `case{i}.mask` (`[3]`: which of CT, slide, clinical are present); outputs
+/// `case{i}.hazards` and, optionally, `case{i}.tile_embeddings` and `case{i}.tile_attention`.
+pub fn parity(model: &Model, reference: &Path) -> Result<Parity, PredictError> {
+    let bad = |m: String| PredictError::Case(format!("{}: {m}", reference.display()));
+    let r = candle_core::safetensors::load(reference, &candle_core::Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let get = |k: &str| -> Result<Option<Vec<f32>>, PredictError> {
+        r.get(k)
+            .map(|t| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| bad(format!("{k}: {e}"))))
+            .transpose()
+    };
+    let need = |k: &str| get(k).and_then(|v| v.ok_or_else(|| bad(format!("{k} is missing"))));
+    let backend = model.backend();
+    let t = model.package.spec.slide.tile_px as usize;
+    let mut max_abs_diff = std::collections::BTreeMap::new();
+    let mut note = |what: &str, a: &[f32], b: &[f32]| -> Result<(), PredictError> {
+        if a.len() != b.len() {
+            return Err(bad(format!("{what}: {} values from crlm, {} in the reference", a.len(), b.len())));
+        }
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let e = max_abs_diff.entry(what.to_string()).or_insert(0f32);
+        *e = e.max(d);
+        Ok(())
+    };
+    let mut cases = 0;
+    while r.contains_key(&format!("case{cases}.mask")) {
+        let k = |s: &str| format!("case{cases}.{s}");
+        let mask = need(&k("mask"))?;
+        let present = |i: usize| mask.get(i).is_some_and(|v| *v != 0.0);
+        let tiles = get(&k("tiles"))?.unwrap_or_default();
+        let n = tiles.len() / (3 * t * t);
+        let h = if n > 0 { backend.embed_tiles(&tiles, n)? } else { Vec::new() };
+        if let Some(want) = get(&k("tile_embeddings"))?.filter(|_| n > 0) {
+            note("tile_embeddings", &h, &want)?;
+        }
+        let ct = need(&k("ct"))?;
+        let clinical = need(&k("clinical"))?;
+        let out = backend.forward(&RawInput {
+            ct: present(0).then_some(ct.as_slice()),
+            tile_embeddings: (present(1) && n > 0).then_some((h.as_slice(), n)),
+            clinical: present(2).then_some(clinical.as_slice()),
+        })?;
+        note("hazards", &out.hazards, &need(&k("hazards"))?)?;
+        if let (Some(a), Some(want)) = (&out.tile_attention, get(&k("tile_attention"))?) {
+            note("tile_attention", a, &want)?;
+        }
+        cases += 1;
+    }
+    if cases == 0 {
+        return Err(bad("no case0.mask: not a parity reference (docs/MODEL.md)".into()));
+    }
+    Ok(Parity { cases, max_abs_diff })
 }

@@ -330,6 +330,7 @@ impl Processor {
                     hazards: o.hazards.clone(),
                     hazard_intervals_months: o.intervals_months.clone(),
                     horizon_months: Some(o.horizon_months),
+                    tiles: Some(o.tiles),
                 });
                 RecordBody::Prediction(c)
             }

@@ -22,12 +22,12 @@ fn err(e: candle_core::Error) -> ModelError {
 impl CandleBackend {
     pub fn new(package: &ModelPackage) -> Result<Self, ModelError> {
         let spec = &package.spec;
-        let weights = package.weights().ok_or_else(|| {
+        let file = spec.weights.as_ref().map(|w| w.file.as_str()).ok_or_else(|| {
             ModelError::Backend(
                 "the package carries no safetensors weights, only ONNX graphs: use the onnx backend".into(),
             )
         })?;
-        let file = spec.weights.as_ref().map(|w| w.file.as_str()).unwrap_or("weights");
+        let weights = package.read(file)?;
         let network = spec.network.as_ref().ok_or_else(|| {
             ModelError::Backend(format!(
                 "a format {} package is ONNX parts, not CRLM-Net: use the onnx backend (model.backend = \"onnx\")",
@@ -35,7 +35,7 @@ impl CandleBackend {
             ))
         })?;
         let width = spec.clinical.width();
-        let net = CrlmNet::from_safetensors(weights, network, width, &Device::Cpu)
+        let net = CrlmNet::from_safetensors(&weights, network, width, &Device::Cpu)
             .map_err(|e| ModelError::Weights(format!("{file}: {e}")))?;
         let [x, y, z] = spec.ct.shape;
         Ok(CandleBackend {

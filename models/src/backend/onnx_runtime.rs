@@ -11,9 +11,8 @@ use super::wiring::{PartWiring, Wiring, wire_package};
 use super::{Backend, BackendInfo, OnnxOptions, Provider, RawInput};
 use crate::error::ModelError;
 use crate::net::NetOutput;
-use crate::package::ModelPackage;
-use crate::package::parts::{PartSpec, PartsSpec};
 use crate::package::spec::OnnxPrecision;
+use crate::package::{FileData, ModelPackage};
 use ort::environment::Environment;
 use ort::ep;
 use ort::session::Session;
@@ -112,9 +111,18 @@ fn runtime(opts: &OnnxOptions) -> Result<&'static (Environment, PathBuf, String)
         .map_err(|e| ModelError::Backend(format!("ONNX Runtime could not be loaded: {e}")))
 }
 
+/// Where a session's graph comes from.
+enum Graph<'a> {
+    /// The verified bytes in memory (small graphs with their weights inside).
+    Memory(&'a [u8]),
+    /// A folder package's file, hashed again just before: large graphs, and graphs whose weights
+    /// are ONNX external data (ONNX Runtime reads those files beside the graph itself).
+    File(PathBuf),
+}
+
 fn session(
     env: &Environment,
-    bytes: &[u8],
+    graph: &Graph,
     opts: &OnnxOptions,
     provider: Provider,
     int8: bool,
@@ -143,7 +151,31 @@ fn session(
         Provider::Cpu => vec![ep::CPU::default().build().error_on_failure()],
     };
     b = b.with_execution_providers(eps).map_err(|e| e.to_string())?;
-    b.commit_from_memory(bytes).map_err(|e| e.to_string())
+    match graph {
+        Graph::Memory(bytes) => b.commit_from_memory(bytes).map_err(|e| e.to_string()),
+        Graph::File(path) => b.commit_from_file(path).map_err(|e| e.to_string()),
+    }
+}
+
+/// A part's graph as a session will read it: from memory, or from the package folder after the
+/// graph and its external data are hashed again (gigabytes ONNX Runtime reads itself).
+fn graph_of<'a>(package: &'a ModelPackage, w: &PartWiring) -> Result<Graph<'a>, ModelError> {
+    let on_disk = matches!(package.files.get(&w.file), Some(FileData::Disk { .. }));
+    if w.external_data.is_empty()
+        && !on_disk
+        && let Some(bytes) = package.file(&w.file)
+    {
+        return Ok(Graph::Memory(bytes));
+    }
+    for f in &w.external_data {
+        package.verified_path(f)?;
+    }
+    package.verified_path(&w.file)?.map(Graph::File).ok_or_else(|| {
+        ModelError::Backend(format!(
+            "{}: a graph with ONNX external data runs from a package folder (not a .tar or the built-in demo)",
+            w.file
+        ))
+    })
 }
 
 /// A part's session and its checked interface.
@@ -169,9 +201,6 @@ impl OnnxBackend {
         let parts = spec.graph_parts().ok_or_else(|| {
             ModelError::Backend("the package has no ONNX graphs ([parts], or [onnx]: `crlm model export-onnx`)".into())
         })?;
-        let bytes = |p: &PartSpec| -> Result<&[u8], String> {
-            package.file(&p.file).ok_or_else(|| format!("{} is not in the package", p.file))
-        };
         let wiring = wire_package(package)
             .unwrap_or_else(|| Err("the package has no ONNX graphs".into()))
             .map_err(ModelError::Backend)?;
@@ -195,11 +224,11 @@ impl OnnxBackend {
                 .chain(std::iter::once(&wiring.fusion))
                 .collect();
         let first = order.first().ok_or_else(|| ModelError::Backend("the package has no parts".into()))?;
-        let first_bytes = bytes(&part_spec(&parts, first.part)).map_err(ModelError::Backend)?;
+        let first_graph = graph_of(package, first)?;
         let mut chosen = None;
         let mut failures = Vec::new();
         for p in &opts.providers {
-            match session(env, first_bytes, opts, *p, first.precision == OnnxPrecision::Int8) {
+            match session(env, &first_graph, opts, *p, first.precision == OnnxPrecision::Int8) {
                 Ok(s) => {
                     chosen = Some((*p, s));
                     break;
@@ -226,8 +255,7 @@ impl OnnxBackend {
                 Some(s) if w.part == first.part => s,
                 other => {
                     first_session = other;
-                    let b = bytes(&part_spec(&parts, w.part)).map_err(ModelError::Backend)?;
-                    session(env, b, opts, provider, w.precision == OnnxPrecision::Int8)
+                    session(env, &graph_of(package, w)?, opts, provider, w.precision == OnnxPrecision::Int8)
                         .map_err(|e| ModelError::Backend(format!("{}: {e}", w.file)))?
                 }
             };
@@ -267,15 +295,6 @@ impl OnnxBackend {
             tile_batch: opts.tile_batch.max(1),
         })
     }
-}
-
-fn part_spec(parts: &PartsSpec, name: &str) -> PartSpec {
-    parts
-        .present()
-        .into_iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, p)| p.clone())
-        .unwrap_or_else(|| parts.fusion.clone())
 }
 
 impl Part {

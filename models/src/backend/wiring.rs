@@ -35,6 +35,9 @@ impl Tensor {
 pub struct PartWiring {
     pub part: &'static str,
     pub file: String,
+    /// Package files holding the graph's weights as ONNX external data (the session is then
+    /// created from the folder, not from memory).
+    pub external_data: Vec<String>,
     pub precision: OnnxPrecision,
     pub inputs: Vec<Tensor>,
     pub outputs: Vec<Tensor>,
@@ -146,7 +149,16 @@ fn part(name: &'static str, spec: &PartSpec, io: &GraphIo) -> Result<PartWiring,
             found.name()
         ));
     }
-    Ok(PartWiring { part: name, file: f.clone(), precision: spec.precision, inputs, outputs })
+    // External data must be package files: relative, inside the package, listed and verified.
+    let dir = f.rfind('/').map_or("", |i| f.get(..=i).unwrap_or_default());
+    let mut external_data = Vec::new();
+    for loc in &io.external_data {
+        if loc.is_empty() || loc.starts_with('/') || loc.split(['/', '\\']).any(|c| c == "..") {
+            return Err(format!("{f}: external data {loc:?} is outside the package"));
+        }
+        external_data.push(format!("{dir}{loc}"));
+    }
+    Ok(PartWiring { part: name, file: f.clone(), external_data, precision: spec.precision, inputs, outputs })
 }
 
 fn check(p: &PartWiring, dir_in: bool, role: &str, want: &[Option<usize>]) -> Result<(), String> {
@@ -254,13 +266,30 @@ pub fn wire(
 /// The package's graphs wired, when it has any (`crlm model verify` and the onnx backend).
 pub fn wire_package(package: &ModelPackage) -> Option<Result<Wiring, String>> {
     let parts = package.spec.graph_parts()?;
-    Some(wire(&package.spec, &parts, |p| {
-        let bytes = package.file(&p.file).ok_or_else(|| format!("{} is not in the package", p.file))?;
-        GraphIo::read(&p.file, bytes).map_err(|e| e.to_string())
+    let wired = wire(&package.spec, &parts, |p| {
+        let bytes = package.read(&p.file).map_err(|e| e.to_string())?;
+        GraphIo::read(&p.file, &bytes).map_err(|e| e.to_string())
+    });
+    Some(wired.and_then(|w| {
+        for p in w.parts() {
+            if let Some(missing) = p.external_data.iter().find(|d| !package.files.contains_key(*d)) {
+                return Err(format!("{}: its external data {missing} is not in the package", p.file));
+            }
+        }
+        Ok(w)
     }))
 }
 
 impl Wiring {
+    /// Every part, in data-path order.
+    pub fn parts(&self) -> Vec<&PartWiring> {
+        [&self.tile_encoder, &self.slide_aggregator, &self.ct_encoder, &self.clinical_encoder]
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&self.fusion))
+            .collect()
+    }
+
     /// One line per part: what it reads and gives, and its precision.
     pub fn describe(&self) -> Vec<String> {
         let d = |v: &[usize]| {

@@ -152,6 +152,30 @@ impl GraphBuilder {
     }
 }
 
+/// The same model with every initializer's values moved to ONNX external data in one file,
+/// `location` (relative to the graph's folder): (the graph, the data file). How exporters store
+/// encoders over 2 GB; the tests make such packages with it.
+#[cfg(any(test, feature = "write"))]
+pub fn externalize(bytes: &[u8], location: &str) -> Result<(Vec<u8>, Vec<u8>), OnnxError> {
+    let mut m = ModelProto::decode(bytes)
+        .map_err(|e| OnnxError::Graph { file: location.into(), why: format!("not an ONNX model: {e}") })?;
+    let mut data = Vec::new();
+    for t in m.graph.iter_mut().flat_map(|g| g.initializer.iter_mut()) {
+        if t.raw_data.is_empty() {
+            continue;
+        }
+        let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
+        t.external_data = vec![
+            entry("location", location.into()),
+            entry("offset", data.len().to_string()),
+            entry("length", t.raw_data.len().to_string()),
+        ];
+        t.data_location = proto::EXTERNAL;
+        data.append(&mut t.raw_data);
+    }
+    Ok((m.encode_to_vec(), data))
+}
+
 /// A graph's declared inputs and outputs: name, element type, shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GraphIo {
@@ -162,6 +186,8 @@ pub struct GraphIo {
     pub ops: Vec<(String, usize)>,
     /// Initializers (weights) by ONNX element type, counted (the fp16 check).
     pub initializer_types: Vec<(i32, usize)>,
+    /// Files holding initializers as ONNX external data, relative to the graph's folder.
+    pub external_data: Vec<String>,
 }
 
 fn dims_of(v: &ValueInfoProto) -> (i32, Vec<Dim>) {
@@ -218,12 +244,21 @@ impl GraphIo {
             }
         }
         initializer_types.sort_unstable();
+        let mut external_data: Vec<String> = g
+            .initializer
+            .iter()
+            .filter(|t| t.data_location == proto::EXTERNAL)
+            .flat_map(|t| t.external_data.iter().filter(|e| e.key == "location").map(|e| e.value.clone()))
+            .collect();
+        external_data.sort();
+        external_data.dedup();
         Ok(GraphIo {
             opset: opset.unwrap_or(0),
             inputs: io(&g.input, true),
             outputs: io(&g.output, false),
             ops,
             initializer_types,
+            external_data,
         })
     }
 

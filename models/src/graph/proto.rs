@@ -133,7 +133,16 @@ pub struct TensorProto {
     pub float_data: Vec<f32>,
     #[prost(int64, repeated, tag = "7")]
     pub int64_data: Vec<i64>,
+    /// Where the values are when `data_location` is [`EXTERNAL`]: `location` (a file relative
+    /// to the model's folder), `offset`, `length`.
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
 }
+
+/// `TensorProto.data_location`: the values are in another file.
+pub const EXTERNAL: i32 = 1;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ValueInfoProto {

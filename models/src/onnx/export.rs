@@ -359,15 +359,15 @@ pub fn write_with_onnx(
         return Err(PackageError::Io(format!("{}: exists and is not empty", out.display())));
     }
     let old: Vec<&str> = package.spec.onnx.iter().flat_map(|o| o.parts().map(|(_, g, _, _)| g.file.as_str())).collect();
-    let text = std::str::from_utf8(package.files.get(package::MODEL_TOML).map(Vec::as_slice).unwrap_or_default())
+    let text = std::str::from_utf8(package.file(package::MODEL_TOML).unwrap_or_default())
         .map_err(|_| PackageError::Spec("not UTF-8".into()))?;
     let text = model_toml_with_onnx(text, onnx).map_err(|e| PackageError::Spec(e.to_string()))?;
-    let mut files: BTreeMap<String, Vec<u8>> = package
-        .files
-        .iter()
-        .filter(|(n, _)| *n != package::MANIFEST && *n != package::SIGNATURE && !old.contains(&n.as_str()))
-        .map(|(n, b)| (n.clone(), b.clone()))
-        .collect();
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for n in package.files.keys() {
+        if n != package::MANIFEST && n != package::SIGNATURE && !old.contains(&n.as_str()) {
+            files.insert(n.clone(), package.read(n)?.into_owned());
+        }
+    }
     files.insert(package::MODEL_TOML.into(), text.into_bytes());
     for g in graphs {
         files.insert(g.spec.file.clone(), g.bytes.clone());

@@ -3,22 +3,21 @@
 //! only after every hash and the signature check out and the signer is trusted; the error names
 //! the file that failed. The demo package is built into the binary (the default model).
 
+pub mod files;
 pub mod parts;
 pub mod signing;
 pub mod spec;
 
+pub use files::{FileData, MAX_PACKAGE_BYTES, pack_tar, read_files};
 pub use signing::{MANIFEST, SIGNATURE};
 pub use spec::{Modality, ModelSpec};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub const MODEL_TOML: &str = "model.toml";
-/// Largest package accepted (all files together), checked before reading.
-pub const MAX_PACKAGE_BYTES: u64 = 2 << 30;
 /// The built-in architecture.
 pub const ARCHITECTURE_V1: &str = "crlm-net-v1";
 
@@ -102,18 +101,45 @@ pub struct ModelPackage {
     pub signer_key_id: String,
     pub trust: Trust,
     pub source: PackageSource,
-    /// Every file, by '/'-separated relative name.
-    pub files: BTreeMap<String, Vec<u8>>,
+    /// Every file, by '/'-separated relative name (large files of a folder package on disk).
+    pub files: BTreeMap<String, FileData>,
 }
 
 impl ModelPackage {
-    /// The safetensors weights, when the package carries them.
+    /// The safetensors weights, when the package carries them (in memory).
     pub fn weights(&self) -> Option<&[u8]> {
-        self.spec.weights.as_ref().and_then(|w| self.files.get(&w.file)).map(Vec::as_slice)
+        self.spec.weights.as_ref().and_then(|w| self.file(&w.file))
     }
-    /// A file of the package (an ONNX graph, say).
+    /// A file of the package held in memory (an ONNX graph, say); `None` for one left on disk.
     pub fn file(&self, name: &str) -> Option<&[u8]> {
-        self.files.get(name).map(Vec::as_slice)
+        self.files.get(name).and_then(FileData::bytes)
+    }
+    /// A file's bytes: from memory, or read from disk and checked against its verified hash.
+    pub fn read(&self, name: &str) -> Result<std::borrow::Cow<'_, [u8]>, PackageError> {
+        match self.files.get(name) {
+            Some(FileData::Bytes(b)) => Ok(std::borrow::Cow::Borrowed(b)),
+            Some(FileData::Disk { path, sha256, .. }) => {
+                let bytes = std::fs::read(path).map_err(|e| files::io(path, e))?;
+                if &crate::sha256_hex(&bytes) != sha256 {
+                    return Err(PackageError::HashMismatch(name.to_string()));
+                }
+                Ok(std::borrow::Cow::Owned(bytes))
+            }
+            None => Err(PackageError::Layout(format!("{name} is not in the package"))),
+        }
+    }
+    /// The path of a file of a folder package, hashed again now (it may be gigabytes that a
+    /// runtime will read itself): refused when it changed since verification. `None` for a
+    /// package that is not a folder.
+    pub fn verified_path(&self, name: &str) -> Result<Option<PathBuf>, PackageError> {
+        let PackageSource::Dir(dir) = &self.source else { return Ok(None) };
+        let data = self.files.get(name).ok_or_else(|| PackageError::Layout(format!("{name} is not in the package")))?;
+        let path = dir.join(name);
+        let (sha, _) = files::sha256_file(&path).map_err(|e| files::io(&path, e))?;
+        if sha != data.sha256() {
+            return Err(PackageError::HashMismatch(name.to_string()));
+        }
+        Ok(Some(path))
     }
     /// Load and verify.
     pub fn load(source: &PackageSource, trust: &TrustStore) -> Result<Self, PackageError> {
@@ -122,106 +148,24 @@ impl ModelPackage {
     }
 }
 
-/// The demo package's files, built in.
-fn built_in_demo() -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    m.insert(MODEL_TOML.into(), include_bytes!("../../packages/demo/model.toml").to_vec());
-    m.insert("weights.safetensors".into(), include_bytes!("../../packages/demo/weights.safetensors").to_vec());
-    m.insert(MANIFEST.into(), include_bytes!("../../packages/demo/MANIFEST.sha256").to_vec());
-    m.insert(SIGNATURE.into(), include_bytes!("../../packages/demo/SIGNATURE.json").to_vec());
-    m
-}
-
-/// Read a package's files without judging them.
-pub fn read_files(source: &PackageSource) -> Result<BTreeMap<String, Vec<u8>>, PackageError> {
-    match source {
-        PackageSource::BuiltInDemo => Ok(built_in_demo()),
-        PackageSource::Dir(dir) => {
-            let mut out = BTreeMap::new();
-            let mut total = 0u64;
-            read_dir_into(dir, "", &mut out, &mut total)?;
-            Ok(out)
-        }
-        PackageSource::Tar(path) => read_tar(path),
-    }
-}
-
-fn io(p: &Path, e: std::io::Error) -> PackageError {
-    PackageError::Io(format!("{}: {e}", p.display()))
-}
-
-fn read_dir_into(
-    dir: &Path,
-    prefix: &str,
-    out: &mut BTreeMap<String, Vec<u8>>,
-    total: &mut u64,
-) -> Result<(), PackageError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| io(dir, e))?;
-        let name = entry.file_name().to_str().map(str::to_string).ok_or_else(|| {
-            PackageError::Layout(format!("{}: a file name that is not UTF-8", entry.path().display()))
-        })?;
-        let rel = format!("{prefix}{name}");
-        let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| io(&entry.path(), e))?;
-        if meta.is_dir() {
-            read_dir_into(&entry.path(), &format!("{rel}/"), out, total)?;
-        } else if meta.is_file() {
-            *total += meta.len();
-            if *total > MAX_PACKAGE_BYTES {
-                return Err(PackageError::Layout(format!("larger than {MAX_PACKAGE_BYTES} bytes")));
-            }
-            out.insert(rel, std::fs::read(entry.path()).map_err(|e| io(&entry.path(), e))?);
-        } else {
-            return Err(PackageError::Layout(format!("{rel}: not a regular file (links are refused)")));
-        }
-    }
-    Ok(())
-}
-
-fn read_tar(path: &Path) -> Result<BTreeMap<String, Vec<u8>>, PackageError> {
-    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
-    let mut archive = tar::Archive::new(file);
-    let mut out = BTreeMap::new();
-    let mut total = 0u64;
-    for entry in archive.entries().map_err(|e| io(path, e))? {
-        let mut entry = entry.map_err(|e| io(path, e))?;
-        let kind = entry.header().entry_type();
-        let name = entry.path().map_err(|e| io(path, e))?.to_string_lossy().trim_start_matches("./").to_string();
-        if kind.is_dir() {
-            continue;
-        }
-        if !kind.is_file() {
-            return Err(PackageError::Layout(format!("{name}: not a regular file in the tar (links are refused)")));
-        }
-        if name.is_empty() || name.starts_with('/') || name.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(PackageError::Layout(format!("{name}: a path outside the package")));
-        }
-        let size = entry.header().size().map_err(|e| io(path, e))?;
-        total += size;
-        if total > MAX_PACKAGE_BYTES {
-            return Err(PackageError::Layout(format!("larger than {MAX_PACKAGE_BYTES} bytes")));
-        }
-        let mut bytes = Vec::with_capacity(size as usize);
-        entry.read_to_end(&mut bytes).map_err(|e| io(path, e))?;
-        if out.insert(name.clone(), bytes).is_some() {
-            return Err(PackageError::Layout(format!("{name}: twice in the tar")));
-        }
-    }
-    Ok(out)
-}
-
 /// Check signature, trust, every hash, and the spec.
 pub fn verify_files(
-    mut files: BTreeMap<String, Vec<u8>>,
+    mut files: BTreeMap<String, FileData>,
     source: PackageSource,
     trust: &TrustStore,
 ) -> Result<ModelPackage, PackageError> {
-    let manifest = files.get(MANIFEST).ok_or_else(|| {
+    // The manifest, signature and model.toml are small: held in memory, or not a package.
+    let small = |name: &str| -> Result<Option<&[u8]>, PackageError> {
+        match files.get(name) {
+            None => Ok(None),
+            Some(FileData::Bytes(b)) => Ok(Some(b)),
+            Some(FileData::Disk { size, .. }) => Err(PackageError::Layout(format!("{name}: {size} bytes, too large"))),
+        }
+    };
+    let manifest = small(MANIFEST)?.ok_or_else(|| {
         PackageError::Layout(format!("{MANIFEST} is missing: the package is not signed (see `crlm model sign`)"))
     })?;
-    let sig_bytes = files
-        .get(SIGNATURE)
+    let sig_bytes = small(SIGNATURE)?
         .ok_or_else(|| PackageError::Layout(format!("{SIGNATURE} is missing: the package is not signed")))?;
     let sig: signing::SignatureFile = serde_json::from_slice(sig_bytes)
         .map_err(|e| PackageError::Signature(format!("{SIGNATURE} is not valid: {e}")))?;
@@ -229,16 +173,16 @@ pub fn verify_files(
     let manifest_text = std::str::from_utf8(manifest).map_err(|_| PackageError::Manifest("not UTF-8".into()))?;
     let listed = signing::parse_manifest(manifest_text)?;
     for (name, want) in &listed {
-        let bytes =
+        let data =
             files.get(name).ok_or_else(|| PackageError::Layout(format!("{name} is in the manifest but missing")))?;
-        if &crate::sha256_hex(bytes) != want {
+        if &data.sha256() != want {
             return Err(PackageError::HashMismatch(name.clone()));
         }
     }
     if let Some(extra) = files.keys().find(|n| *n != MANIFEST && *n != SIGNATURE && !listed.contains_key(*n)) {
         return Err(PackageError::Layout(format!("{extra} is not in the manifest (added after signing)")));
     }
-    let spec_bytes = files.get(MODEL_TOML).ok_or_else(|| PackageError::Layout(format!("{MODEL_TOML} is missing")))?;
+    let spec_bytes = small(MODEL_TOML)?.ok_or_else(|| PackageError::Layout(format!("{MODEL_TOML} is missing")))?;
     let spec = parse_spec(spec_bytes)?;
     let is_demo_key = signing::demo_public_key().is_ok_and(|k| k == signer);
     let trust_level = if trust.keys.contains(&signer) {
@@ -383,7 +327,10 @@ pub fn sign_dir(dir: &Path, key: &SigningKey) -> Result<String, PackageError> {
     let mut files = read_files(&PackageSource::Dir(dir.to_path_buf()))?;
     files.remove(MANIFEST);
     files.remove(SIGNATURE);
-    let spec = files.get(MODEL_TOML).ok_or_else(|| PackageError::Layout(format!("{MODEL_TOML} is missing")))?;
+    let spec = files
+        .get(MODEL_TOML)
+        .and_then(FileData::bytes)
+        .ok_or_else(|| PackageError::Layout(format!("{MODEL_TOML} is missing")))?;
     parse_spec(spec)?;
     let manifest = signing::manifest_text(&files);
     let sig = signing::sign_manifest(manifest.as_bytes(), key);
@@ -394,24 +341,5 @@ pub fn sign_dir(dir: &Path, key: &SigningKey) -> Result<String, PackageError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PackageError> {
-    crlm_core::fsutil::write_atomic(path, bytes, 0o644).map_err(|e| io(path, e))
-}
-
-/// Write the package's files as a reproducible tar (sorted, mtime 0, root-owned, 0644).
-pub fn pack_tar(files: &BTreeMap<String, Vec<u8>>, out: &Path) -> Result<(), PackageError> {
-    crlm_core::fsutil::write_atomic_with(out, 0o644, |w| {
-        let mut builder = tar::Builder::new(w);
-        for (name, bytes) in files {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(bytes.len() as u64);
-            h.set_mode(0o644);
-            h.set_mtime(0);
-            h.set_uid(0);
-            h.set_gid(0);
-            h.set_entry_type(tar::EntryType::Regular);
-            builder.append_data(&mut h, name, bytes.as_slice())?;
-        }
-        builder.finish()
-    })
-    .map_err(|e| io(out, e))
+    crlm_core::fsutil::write_atomic(path, bytes, 0o644).map_err(|e| files::io(path, e))
 }

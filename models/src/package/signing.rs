@@ -29,11 +29,11 @@ pub struct SignatureFile {
 }
 
 /// The manifest text for these files (every file but the manifest and the signature), sorted.
-pub fn manifest_text(files: &BTreeMap<String, Vec<u8>>) -> String {
+pub fn manifest_text(files: &BTreeMap<String, super::FileData>) -> String {
     let mut s = String::new();
-    for (name, bytes) in files {
+    for (name, data) in files {
         if name != MANIFEST && name != SIGNATURE {
-            s.push_str(&format!("{}  {name}\n", crate::sha256_hex(bytes)));
+            s.push_str(&format!("{}  {name}\n", data.sha256()));
         }
     }
     s

@@ -55,6 +55,24 @@ impl SlideReader {
 
     /// RGB pixels of a `width` x `height` region of `level` whose top-left corner is (x, y) in
     /// level-0 pixels, as OpenSlide's read_region. Pixels outside the level are white.
+    /// SHA-256 of the slide file as opened (the tile-embedding cache's key).
+    pub fn sha256(&self) -> Result<String, SlideError> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut at = 0u64;
+        loop {
+            let n =
+                self.file.read_at(&mut buf, at).map_err(|e| SlideError::Broken(format!("reading the slide: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            h.update(buf.get(..n).unwrap_or_default());
+            at += n as u64;
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
     pub fn read_region(&self, level: usize, x: i64, y: i64, width: u32, height: u32) -> Result<Rgb, SlideError> {
         let l = self.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
         let px = u64::from(width) * u64::from(height);

@@ -39,6 +39,11 @@ impl std::fmt::Debug for ModelTiles {
 }
 
 impl ModelTiles {
+    /// SHA-256 of the slide file the tiles come from.
+    pub fn slide_sha256(&self) -> Result<String, SlideError> {
+        self.reader.sha256()
+    }
+
     /// RGB pixels (`tile_px` x `tile_px`, rows, interleaved) of the tiles `range`, one after
     /// the other, read with `threads` threads.
     pub fn read(&self, range: Range<usize>, threads: usize) -> Result<Vec<u8>, SlideError> {

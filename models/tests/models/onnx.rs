@@ -304,7 +304,7 @@ fn a_third_party_tile_encoder_from_torch_onnx_export_runs_inside_a_package() {
     // So is a graph whose shapes do not fit the package (the CT encoder as the tile encoder).
     let mut misfit = p.clone();
     let ct_bytes = p.file(&p.spec.onnx.as_ref().unwrap().ct_encoder.file).unwrap().to_vec();
-    misfit.files.insert("onnx/tile_encoder_torch.onnx".into(), ct_bytes);
+    misfit.files.insert("onnx/tile_encoder_torch.onnx".into(), ct_bytes.into());
     misfit.spec.onnx.as_mut().unwrap().tile_encoder.inputs = vec!["ct".into()];
     misfit.spec.onnx.as_mut().unwrap().tile_encoder.outputs = vec!["embedding".into()];
     let err = crlm_models::backend::build(&misfit, crlm_models::backend::BackendKind::Onnx, &cpu_only())
@@ -360,4 +360,47 @@ fn a_package_with_only_onnx_graphs_runs_on_onnx_and_candle_says_why_not() {
     let out = run(ort.as_ref(), &c, (true, true, true));
     let reference = run(&CandleBackend::new(&d).unwrap(), &c, (true, true, true));
     assert!(max_diff(&out, &reference) <= 1e-4);
+}
+
+/// A graph whose weights are ONNX external data, in a folder package whose large files stay on
+/// disk: verified by streamed hashing, hashed again when the session is created from the
+/// folder, and giving the same outputs as the graph with its weights inside.
+#[test]
+fn external_data_runs_from_the_folder_and_a_changed_data_file_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pkg");
+    let (inside, _) = with_graphs(&dir, None);
+    let tile = inside.spec.onnx.as_ref().unwrap().tile_encoder.file.clone();
+    let (graph, data) = crlm_models::graph::externalize(inside.file(&tile).unwrap(), "tile_encoder.onnx.data").unwrap();
+    assert!(data.len() > 1000 && graph.len() < data.len());
+    std::fs::write(dir.join(&tile), &graph).unwrap();
+    std::fs::write(dir.join("onnx/tile_encoder.onnx.data"), &data).unwrap();
+    package::sign_dir(&dir, &demo_key()).unwrap();
+    // Files over 1 KB stay on disk (the real threshold is 64 MiB).
+    let files = package::files::read_files_with(&PackageSource::Dir(dir.clone()), 1024).unwrap();
+    assert!(matches!(files.get("onnx/tile_encoder.onnx.data"), Some(package::FileData::Disk { .. })));
+    let p = package::verify_files(files, PackageSource::Dir(dir.clone()), &TrustStore::default()).unwrap();
+    let w = crlm_models::backend::wiring::wire_package(&p).unwrap().unwrap();
+    assert_eq!(w.tile_encoder.as_ref().unwrap().external_data, ["onnx/tile_encoder.onnx.data"]);
+
+    // A data file the package does not list is refused before anything runs.
+    let mut q = p.clone();
+    q.files.remove("onnx/tile_encoder.onnx.data");
+    let e = crlm_models::backend::wiring::wire_package(&q).unwrap().unwrap_err();
+    assert!(e.contains("external data onnx/tile_encoder.onnx.data is not in the package"), "{e}");
+
+    let Some(ort) = onnx_backend(&p, &cpu_only()) else { return };
+    let Some(reference) = onnx_backend(&inside, &cpu_only()) else { return };
+    let c = case(&p, 7, 5);
+    assert_eq!(
+        max_diff(&run(ort.as_ref(), &c, (true, true, true)), &run(reference.as_ref(), &c, (true, true, true))),
+        0.0
+    );
+
+    // Changed after verification: the session is not created from it.
+    let mut bytes = data.clone();
+    bytes[100] ^= 1;
+    std::fs::write(dir.join("onnx/tile_encoder.onnx.data"), &bytes).unwrap();
+    let e = crlm_models::backend::build(&p, crlm_models::backend::BackendKind::Onnx, &cpu_only()).err().unwrap();
+    assert!(e.to_string().contains("onnx/tile_encoder.onnx.data"), "{e}");
 }

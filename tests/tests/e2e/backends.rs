@@ -254,3 +254,39 @@ fn the_service_runs_a_format_2_package_and_the_record_says_so() {
     let risk = find(&record, "risk_2y_uncalibrated").unwrap().as_f64().unwrap();
     assert!((risk - first4).abs() < 1e-6, "{risk} vs {first4}");
 }
+
+/// The tile-embedding cache: the same case again reuses its slide's embeddings (no tile is
+/// encoded) and the prediction is bit-identical; another package does not hit it.
+#[test]
+fn a_cache_hit_gives_a_bit_identical_prediction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let case = patient(tmp.path(), 5, "");
+    let predict = || -> Value {
+        let out =
+            crlm(&["predict", case.to_str().unwrap(), "--json"]).env("CRLM_STATE__PATH", &state).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = predict();
+    let n = first["inputs"]["slides"][0]["tiles_used"].as_u64().unwrap();
+    assert!(n > 0);
+    assert_eq!(first["tiles"], serde_json::json!({"encoded": n, "from_cache": 0}), "{first}");
+    let entries = std::fs::read_dir(state.join("embeddings")).unwrap().count();
+    assert_eq!(entries, 1);
+    let second = predict();
+    assert_eq!(second["tiles"], serde_json::json!({"encoded": 0, "from_cache": n}), "{second}");
+    for key in ["risk_2y", "risk_2y_uncalibrated", "hazards", "top_tiles", "slice_attention"] {
+        assert_eq!(first[key], second[key], "{key} differs after a cache hit");
+    }
+    // Off: nothing kept, every tile encoded.
+    let out = crlm(&["predict", case.to_str().unwrap(), "--json"])
+        .env("CRLM_STATE__PATH", &state)
+        .env("CRLM_MODEL__EMBEDDING_CACHE_MIB", "0")
+        .output()
+        .unwrap();
+    let third: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(third["tiles"]["encoded"], n);
+    assert_eq!(first["hazards"], third["hazards"]);
+}

@@ -79,6 +79,20 @@ pub enum ModelAction {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the package's network with its authors' own run (PyTorch) on the reference
+    /// inputs and outputs of a safetensors file (keys in docs/MODEL.md); exit 1 beyond TOLERANCE.
+    Parity {
+        package: PathBuf,
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long, default_value = "onnx")]
+        backend: BackendKind,
+        /// Largest |difference| allowed on any output.
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f32,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Time the network on this machine: ms per CT volume, tiles per second for the tile encoder.
     Bench {
         package: Option<PathBuf>,
@@ -297,6 +311,33 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
             }
             Err(code) => Ok(code),
         },
+        ModelAction::Parity { package, reference, backend, tolerance, config } => {
+            let cfg = match load_config(config_path(config).as_deref()) {
+                Ok(c) => c,
+                Err(code) => return Ok(code),
+            };
+            let model = crlm_predict::load_model_on(&cfg, Some(&package), backend)?;
+            let p = crlm_predict::parity(&model, &reference)?;
+            let worst = p.max_abs_diff.values().copied().fold(0f32, f32::max);
+            let info = model.backend_info();
+            println!(
+                "{}: {} case(s) on {} / {} ({}); largest |crlm - reference|:",
+                package.display(),
+                p.cases,
+                info.name,
+                info.provider,
+                info.precision
+            );
+            for (k, v) in &p.max_abs_diff {
+                println!("  {k}: {v:e}");
+            }
+            if worst > tolerance {
+                println!("PARITY FAILED: {worst:e} > {tolerance:e}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("parity OK (tolerance {tolerance:e})");
+            Ok(ExitCode::SUCCESS)
+        }
         ModelAction::Bench { package, tiles, repeat, backend, config } => {
             let cfg = match load_config(config_path(config).as_deref()) {
                 Ok(c) => c,

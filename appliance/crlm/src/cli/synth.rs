@@ -50,6 +50,20 @@ pub enum SynthAction {
         #[arg(long, value_enum, default_value_t = SyntaxArg::Explicit)]
         syntax: SyntaxArg,
     },
+    /// A pyramidal JPEG slide (Aperio SVS layout) of the given size (benchmarks):
+    /// `--width 40960 --height 30720`.
+    Slide {
+        file: PathBuf,
+        #[arg(long, default_value_t = 40960)]
+        width: u32,
+        #[arg(long, default_value_t = 30720)]
+        height: u32,
+        /// Microns per pixel of level 0.
+        #[arg(long, default_value_t = 0.5)]
+        mpp: f64,
+        #[arg(long, default_value_t = 5)]
+        levels: u32,
+    },
 }
 
 pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
@@ -104,6 +118,17 @@ pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
                 &out,
             )?;
             println!("{}: {patients} patients in {:.0} s", out.display(), t.elapsed().as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        SynthAction::Slide { file, width, height, mpp, levels } => {
+            let spec = crlm_models::slide::SlideSpec {
+                microns_per_pixel: mpp,
+                levels,
+                label_text: None,
+                ..crlm_models::slide::SlideSpec::small(width, height)
+            };
+            crlm_models::slide::write_pyramidal_tiff(&file, &spec)?;
+            println!("{}: {width} x {height} px at {mpp} um/px, {levels} levels", file.display());
             Ok(ExitCode::SUCCESS)
         }
         SynthAction::Ct { dir, slices, size, syntax } => {
