@@ -289,6 +289,7 @@ edges_months = {EDGES}
 file = "onnx/tile_encoder.onnx"
 inputs = {{ tiles = "tiles" }}
 outputs = {{ embeddings = "features" }}
+widths = {{ embeddings = {tile.width} }}
 
 [parts.slide_aggregator]
 file = "onnx/slide_aggregator.onnx"

@@ -129,7 +129,7 @@ fn session(
 ) -> Result<Session, String> {
     let mut b = Session::builder(env)
         .map_err(|e| e.to_string())?
-        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(|e| e.to_string())?;
     if opts.threads > 0 {
         b = b.with_intra_threads(opts.threads).map_err(|e| e.to_string())?;

@@ -41,6 +41,8 @@ pub struct PartWiring {
     pub precision: OnnxPrecision,
     pub inputs: Vec<Tensor>,
     pub outputs: Vec<Tensor>,
+    /// Declared widths of embedding outputs (`parts.<part>.widths`).
+    pub widths: std::collections::BTreeMap<String, usize>,
 }
 
 impl PartWiring {
@@ -102,14 +104,30 @@ fn want_text(w: &[Option<usize>]) -> String {
     )
 }
 
-/// The fixed last dimension of an output: a width the next part reads.
-fn width(part: &str, t: &Tensor, file: &str) -> Result<usize, String> {
-    match t.dims.last() {
-        Some(Dim::Fixed(v)) if *v > 0 => Ok(*v as usize),
-        _ => Err(format!(
-            "{file}: parts.{part} output {:?} is {}: its last dimension (the width) must be fixed",
+/// The width of an embedding output (its last dimension), which the next part reads: fixed in
+/// the graph, or declared in `parts.<part>.widths` (and equal to the graph's when both are).
+fn width(p: &PartWiring, role: &str) -> Result<usize, String> {
+    let t = p.output(role).ok_or_else(|| format!("parts.{} has no {role} output", p.part))?;
+    let declared = p.widths.get(role).copied();
+    match (t.dims.last(), declared) {
+        (Some(Dim::Fixed(v)), Some(d)) if usize::try_from(*v).ok() != Some(d) => Err(format!(
+            "{}: parts.{} output {:?} is {} but parts.{}.widths.{role} is {d}",
+            p.file,
+            p.part,
             t.name,
-            show(&t.dims)
+            show(&t.dims),
+            p.part
+        )),
+        (Some(Dim::Fixed(v)), _) if *v > 0 => Ok(*v as usize),
+        (_, Some(d)) => Ok(d),
+        _ => Err(format!(
+            "{}: parts.{} output {:?} is {}: its width (last dimension) is not fixed in the graph; declare it \
+             as parts.{}.widths.{role}",
+            p.file,
+            p.part,
+            t.name,
+            show(&t.dims),
+            p.part
         )),
     }
 }
@@ -158,7 +176,15 @@ fn part(name: &'static str, spec: &PartSpec, io: &GraphIo) -> Result<PartWiring,
         }
         external_data.push(format!("{dir}{loc}"));
     }
-    Ok(PartWiring { part: name, file: f.clone(), external_data, precision: spec.precision, inputs, outputs })
+    Ok(PartWiring {
+        part: name,
+        file: f.clone(),
+        external_data,
+        precision: spec.precision,
+        inputs,
+        outputs,
+        widths: spec.widths.clone(),
+    })
 }
 
 fn check(p: &PartWiring, dir_in: bool, role: &str, want: &[Option<usize>]) -> Result<(), String> {
@@ -204,15 +230,13 @@ pub fn wire(
     let mut tile_width = 0;
     if let Some(p) = &tile_encoder {
         check(p, true, "tiles", &[None, s(3), s(t), s(t)])?;
-        let out = p.output("embeddings").ok_or("parts.tile_encoder has no embeddings output")?;
-        tile_width = width(p.part, out, &p.file)?;
+        tile_width = width(p, "embeddings")?;
         check(p, false, "embeddings", &[None, s(tile_width)])?;
     }
     let fusion_slide = match &slide_aggregator {
         Some(p) => {
             check(p, true, "embeddings", &[None, s(tile_width)])?;
-            let out = p.output("embedding").ok_or("parts.slide_aggregator has no embedding output")?;
-            let w = width(p.part, out, &p.file)?;
+            let w = width(p, "embedding")?;
             check(p, false, "embedding", &[s(1), s(w)])?;
             vec![1, w]
         }
@@ -221,8 +245,7 @@ pub fn wire(
     let fusion_ct = match &ct_encoder {
         Some(p) => {
             check(p, true, "ct", &[s(z), s(y), s(x)])?;
-            let out = p.output("embedding").ok_or("parts.ct_encoder has no embedding output")?;
-            let w = width(p.part, out, &p.file)?;
+            let w = width(p, "embedding")?;
             check(p, false, "embedding", &[s(1), s(w)])?;
             vec![1, w]
         }
@@ -231,8 +254,7 @@ pub fn wire(
     let fusion_clinical = match &clinical_encoder {
         Some(p) => {
             check(p, true, "clinical", &[s(1), s(c)])?;
-            let out = p.output("embedding").ok_or("parts.clinical_encoder has no embedding output")?;
-            let w = width(p.part, out, &p.file)?;
+            let w = width(p, "embedding")?;
             check(p, false, "embedding", &[s(1), s(w)])?;
             vec![1, w]
         }

@@ -53,6 +53,10 @@ pub struct PartSpec {
     pub inputs: BTreeMap<String, String>,
     /// Role -> the graph's output tensor name.
     pub outputs: BTreeMap<String, String>,
+    /// Output role -> its width, for a graph that leaves the width symbolic (some exporters
+    /// do); checked against the graph when it is fixed there, and against every run's output.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub widths: BTreeMap<String, usize>,
 }
 
 impl PartSpec {
@@ -111,6 +115,13 @@ impl PartsSpec {
                     }
                 }
             }
+            for (role, w) in &p.widths {
+                if !["embeddings", "embedding"].contains(&role.as_str()) || !p.outputs.contains_key(role) {
+                    out.push(format!("parts.{name}.widths: {role:?} is not an embedding output of the part"));
+                } else if *w == 0 {
+                    out.push(format!("parts.{name}.widths.{role} must be positive"));
+                }
+            }
         }
         if self.fusion.inputs.keys().all(|k| k == "mask") {
             out.push("parts.fusion reads none of ct, slide, clinical".into());
@@ -133,6 +144,7 @@ impl PartsSpec {
             precision,
             inputs: map(ins, &g.inputs),
             outputs: map(outs, &g.outputs),
+            widths: BTreeMap::new(),
         };
         PartsSpec {
             tile_encoder: Some(part(&onnx.tile_encoder, &["tiles"], &["embeddings"], encoder_precision)),
@@ -160,7 +172,13 @@ mod tests {
 
     fn part(ins: &[(&str, &str)], outs: &[(&str, &str)]) -> PartSpec {
         let m = |v: &[(&str, &str)]| v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
-        PartSpec { file: "x.onnx".into(), precision: OnnxPrecision::Fp32, inputs: m(ins), outputs: m(outs) }
+        PartSpec {
+            file: "x.onnx".into(),
+            precision: OnnxPrecision::Fp32,
+            inputs: m(ins),
+            outputs: m(outs),
+            widths: BTreeMap::new(),
+        }
     }
 
     #[test]
