@@ -60,7 +60,7 @@ pub fn load_model_on(cfg: &Config, override_path: Option<&Path>, backend: Backen
     if cfg.model.embedding_cache_mib > 0 && cfg.state.path.is_dir() {
         model = model.with_embedding_cache(EmbeddingCache::new(
             cfg.state.path.join("embeddings"),
-            cfg.model.embedding_cache_mib << 20,
+            cfg.model.embedding_cache_mib.saturating_mul(1 << 20),
         ));
     }
     let info = model.backend_info();
