@@ -41,6 +41,26 @@ pub mod synth;
 pub mod tile_stream;
 
 /// SHA-256 of a byte slice as lowercase hex.
+/// SHA-256 (lowercase hex) and length of everything `r` gives, read in 1 MiB blocks; `tick`
+/// after each block (a watchdog, say). Package files, slides and the share's files are hashed
+/// with it.
+pub fn sha256_stream(mut r: impl std::io::Read, mut tick: impl FnMut()) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(buf.get(..n).unwrap_or_default());
+        tick();
+    }
+    Ok((hex::encode(h.finalize()), size))
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))

@@ -34,7 +34,6 @@ use serde::Serialize;
 use share::ShareEntry;
 use stability::{Observation, StabilityTracker, Verdict};
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -236,21 +235,10 @@ impl Ingestor {
 
     /// SHA-256 of the whole file, streamed; `None` if reading fails (looked at again later).
     fn hash_file(&self, file: &std::fs::File) -> Option<String> {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut r = file;
         use std::io::Seek;
+        let mut r = file;
         r.seek(std::io::SeekFrom::Start(0)).ok()?;
-        loop {
-            let n = r.read(&mut buf).ok()?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            self.tick();
-        }
-        Some(hex::encode(h.finalize()))
+        crlm_models::sha256_stream(r, || self.tick()).ok().map(|(sha, _)| sha)
     }
 
     /// Quarantine one file version: reason file (and move), then the database row.

@@ -217,12 +217,7 @@ impl OnnxBackend {
         }
         // The provider is chosen on the first part (the tile encoder when there is one): if a
         // provider cannot take it, it cannot serve the model.
-        let order: Vec<&PartWiring> =
-            [&wiring.tile_encoder, &wiring.slide_aggregator, &wiring.ct_encoder, &wiring.clinical_encoder]
-                .into_iter()
-                .flatten()
-                .chain(std::iter::once(&wiring.fusion))
-                .collect();
+        let order = wiring.parts();
         let first = order.first().ok_or_else(|| ModelError::Backend("the package has no parts".into()))?;
         let first_graph = graph_of(package, first)?;
         let mut chosen = None;

@@ -6,7 +6,6 @@
 //! package is read into memory whole, up to [`MAX_PACKAGE_BYTES`]; larger packages are folders.
 
 use super::{MODEL_TOML, PackageError};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -63,21 +62,9 @@ impl From<Vec<u8>> for FileData {
     }
 }
 
-/// SHA-256 of a file, read in 1 MiB blocks.
+/// SHA-256 and size of a file.
 pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(buf.get(..n).unwrap_or_default());
-    }
-    Ok((hex::encode(h.finalize()), size))
+    crate::sha256_stream(std::fs::File::open(path)?, || ())
 }
 
 /// The demo package's files, built in.

@@ -55,22 +55,20 @@ impl SlideReader {
 
     /// RGB pixels of a `width` x `height` region of `level` whose top-left corner is (x, y) in
     /// level-0 pixels, as OpenSlide's read_region. Pixels outside the level are white.
-    /// SHA-256 of the slide file as opened (the tile-embedding cache's key).
+    /// SHA-256 of the slide file as opened (the tile-embedding cache's key). Read by position,
+    /// as the tiles are, so the file's cursor is never shared.
     pub fn sha256(&self) -> Result<String, SlideError> {
-        use sha2::Digest;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut at = 0u64;
-        loop {
-            let n =
-                self.file.read_at(&mut buf, at).map_err(|e| SlideError::Broken(format!("reading the slide: {e}")))?;
-            if n == 0 {
-                break;
+        struct ReadAt<'a>(&'a File, u64);
+        impl std::io::Read for ReadAt<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.0.read_at(buf, self.1)?;
+                self.1 += n as u64;
+                Ok(n)
             }
-            h.update(buf.get(..n).unwrap_or_default());
-            at += n as u64;
         }
-        Ok(hex::encode(h.finalize()))
+        crate::sha256_stream(ReadAt(&self.file, 0), || ())
+            .map(|(sha, _)| sha)
+            .map_err(|e| SlideError::Broken(format!("reading the slide: {e}")))
     }
 
     pub fn read_region(&self, level: usize, x: i64, y: i64, width: u32, height: u32) -> Result<Rgb, SlideError> {

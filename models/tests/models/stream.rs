@@ -15,6 +15,24 @@ use crlm_models::tile_stream::{StreamOptions, encode_tiles};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// Every tissue tile (`max_tiles = "all"`, 64 px at 1 um/px) of a slide written into `dir`.
+fn every_tile(dir: &std::path::Path) -> crlm_models::slide::sample::ModelTiles {
+    let path = dir.join("s.tif");
+    write_pyramidal_tiff(&path, &SlideSpec { label_text: None, ..SlideSpec::small(1400, 1000) }).unwrap();
+    let spec = SlideInputSpec {
+        tile_px: 64,
+        microns_per_pixel: 1.0,
+        min_tissue: 0.0,
+        max_tiles: MaxTiles::All,
+        sampling: TileSampling::Even,
+        tile_batch: None,
+        tile_mean: None,
+        tile_std: None,
+    };
+    let reader = Arc::new(SlideReader::open(&path, &Limits::default()).unwrap());
+    sample_tiles(reader, &spec, spec.max_tiles.per_slide(1)).unwrap()
+}
+
 /// The demo's candle backend, counting what its tile encoder is given.
 struct Counting {
     inner: CandleBackend,
@@ -39,21 +57,8 @@ impl Backend for Counting {
 #[test]
 fn every_tile_is_encoded_in_bounded_batches_and_the_batch_size_does_not_change_the_embeddings() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.tif");
-    write_pyramidal_tiff(&path, &SlideSpec { label_text: None, ..SlideSpec::small(1400, 1000) }).unwrap();
+    let plan = every_tile(dir.path());
     let demo = ModelPackage::load(&PackageSource::BuiltInDemo, &TrustStore::default()).unwrap();
-    let spec = SlideInputSpec {
-        tile_px: 64,
-        microns_per_pixel: 1.0,
-        min_tissue: 0.0,
-        max_tiles: MaxTiles::All,
-        sampling: TileSampling::Even,
-        tile_batch: None,
-        tile_mean: None,
-        tile_std: None,
-    };
-    let reader = Arc::new(SlideReader::open(&path, &Limits::default()).unwrap());
-    let plan = sample_tiles(reader, &spec, spec.max_tiles.per_slide(1)).unwrap();
     assert_eq!(plan.tiles.len(), plan.tissue_tiles, "\"all\" keeps every tissue tile");
     assert!(plan.tiles.len() > 50, "{} tiles", plan.tiles.len());
     let n = plan.tiles.len();
@@ -105,20 +110,7 @@ fn a_failing_encoder_stops_the_reader() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.tif");
-    write_pyramidal_tiff(&path, &SlideSpec { label_text: None, ..SlideSpec::small(1400, 1000) }).unwrap();
-    let spec = SlideInputSpec {
-        tile_px: 64,
-        microns_per_pixel: 1.0,
-        min_tissue: 0.0,
-        max_tiles: MaxTiles::All,
-        sampling: TileSampling::Even,
-        tile_batch: None,
-        tile_mean: None,
-        tile_std: None,
-    };
-    let reader = Arc::new(SlideReader::open(&path, &Limits::default()).unwrap());
-    let plan = sample_tiles(reader, &spec, usize::MAX).unwrap();
+    let plan = every_tile(dir.path());
     let opts = StreamOptions { batch: 4, threads: 1, mean: [0.0; 3], std: [1.0; 3] };
     let e = encode_tiles(&Failing, &[plan], opts).unwrap_err();
     assert!(e.to_string().contains("the encoder failed"), "{e}");

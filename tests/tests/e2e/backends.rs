@@ -153,14 +153,9 @@ fn predict_gives_the_same_document_on_onnx_and_candle_and_int8_stays_close() {
     assert!(max > 0.0 && max <= 0.02, "INT8 moved a risk by {max}: {cmp}");
 }
 
-#[test]
-fn the_service_runs_the_onnx_backend_and_records_it_in_the_ledger() {
-    if onnx_runtime().is_none() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let pkg = tmp.path().join("demo-onnx");
-    run(&["model", "export-onnx", "--out", pkg.to_str().unwrap(), "--key", demo_key().to_str().unwrap()]);
+/// The service on `pkg` (onnx backend, CPU only) with generated patient `index` dropped into the
+/// share, stopped once the case is predicted; the site, for its ledger and log.
+fn service_predicts_on_onnx(pkg: &Path, index: u32) -> Site {
     let mut site = Site::new(0.5);
     for (k, v) in [
         ("CRLM_MODEL__PATH", pkg.to_str().unwrap()),
@@ -172,12 +167,24 @@ fn the_service_runs_the_onnx_backend_and_records_it_in_the_ledger() {
     }
     let mut child = site.start(0);
     let staging = site.dir.path().join("staging");
-    run(&["synth", "patient", staging.to_str().unwrap(), "--index", "7"]);
+    run(&["synth", "patient", staging.to_str().unwrap(), "--index", &index.to_string()]);
     std::fs::rename(&staging, site.share.join("case1")).unwrap();
     let cases = site.wait_cases(std::time::Duration::from_secs(90), |c| c.iter().any(|x| x["state"] == "predicted"));
     crlm_e2e::signal(&child, "TERM");
     let _ = child.wait();
-    assert!(cases.iter().any(|x| x["state"] == "predicted"), "{cases:?}");
+    assert!(cases.iter().any(|x| x["state"] == "predicted"), "{cases:?}\n{}", site.log(0));
+    site
+}
+
+#[test]
+fn the_service_runs_the_onnx_backend_and_records_it_in_the_ledger() {
+    if onnx_runtime().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("demo-onnx");
+    run(&["model", "export-onnx", "--out", pkg.to_str().unwrap(), "--key", demo_key().to_str().unwrap()]);
+    let site = service_predicts_on_onnx(&pkg, 7);
     // The locked record says what ran the model.
     let records: Vec<Value> = (0..6)
         .filter_map(|n| {
@@ -199,23 +206,7 @@ fn the_service_runs_a_format_2_package_and_the_record_says_so() {
         return;
     }
     let pkg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/packages/reference-small");
-    let mut site = Site::new(0.5);
-    for (k, v) in [
-        ("CRLM_MODEL__PATH", pkg.to_str().unwrap()),
-        ("CRLM_MODEL__BACKEND", "onnx"),
-        ("CRLM_ONNX__PROVIDERS", "[\"cpu\"]"),
-        ("CRLM_ONNX__ALLOW_FALLBACK", "false"),
-    ] {
-        site.env.push((k.to_string(), v.to_string()));
-    }
-    let mut child = site.start(0);
-    let staging = site.dir.path().join("staging");
-    run(&["synth", "patient", staging.to_str().unwrap(), "--index", "3"]);
-    std::fs::rename(&staging, site.share.join("case1")).unwrap();
-    let cases = site.wait_cases(std::time::Duration::from_secs(90), |c| c.iter().any(|x| x["state"] == "predicted"));
-    crlm_e2e::signal(&child, "TERM");
-    let _ = child.wait();
-    assert!(cases.iter().any(|x| x["state"] == "predicted"), "{cases:?}\n{}", site.log(0));
+    let site = service_predicts_on_onnx(&pkg, 3);
     let record = (0..6)
         .filter_map(|n| {
             let out = site.command(&["ledger", "show", &n.to_string()]).output().ok()?;
