@@ -280,11 +280,18 @@ impl Collector {
         Collector { child, db, key, devices }
     }
 
-    /// Register a box's device key (as the study office does when a box is enrolled).
+    /// Register a box's device key (as the study office does when a box is enrolled):
+    /// `<devices>/site01/box01.pub`.
     pub fn register(&self, state: &Path) {
         let device_pub = state.join("keys/device.pub");
         wait("the device key", Duration::from_secs(20), || device_pub.exists());
-        std::fs::copy(&device_pub, self.devices.join("box01.pub")).expect("registering the box");
+        std::fs::create_dir_all(self.devices.join("site01")).expect("registration folder");
+        std::fs::copy(&device_pub, self.devices.join("site01/box01.pub")).expect("registering the box");
+    }
+
+    /// Make the box trust this collector's acks (`mqtt.collector_key`); before the box starts.
+    pub fn trusted_by(&self, site: &mut Site) {
+        site.env.push(("CRLM_MQTT__COLLECTOR_KEY".into(), self.key.with_extension("pub").display().to_string()));
     }
 }
 
@@ -293,6 +300,41 @@ impl Drop for Collector {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Publish `payload` on `topic` at QoS 1 as an anonymous client of our own (rumqttc, not crlm's
+/// code), returning once the broker has acknowledged it: what any client the broker lets in can do.
+pub fn publish_anonymously(port: u16, topic: &str, payload: &[u8]) {
+    let id = format!("anonymous-{}-{}", std::process::id(), free_port());
+    let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut connection) = rumqttc::Client::new(opts, 8);
+    client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.to_vec()).expect("queue the publish");
+    let start = Instant::now();
+    for ev in connection.iter() {
+        assert!(start.elapsed() < Duration::from_secs(10), "the broker did not take the message");
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) = ev {
+            break;
+        }
+        if ev.is_err() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = client.disconnect();
+}
+
+/// The messages a collector rejected (`crlm fleet rejected --json`): their reasons.
+pub fn rejected(db: &Path) -> Vec<String> {
+    let Ok(out) = Command::new(crlm_bin()).args(["fleet", "rejected", "--json", "--db"]).arg(db).output() else {
+        return vec![];
+    };
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| {
+            v["rows"].as_array().map(|r| r.iter().filter_map(|x| x["reason"].as_str().map(String::from)).collect())
+        })
+        .unwrap_or_default()
 }
 
 /// One received message: topic, payload (JSON, or null when not JSON) and when it arrived.

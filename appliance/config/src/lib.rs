@@ -216,6 +216,9 @@ impl Config {
                 p.push(format!("{key} = \"{}\": no such file", f.display()));
             }
         }
+        if !m.collector_key.as_os_str().is_empty() && !m.collector_key.is_file() {
+            p.push(format!("mqtt.collector_key = \"{}\": no such file", m.collector_key.display()));
+        }
         for (key, v) in [("mqtt.site", &m.site), ("mqtt.device", &m.device)] {
             if v.is_empty() || v.contains(['/', '+', '#']) || v.len() > 64 {
                 p.push(format!("{key} = \"{v}\": 1-64 characters without '/', '+' or '#' (it is a topic segment)"));

@@ -264,6 +264,10 @@ pub struct MqttConfig {
     pub client_key_file: PathBuf,
     /// The box's MQTT protocol: "3.1.1" or "5".
     pub protocol: MqttProtocol,
+    /// The study office collector's public key (`collector.pub`). The box acts only on acks
+    /// signed with it (or with one of `ledger.collector_keys`); with neither set, acks are
+    /// ignored and every result stays in the outbox.
+    pub collector_key: PathBuf,
 }
 
 /// MQTT 3.1.1 (protocol level 4) or MQTT 5. Written "3.1.1" or "5" (4 and 5 as numbers too).
@@ -326,11 +330,20 @@ impl Default for MqttConfig {
             client_cert_file: PathBuf::new(),
             client_key_file: PathBuf::new(),
             protocol: MqttProtocol::V311,
+            collector_key: PathBuf::new(),
         }
     }
 }
 
 impl MqttConfig {
+    /// The collector keys whose signed acks the box acts on: `collector_key` and the ledger's
+    /// `collector_keys` (older keys stay valid while a collector's key is rotated).
+    pub fn ack_keys<'a>(&'a self, ledger: &'a LedgerConfig) -> impl Iterator<Item = &'a std::path::Path> {
+        std::iter::once(self.collector_key.as_path())
+            .filter(|p| !p.as_os_str().is_empty())
+            .chain(ledger.collector_keys.iter().map(PathBuf::as_path))
+    }
+
     /// Does the configured broker URL ask for TLS (`mqtts://`)?
     pub fn tls(&self) -> bool {
         self.url.starts_with("mqtts://") || self.url.starts_with("ssl://")

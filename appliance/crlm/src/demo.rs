@@ -85,7 +85,16 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     let collector_key = central.join("collector.key");
     crlm_fleet::collector_key(&collector_key)
         .map_err(|e| DemoError::Prepare(central.display().to_string(), e.to_string()))?;
+    // The box trusts acks signed with the collector's key; the collector stores messages only
+    // from boxes it registered (<site>/<device>.pub: the box's device key, made now).
+    cfg.mqtt.collector_key = collector_key.with_extension("pub");
     cfg.ledger.collector_keys = vec![collector_key.with_extension("pub")];
+    let registered = central.join("devices");
+    crlm_ledger::device_key(&cfg.keys_dir())
+        .map_err(|e| DemoError::Prepare(cfg.keys_dir().display().to_string(), e.to_string()))?;
+    std::fs::create_dir_all(registered.join(&cfg.mqtt.site)).map_err(prep)?;
+    let enrolled = registered.join(&cfg.mqtt.site).join(format!("{}.pub", cfg.mqtt.device));
+    std::fs::copy(cfg.keys_dir().join("device.pub"), &enrolled).map_err(prep)?;
     let collector_db = central.join("collector.sqlite");
     let messages_file = work.join("mqtt-messages.jsonl");
     step(2, &format!("starting the service on {}", share.display()));
@@ -101,7 +110,7 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
         broker: broker.clone(),
         db: collector_db.clone(),
         key: collector_key.clone(),
-        devices: Some(cfg.state.path.join("keys")),
+        devices: Some(registered),
         client_id: "crlm-demo-collector".into(),
     };
     let (tap_tx, mut tap_rx) = tokio::sync::mpsc::channel::<(String, serde_json::Value)>(256);
@@ -268,7 +277,7 @@ fn ledger_check(cfg: &Config) -> String {
     if let Some((line, why)) = report.first_bad {
         return format!("BAD at line {line}: {why}");
     }
-    let collectors: Vec<_> = cfg.ledger.collector_keys.iter().filter_map(|p| ledger::read_public_key(p).ok()).collect();
+    let collectors: Vec<_> = cfg.mqtt.ack_keys(&cfg.ledger).filter_map(|p| ledger::read_public_key(p).ok()).collect();
     let proof = ledger::read_records(&dir)
         .and_then(|records| ledger::countersign::check(&dir, &records, &ledger::key_id(&public), &collectors));
     let proven = match proof {

@@ -91,3 +91,29 @@ pub fn export_csv(rows: &[FleetRow]) -> Result<Vec<u8>, csv::Error> {
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
 }
+
+/// A message the collector refused (not stored with the results, not acknowledged).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RejectedRow {
+    pub received_at: String,
+    /// From the topic: who the message claimed to come from.
+    pub site: String,
+    pub device: String,
+    pub leaf: String,
+    pub reason: String,
+}
+
+/// Every kept rejected message, oldest first (`crlm fleet rejected`).
+pub fn rejected_rows(db: &Connection) -> Result<Vec<RejectedRow>, FleetError> {
+    let mut st = db.prepare("SELECT received_ms, site, device, leaf, reason FROM rejected ORDER BY id")?;
+    let rows = st.query_map([], |r| {
+        Ok(RejectedRow {
+            received_at: crlm_state::rfc3339(r.get(0)?),
+            site: r.get(1)?,
+            device: r.get(2)?,
+            leaf: r.get(3)?,
+            reason: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

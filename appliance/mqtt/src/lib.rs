@@ -15,6 +15,7 @@
 //! - Place: ledger -> **mqtt** -> the study office's collector.
 //! - Depends on: crlm-ledger, crlm-state, crlm-config.
 
+pub mod auth;
 pub mod broker;
 pub mod client;
 pub mod outbox;

@@ -192,9 +192,15 @@ impl Stream {
 /// The collector's acknowledgement: it holds everything of `stream` up to `through_seq`; for
 /// results, its countersignature of the box's ledger head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Sent signed ([`crate::auth`]); the box acts only on an ack that verifies with its configured
+/// collector key and whose `through_sha256` is the content hash of its own message at
+/// `through_seq`, so an ack can neither be forged nor replayed onto other messages.
 pub struct Ack {
     pub version: u32,
     pub stream: Stream,
     pub through_seq: i64,
+    /// [`crate::auth::content_sha256`] of the message `through_seq` as the collector stored it.
+    pub through_sha256: String,
     pub countersignature: Option<Countersignature>,
 }

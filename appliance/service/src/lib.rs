@@ -142,6 +142,7 @@ pub async fn run(
             model_sha256: model.package.sha256.clone(),
             demo: model.package.spec.demo,
             device_key_id: processor.ledger().key_id().to_string(),
+            device_key: crlm_ledger::device_key(&cfg.keys_dir()).map_err(ProcessError::from)?,
             on_link: Arc::new(move |l| {
                 if let Ok(mut x) = link_extras.lock() {
                     x.link = Some(l);

@@ -71,6 +71,26 @@ impl StateDb {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The message of `stream` numbered `seq`, while it waits for the collector.
+    pub fn outbox_message(&self, stream: &str, seq: i64) -> Result<Option<Queued>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, stream, seq, topic, payload FROM mqtt_outbox WHERE stream=?1 AND seq=?2",
+                params![stream, seq],
+                |r| {
+                    Ok(Queued {
+                        id: r.get(0)?,
+                        stream: r.get(1)?,
+                        seq: r.get(2)?,
+                        topic: r.get(3)?,
+                        payload: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     /// The collector has everything of `stream` up to `through`: those rows go.
     pub fn outbox_acknowledge(&self, stream: &str, through: i64) -> Result<usize, StateError> {
         Ok(self.conn.execute("DELETE FROM mqtt_outbox WHERE stream=?1 AND seq <= ?2", params![stream, through])?)

@@ -1,6 +1,7 @@
 //! The end-to-end tests: one test binary (one link of the whole workspace instead of one per
 //! file), one module per area. Helpers shared by all are in the crate's library (`crlm_e2e`).
 
+mod attacks;
 mod backends;
 mod cli;
 mod ledger;

@@ -24,7 +24,7 @@ fn outage(kind: BrokerKind) {
     let mut broker = start_broker(kind, port, site.dir.path());
     let collector = Collector::start(site.dir.path(), &url);
     let (db, key) = (collector.db.clone(), collector.key.clone());
-    site.env.push(("CRLM_LEDGER__COLLECTOR_KEYS".into(), format!("[\"{}\"]", key.with_extension("pub").display())));
+    collector.trusted_by(&mut site);
     let mut service = site.start(0);
     collector.register(&site.state);
     std::thread::sleep(Duration::from_secs(1));
@@ -287,10 +287,13 @@ fn mutual_tls_with_mosquitto() {
         .stderr(std::fs::File::create(central.join("collector.log")).unwrap())
         .spawn()
         .unwrap();
+    wait("the collector key", Duration::from_secs(10), || key.with_extension("pub").exists());
+    site.env.push(("CRLM_MQTT__COLLECTOR_KEY".into(), key.with_extension("pub").display().to_string()));
     let mut service = site.start(0);
     let device_pub = site.state.join("keys/device.pub");
     wait("the device key", Duration::from_secs(20), || device_pub.exists());
-    std::fs::copy(&device_pub, central.join("devices/box01.pub")).unwrap();
+    std::fs::create_dir_all(central.join("devices/site01")).unwrap();
+    std::fs::copy(&device_pub, central.join("devices/site01/box01.pub")).unwrap();
     let sub = |with_cert: bool| {
         let mut c = Command::new("mosquitto_sub");
         c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "crlm/v1/+/+/status", "-C", "1", "-W", "4"])
@@ -338,6 +341,7 @@ fn mqtt5_box_with_mosquitto() {
     site.env.push(("CRLM_MQTT__RECONNECT_MAX_SECONDS".into(), "1".into()));
     let mut broker = start_broker(BrokerKind::Mosquitto, port, site.dir.path());
     let collector = Collector::start(site.dir.path(), &url);
+    collector.trusted_by(&mut site);
     let db = collector.db.clone();
     let status = || retained_status(port, "mqttv5");
     let mut service = site.start(0);

@@ -3,6 +3,7 @@
 //! are exactly the properties its schema lists (so neither can drift from the other).
 
 use crlm_ledger::{CaseRecord, Ledger, RecordBody, countersign};
+use crlm_mqtt::auth::{self, Party};
 use crlm_mqtt::{
     Ack, AlertCode, HeartbeatPayload, LinkState, Message, OutboxState, PAYLOAD_VERSION, Stream, alert_payload,
     result_payload, status_payload,
@@ -16,8 +17,16 @@ fn schema(leaf: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{leaf}.schema.json"))).unwrap()).unwrap()
 }
 
-/// Validates against the schema, and (when `all_fields`) carries exactly its properties.
+/// Signed as it is sent (the box's key; acks the collector's), validates against the schema, and
+/// (when `all_fields`) carries exactly its properties.
 fn check(leaf: &str, payload: &Value, all_fields: bool) {
+    let (party, key) = match leaf {
+        "ack" => (Party::Collector, ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])),
+        _ => (Party::Box, ed25519_dalek::SigningKey::from_bytes(&[1u8; 32])),
+    };
+    let topic = format!("crlm/v1/site-1/box-1/{leaf}");
+    let sealed = auth::seal(party, &topic, &serde_json::to_vec(payload).unwrap(), &key).unwrap();
+    let payload: &Value = &serde_json::from_slice(&sealed).unwrap();
     let s = schema(leaf);
     let validator = jsonschema::options().should_validate_formats(true).build(&s).unwrap();
     let errors: Vec<String> = validator.iter_errors(payload).map(|e| e.to_string()).collect();
@@ -110,7 +119,13 @@ fn every_payload_type_matches_its_published_schema() {
     let head = ledger.head().unwrap();
     let cs = countersign::countersign(&collector, ledger.key_id(), &head, chrono::Utc::now());
     for (stream, cs) in [(Stream::Result, Some(cs)), (Stream::Alert, None)] {
-        let ack = Ack { version: PAYLOAD_VERSION, stream, through_seq: 3, countersignature: cs };
+        let ack = Ack {
+            version: PAYLOAD_VERSION,
+            stream,
+            through_seq: 3,
+            through_sha256: "cd".repeat(32),
+            countersignature: cs,
+        };
         check("ack", &serde_json::to_value(&ack).unwrap(), true);
     }
 }

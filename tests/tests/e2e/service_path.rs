@@ -96,6 +96,7 @@ fn run(kind: BrokerKind) {
     let central = site.dir.path().join("central");
     std::fs::create_dir_all(&central).unwrap();
     let collector = Collector::start(&central, &url);
+    collector.trusted_by(&mut site);
     let subscriber = Subscriber::start(port);
     let mut service = site.start(0);
     collector.register(&site.state);

@@ -13,7 +13,8 @@ pub enum FleetAction {
         /// extension .pub (collector.key -> collector.pub): that file goes to the boxes.
         #[arg(long, default_value = "collector.key")]
         key: PathBuf,
-        /// Folder of registered boxes' device.pub files (any name ending .pub).
+        /// Registered boxes: <site>/<device>.pub, each box's device.pub. Messages from any other
+        /// box, or not signed with its key, are rejected (`crlm fleet rejected`).
         #[arg(long)]
         devices: Option<PathBuf>,
         /// MQTT client id (one per collector: the broker keeps its session).
@@ -43,12 +44,20 @@ pub enum FleetAction {
         #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
         format: ExportFormat,
     },
+    /// Messages the collector refused (unregistered box, bad signature, conflicting content), with why.
+    Rejected {
+        #[arg(long)]
+        db: PathBuf,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl FleetAction {
     /// Collect and watch connect to a broker; export only reads the collector's database.
     pub fn uses_network(&self) -> bool {
-        !matches!(self, FleetAction::Export { .. })
+        !matches!(self, FleetAction::Export { .. } | FleetAction::Rejected { .. })
     }
 }
 
@@ -78,12 +87,31 @@ pub fn run(action: FleetAction) -> anyhow::Result<ExitCode> {
         FleetAction::Export { db, format } => {
             let conn = crlm_fleet::open_db(&db)?;
             let rows = crlm_fleet::export_rows(&conn)?;
+            let rejected = crlm_fleet::rejected_rows(&conn)?.len();
+            if rejected > 0 {
+                eprintln!(
+                    "note: {rejected} message(s) were rejected and are not in this export: crlm fleet rejected --db ..."
+                );
+            }
             match format {
                 ExportFormat::Csv => {
                     std::io::Write::write_all(&mut std::io::stdout(), &crlm_fleet::export_csv(&rows)?)?
                 }
                 ExportFormat::Json => {
                     println!("{}", serde_json::to_string_pretty(&serde_json::json!({"format": 1, "rows": rows}))?)
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        FleetAction::Rejected { db, json } => {
+            let conn = crlm_fleet::open_db(&db)?;
+            let rows = crlm_fleet::rejected_rows(&conn)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({"format": 1, "rows": rows}))?);
+            } else {
+                println!("{} rejected message(s)", rows.len());
+                for r in &rows {
+                    println!("{}  {}/{}/{}  {}", r.received_at, r.site, r.device, r.leaf, r.reason);
                 }
             }
             Ok(ExitCode::SUCCESS)

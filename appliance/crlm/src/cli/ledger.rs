@@ -61,7 +61,7 @@ pub fn run(action: LedgerAction) -> anyhow::Result<ExitCode> {
                         r.head_seq
                     );
                     let mut keys = Vec::new();
-                    for k in cfg.ledger.collector_keys.iter().chain(&collector_keys) {
+                    for k in cfg.mqtt.ack_keys(&cfg.ledger).chain(collector_keys.iter().map(PathBuf::as_path)) {
                         keys.push(ledger::read_public_key(k)?);
                     }
                     let records = ledger::read_records(&dir)?;
