@@ -80,11 +80,14 @@ impl Default for ShareConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     pub path: PathBuf,
+    /// Below this much free space on the state disk the box reports DISK FULL (heartbeat,
+    /// panel, alert) before SQLite and the ledger run out.
+    pub min_free_mb: u64,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { path: "./state".into() }
+        StateConfig { path: "./state".into(), min_free_mb: 256 }
     }
 }
 

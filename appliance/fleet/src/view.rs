@@ -61,8 +61,9 @@ pub struct BoxView {
 }
 
 impl BoxView {
-    /// One word for the box: OFFLINE, LATE (no heartbeat for three intervals), OUTBOX FULL,
-    /// ERROR (the heartbeat names a last error), ok, or ? before anything arrived.
+    /// One word for the box: OFFLINE, LATE (no heartbeat for three intervals), the most pressing
+    /// condition the box reports (LEDGER, DISK FULL, FAILED), OUTBOX FULL, ERROR (the heartbeat
+    /// names a last error), ok, or ? before anything arrived.
     pub fn health(&self, now: f64) -> &'static str {
         if self.status == Some(LinkState::Offline) {
             return "OFFLINE";
@@ -72,6 +73,8 @@ impl BoxView {
         };
         if self.heartbeat_at.is_some_and(|at| now - at > 3.0 * hb.interval_seconds) {
             "LATE"
+        } else if let Some(c) = hb.conditions.first() {
+            c.code.word()
         } else if hb.outbox.full {
             "OUTBOX FULL"
         } else if hb.last_error.is_some() {
@@ -229,6 +232,14 @@ mod tests {
         assert!(v.update("crlm/v1/s1/b/heartbeat", &heartbeat(5.0, true, None), 1.0));
         assert!(v.update("crlm/v1/s2/c/heartbeat", &heartbeat(5.0, false, Some("disk full")), 1.0));
         assert!(v.update("crlm/v1/s2/d/status", &status("offline"), 1.0));
+        // Issue 21, defect 5: a full state disk showed `ok`. The box's conditions are the word.
+        for (d, code, message) in
+            [("e", "disk_full", "the state disk has 0 MB free"), ("f", "ledger", "predictions held")]
+        {
+            let mut hb = heartbeat(5.0, true, Some(message));
+            hb["conditions"] = json!([{"code": code, "message": message}, {"code": "failed", "message": "case P-1"}]);
+            assert!(v.update(&format!("crlm/v1/s3/{d}/heartbeat"), &hb, 1.0));
+        }
         assert!(!v.update("crlm/v1/s1/a/result", &json!({"seq": 0}), 2.0), "not a result payload");
         assert!(v.update(
             "crlm/v1/s1/a/alert",
@@ -244,9 +255,12 @@ mod tests {
         assert_eq!(health("s1", "b", 10.0), "OUTBOX FULL");
         assert_eq!(health("s2", "c", 10.0), "ERROR");
         assert_eq!(health("s2", "d", 10.0), "OFFLINE");
+        assert_eq!(health("s3", "e", 10.0), "DISK FULL");
+        assert_eq!(health("s3", "f", 10.0), "LEDGER");
         let table = v.render(10.0);
         assert!(table.contains("s1/a") && table.contains("quarantine: 1 file"), "{table}");
         assert!(table.contains("error: disk full") && table.contains("12.0 GB") && table.contains("48C"), "{table}");
-        assert_eq!(table.lines().count(), 5);
+        assert!(table.contains("error: the state disk has 0 MB free"), "{table}");
+        assert_eq!(table.lines().count(), 7);
     }
 }

@@ -60,6 +60,8 @@ pub struct ScanReport {
     pub duplicates: usize,
     pub quarantined: usize,
     pub case_changes: Vec<cases::CaseChange>,
+    /// Files identical to one of another case (pseudonyms only): each is alerted.
+    pub cross_case: Vec<String>,
 }
 
 pub struct Ingestor {
@@ -157,6 +159,11 @@ impl Ingestor {
         self.tracker.retain_seen(&seen);
         let ready: HashSet<PathBuf> = scan.ready_folders.clone();
         report.case_changes = cases::evaluate(self, &ready)?;
+        for c in &report.case_changes {
+            for r in c.reasons.iter().filter(|r| r.starts_with(cases::CROSS_CASE_REASON)) {
+                report.cross_case.push(format!("case {}: {r}", c.case));
+            }
+        }
         Ok(report)
     }
 
@@ -214,11 +221,15 @@ impl Ingestor {
             }
             Outcome::NotYet(p) => {
                 let for_s = self.tracker.incomplete_for(rel, now);
-                if for_s >= self.cfg.share.incomplete_timeout_seconds {
-                    let p = Problem {
-                        reason: format!("{} (unchanged and still incomplete after {:.0} s)", p.reason, for_s),
-                        ..p
+                // A folder marked READY (or a file marked done) will not grow: an incomplete file
+                // there is quarantined at once, not after the incomplete timeout.
+                if marked || for_s >= self.cfg.share.incomplete_timeout_seconds {
+                    let why = if marked {
+                        "its folder is marked READY, so it will not be completed".to_string()
+                    } else {
+                        format!("unchanged and still incomplete after {for_s:.0} s")
                     };
+                    let p = Problem { reason: format!("{} ({why})", p.reason), ..p };
                     let sha = self.hash_file(&file);
                     self.refuse(rel, size, mtime_ns, sha, p, report)?;
                 } else {

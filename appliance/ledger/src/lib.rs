@@ -51,6 +51,11 @@ pub enum LedgerError {
     Io { path: String, source: std::io::Error },
     #[error("ledger record {line}: {reason}")]
     Bad { line: usize, reason: String },
+    /// The ledger failed its check at opening: nothing may be appended to it.
+    #[error(
+        "the ledger fails its check at record {line}: {reason}; nothing is locked until it is repaired (run `crlm ledger verify`, then call support)"
+    )]
+    Refused { line: usize, reason: String },
     #[error("device key: {0}")]
     Key(String),
     #[error("ledger record body: {0}")]
@@ -175,8 +180,10 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Open (or create) the ledger in `dir`, cutting off a torn last record. Records before it
-    /// are checked as a chain (not their signatures: `verify` does that).
+    /// Open (or create) the ledger in `dir`, cutting off a torn last record. What remains is
+    /// checked as [`verify`] does (form, chain, every signature with `key`, the head file)
+    /// before anything may be appended: a ledger that fails is [`LedgerError::Refused`], never
+    /// extended (issue 21, defect 4: a record with a flipped byte was built on).
     pub fn open(dir: &Path, key: SigningKey) -> Result<(Self, Option<Recovery>), LedgerError> {
         fsutil::ensure_dir(dir, 0o700).map_err(io(dir))?;
         let path = dir.join(LEDGER_FILE);
@@ -194,6 +201,11 @@ impl Ledger {
             f.sync_all().map_err(io(&path))?;
             bytes.truncate(good);
             recovery = Some(Recovery { cut_bytes: cut });
+        }
+        let head = std::fs::read(dir.join(HEAD_FILE)).ok();
+        let report = verify_bytes(&bytes, head.as_deref(), &key.verifying_key());
+        if let Some((line, why)) = report.first_bad {
+            return Err(LedgerError::Refused { line, reason: why });
         }
         let (mut next_seq, mut prev_hash, mut last_times) = (0u64, GENESIS.to_string(), None);
         let mut cases = HashMap::new();

@@ -6,7 +6,8 @@
 use super::auth::{self, Opened, Party};
 use super::session::{self, Polled, Settings};
 use super::{
-    Ack, AlertCode, HeartbeatPayload, LinkState, Message, OutboxState, PAYLOAD_VERSION, outbox, status_payload, topic,
+    Ack, AlertCode, Condition, HeartbeatPayload, LinkState, Message, OutboxState, PAYLOAD_VERSION, outbox,
+    status_payload, topic,
 };
 use crlm_config::Config;
 use crlm_ledger as ledger;
@@ -38,6 +39,8 @@ pub struct PublisherContext {
     pub on_link: Arc<dyn Fn(LinkView) + Send + Sync>,
     /// Notified when something was queued, so it leaves at once rather than at the next poll.
     pub outbox_wake: Arc<tokio::sync::Notify>,
+    /// What is wrong on the box now (the heartbeat's `conditions`), most pressing first.
+    pub conditions: Arc<dyn Fn() -> Vec<Condition> + Send + Sync>,
 }
 
 enum Link {
@@ -187,6 +190,8 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                 }
                 full_alerted = full;
                 if connected {
+                    let conditions = (ctx.conditions)();
+                    let last_error = conditions.first().map(|c| c.message.clone()).or_else(|| last_error.clone());
                     let hb = Message::Heartbeat(HeartbeatPayload {
                         version: PAYLOAD_VERSION,
                         site: m.site.clone(),
@@ -203,7 +208,8 @@ pub async fn run(cfg: Config, ctx: PublisherContext, mut stop: watch::Receiver<b
                         temperature_c: crlm_drivers::health::max_temperature_celsius(std::path::Path::new("/sys/class/thermal")),
                         gpu_load: crlm_drivers::health::jetson_gpu_load(),
                         interval_seconds: m.heartbeat_seconds,
-                        last_error: last_error.clone(),
+                        last_error,
+                        conditions,
                     });
                     let t = topic(&m, "heartbeat");
                     let payload = sealed(&key, &t, hb.to_json().as_bytes());

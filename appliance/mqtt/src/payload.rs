@@ -99,6 +99,12 @@ pub enum AlertCode {
     LedgerRecovery,
     /// The outbox holds more than `mqtt.outbox_max_bytes` (nothing is dropped).
     OutboxFull,
+    /// The ledger failed its check at start-up: nothing is locked until it is repaired.
+    LedgerInvalid,
+    /// The state disk is full or nearly so.
+    DiskFull,
+    /// A file identical to one of another case (the same slide under two patients).
+    CrossCaseDuplicate,
 }
 
 impl AlertCode {
@@ -109,6 +115,9 @@ impl AlertCode {
             AlertCode::CaseFailed => "case_failed",
             AlertCode::LedgerRecovery => "ledger_recovery",
             AlertCode::OutboxFull => "outbox_full",
+            AlertCode::LedgerInvalid => "ledger_invalid",
+            AlertCode::DiskFull => "disk_full",
+            AlertCode::CrossCaseDuplicate => "cross_case_duplicate",
         }
     }
 }
@@ -169,7 +178,41 @@ pub struct HeartbeatPayload {
     pub temperature_c: Option<f64>,
     pub gpu_load: Option<f64>,
     pub interval_seconds: f64,
+    /// The most pressing of `conditions`, else the broker link's error; null when all is well.
     pub last_error: Option<String>,
+    /// What is wrong on the box now (each cleared when it clears).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition that needs someone, as the box reports it while it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub code: ConditionCode,
+    pub message: String,
+}
+
+/// What kind of condition; `crlm fleet watch` shows the code in capitals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionCode {
+    /// The ledger failed its check: no case is locked (predictions held).
+    Ledger,
+    /// The state disk is full or below its reserve.
+    DiskFull,
+    /// The last case could not be processed.
+    Failed,
+}
+
+impl ConditionCode {
+    /// The word `crlm fleet watch` shows.
+    pub fn word(self) -> &'static str {
+        match self {
+            ConditionCode::Ledger => "LEDGER",
+            ConditionCode::DiskFull => "DISK FULL",
+            ConditionCode::Failed => "FAILED",
+        }
+    }
 }
 
 /// Which stream an ack is for.

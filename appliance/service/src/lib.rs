@@ -14,10 +14,13 @@
 use crlm_config::Config;
 use crlm_ingest::{IngestError, Ingestor, ScanReport};
 use crlm_panel::state::{PanelState, ProcessingView, ResultView};
+pub mod health;
 pub mod processing;
 
+use crate::health::Health;
 use crate::processing::{ProcessError, Processed, Processor};
 use crlm_drivers::watchdog::Watchdog;
+use crlm_mqtt::{AlertCode, ConditionCode};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -93,9 +96,15 @@ pub async fn run(
         demo: spec.demo,
     };
     let extras = Arc::new(std::sync::Mutex::new(PanelExtras::default()));
+    let health = Arc::new(Health::default());
     let panel_extras = extras.clone();
+    let panel_health = health.clone();
     let with_model = move |mut st: PanelState| {
         st.model = Some(model_view.clone());
+        // A condition of the box outranks a file's quarantine on the problem screen.
+        if let Some(p) = panel_health.problem() {
+            st.problem = Some(p);
+        }
         if let Ok(x) = panel_extras.lock() {
             st.processing = x.processing.clone();
             st.result = x.result.clone();
@@ -110,21 +119,38 @@ pub async fn run(
     let mut ingestor = tokio::task::spawn_blocking(move || Ingestor::open(&open_cfg))
         .await
         .map_err(|e| ServiceError::Join(e.to_string()))??;
-    // The ledger opens before anything is predicted; a torn last record is cut and recorded.
+    // The ledger opens (and is checked) before anything is predicted; a torn last record is cut
+    // and recorded. A ledger that fails its check holds every prediction: the service goes on
+    // receiving files, and says so on the panel, in the heartbeat and in an alert.
     let proc_cfg = cfg.clone();
     let proc_model = model.clone();
-    let (processor, recovery) = tokio::task::spawn_blocking(move || Processor::open(&proc_cfg, proc_model))
+    let opened = tokio::task::spawn_blocking(move || Processor::open(&proc_cfg, proc_model))
         .await
-        .map_err(|e| ServiceError::Join(e.to_string()))??;
-    if let Some(r) = recovery {
-        tracing::warn!(
-            stage = "ledger",
-            alert = "ledger_recovery",
-            cut_bytes = r.cut_bytes,
-            "the ledger ended in a torn record (power cut during a write); it was cut off and the cut recorded"
-        );
-    }
-    tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
+        .map_err(|e| ServiceError::Join(e.to_string()))?;
+    let device_key = crlm_ledger::device_key(&cfg.keys_dir()).map_err(ProcessError::from)?;
+    let processor = match opened {
+        Ok((processor, recovery)) => {
+            if let Some(r) = recovery {
+                tracing::warn!(
+                    stage = "ledger",
+                    alert = "ledger_recovery",
+                    cut_bytes = r.cut_bytes,
+                    "the ledger ended in a torn record (power cut during a write); it was cut off and the cut recorded"
+                );
+            }
+            tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
+            Some(processor)
+        }
+        Err(e) => {
+            let why = e.to_string();
+            let code = if matches!(e, ProcessError::Ledger(_)) { ConditionCode::Ledger } else { ConditionCode::Failed };
+            tracing::error!(stage = "ledger", alert = "ledger_invalid", error = %why, "predictions held; files are still received");
+            health.set(code, format!("predictions held: {why}"));
+            queue_alert(&cfg, AlertCode::LedgerInvalid, &format!("predictions held: {why}"));
+            None
+        }
+    };
+    let device_key_id = crlm_ledger::key_id(&device_key.verifying_key());
     // Fleet reporting: the embedded broker when none is configured, then the publisher.
     let (mqtt_stop_tx, mqtt_stop_rx) = watch::channel(false);
     let outbox_wake = Arc::new(tokio::sync::Notify::new());
@@ -141,14 +167,18 @@ pub async fn run(
         let ctx = crlm_mqtt::client::PublisherContext {
             model_sha256: model.package.sha256.clone(),
             demo: model.package.spec.demo,
-            device_key_id: processor.ledger().key_id().to_string(),
-            device_key: crlm_ledger::device_key(&cfg.keys_dir()).map_err(ProcessError::from)?,
+            device_key_id: device_key_id.clone(),
+            device_key: device_key.clone(),
             on_link: Arc::new(move |l| {
                 if let Ok(mut x) = link_extras.lock() {
                     x.link = Some(l);
                 }
             }),
             outbox_wake: outbox_wake.clone(),
+            conditions: {
+                let health = health.clone();
+                Arc::new(move || health.list())
+            },
         };
         Some(tokio::spawn(crlm_mqtt::client::run(cfg.clone(), ctx, mqtt_stop_rx)))
     } else {
@@ -157,14 +187,19 @@ pub async fn run(
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let (event_tx, mut event_rx) = mpsc::channel::<WorkerEvent>(64);
     let worker_progress = ingestor.progress.clone();
-    let worker = std::thread::Builder::new()
-        .name("crlm-predict".into())
-        .spawn({
-            let extras = extras.clone();
-            let outbox_wake = outbox_wake.clone();
-            move || processing_worker(processor, work_rx, event_tx, extras, worker_progress, outbox_wake)
-        })
-        .map_err(|e| ServiceError::Join(e.to_string()))?;
+    let worker = match processor {
+        Some(processor) => Some(
+            std::thread::Builder::new()
+                .name("crlm-predict".into())
+                .spawn({
+                    let extras = extras.clone();
+                    let outbox_wake = outbox_wake.clone();
+                    move || processing_worker(processor, work_rx, event_tx, extras, worker_progress, outbox_wake)
+                })
+                .map_err(|e| ServiceError::Join(e.to_string()))?,
+        ),
+        None => None,
+    };
     let progress = ingestor.progress.clone();
     // The panel runs on its own task; the scan loop only publishes the newest state.
     let (panel_tx, panel_rx) = watch::channel(with_model(crlm_panel::feed::build(ingestor.database(), &cfg)));
@@ -205,6 +240,7 @@ pub async fn run(
                 done = &mut job => break done.map_err(|e| ServiceError::Join(e.to_string()))?,
                 // Locks are reported while a long scan runs, not after it.
                 Some(ev) = event_rx.recv() => {
+                    note_worker_event(&health, &ev);
                     report_worker_event(&ev, &mut on_event);
                     panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
                 }
@@ -221,8 +257,29 @@ pub async fn run(
             }
         };
         ingestor = back;
+        // The state disk: below its reserve, or a scan that found it full.
+        let scan_full = matches!(&result, Err(e) if health::is_disk_full(&e.to_string()));
+        match health::state_disk_low(&cfg.state.path, cfg.state.min_free_mb) {
+            Some(why) if health.set(ConditionCode::DiskFull, why.clone()) => {
+                tracing::error!(stage = "service", alert = "disk_full", "{why}");
+                queue_alert(&cfg, AlertCode::DiskFull, &why);
+            }
+            Some(_) => {}
+            None if scan_full => {
+                let why = "the state disk is full (the state database cannot be written)".to_string();
+                if health.set(ConditionCode::DiskFull, why.clone()) {
+                    tracing::error!(stage = "service", alert = "disk_full", "{why}");
+                }
+            }
+            None => {
+                if health.clear(ConditionCode::DiskFull) {
+                    tracing::info!(stage = "service", "the state disk has room again");
+                }
+            }
+        }
         match result {
             Ok((report, panel_state)) => {
+                let panel_state = with_model(panel_state);
                 panel_tx.send_if_modified(|old| {
                     let changed = *old != panel_state;
                     *old = panel_state;
@@ -241,17 +298,10 @@ pub async fn run(
                         "{} file(s) quarantined; the reasons are in the quarantine records on the box",
                         report.quarantined
                     );
-                    if let Ok(db) = crlm_state::StateDb::open(&cfg.database_path())
-                        && let Err(e) = crlm_mqtt::outbox::enqueue_alert(
-                            &db,
-                            &cfg.mqtt,
-                            crlm_mqtt::AlertCode::Quarantine,
-                            &why,
-                            None,
-                        )
-                    {
-                        tracing::error!(stage = "mqtt", error = %e, "cannot queue the quarantine alert");
-                    }
+                    queue_alert(&cfg, AlertCode::Quarantine, &why);
+                }
+                for why in &report.cross_case {
+                    queue_alert(&cfg, AlertCode::CrossCaseDuplicate, why);
                 }
                 // Closed cases (and any left from before a restart) go to the worker.
                 let _ = work_tx.try_send(());
@@ -275,6 +325,7 @@ pub async fn run(
                 }
                 ev = event_rx.recv() => {
                     let Some(ev) = ev else { break };
+                    note_worker_event(&health, &ev);
                     report_worker_event(&ev, &mut on_event);
                     panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
                     watchdog.ping();
@@ -289,7 +340,9 @@ pub async fn run(
     watchdog.stopping();
     // The worker finishes the case in hand (its lock is one fsynced append), then stops.
     drop(work_tx);
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    if let Some(worker) = worker {
+        let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    }
     while let Ok(ev) = event_rx.try_recv() {
         report_worker_event(&ev, &mut on_event);
     }
@@ -303,6 +356,39 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(5), panel_task).await;
     tracing::info!(stage = "service", "crlm stopped cleanly");
     Ok(())
+}
+
+/// Queue an alert on its own (nothing is queued with MQTT off; a failure is logged).
+fn queue_alert(cfg: &Config, code: AlertCode, message: &str) {
+    if !cfg.mqtt.enabled {
+        return;
+    }
+    let queued = crlm_state::StateDb::open(&cfg.database_path()).map_err(|e| e.to_string()).and_then(|db| {
+        crlm_mqtt::outbox::enqueue_alert(&db, &cfg.mqtt, code, message, None).map_err(|e| e.to_string())
+    });
+    if let Err(e) = queued {
+        tracing::error!(stage = "mqtt", alert = code.name(), error = %e, "cannot queue the alert");
+    }
+}
+
+/// What a worker event says about the box's health: a failure sets FAILED (the pseudonym only:
+/// the error's text may name files), the next lock clears it.
+fn note_worker_event(health: &Health, ev: &WorkerEvent) {
+    match ev {
+        WorkerEvent::Failed { case, error } => {
+            let why = if health::is_disk_full(error) {
+                health.set(ConditionCode::DiskFull, "the state disk is full (a case could not be recorded)");
+                "the state disk is full"
+            } else {
+                "see `crlm cases` on the box"
+            };
+            health.set(ConditionCode::Failed, format!("case {case} could not be processed ({why})"));
+        }
+        WorkerEvent::Locked(_) => {
+            health.clear(ConditionCode::Failed);
+        }
+        WorkerEvent::Progress => {}
+    }
 }
 
 /// Log a worker event and pass it to the caller.

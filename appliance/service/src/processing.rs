@@ -84,11 +84,21 @@ impl Processor {
     pub fn open(cfg: &Config, model: Arc<Model>) -> Result<(Self, Option<Recovery>), ProcessError> {
         let key = ledger::device_key(&cfg.keys_dir())?;
         let (mut ledger, recovery) = Ledger::open(&cfg.ledger_dir(), key)?;
+        let db = StateDb::open(&cfg.database_path())?;
+        // Locks the state database holds beyond the ledger's end were cut off with its tail (a
+        // disk that lost written data at a power cut): those cases are decided and locked again.
+        let lost = db.locked_from(ledger.len())?;
+        if !lost.is_empty() {
+            let tx = db.begin()?;
+            for (id, _, _) in &lost {
+                tx.unlock(*id, now_ms())?;
+            }
+            tx.commit()?;
+        }
         if let Some(r) = &recovery {
             // The cut is itself recorded, so an auditor sees it in the chain.
             ledger.append(&RecordBody::Recovery(RecoveryNote { torn_bytes_cut: r.cut_bytes }))?;
         }
-        let db = StateDb::open(&cfg.database_path())?;
         let secret_path = cfg.keys_dir().join("site.secret");
         let secret = SiteSecret::load_or_create(&secret_path)
             .map_err(|e| ProcessError::Open { what: secret_path.display().to_string(), source: e })?;
@@ -100,6 +110,13 @@ impl Processor {
                 AlertCode::LedgerRecovery,
                 &format!("a torn last ledger record ({} bytes) was cut off at start-up", r.cut_bytes),
             )?;
+        }
+        for (_, case, seq) in &lost {
+            let why = format!(
+                "case {case}: its lock (ledger record {seq}) was lost with the ledger's tail; the case is decided and locked again"
+            );
+            tracing::warn!(stage = "ledger", alert = "ledger_recovery", case = %case, seq, "{why}");
+            p.alert(AlertCode::LedgerRecovery, &why)?;
         }
         Ok((p, recovery))
     }

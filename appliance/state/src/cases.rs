@@ -96,12 +96,7 @@ impl StateDb {
 
     /// Record a file whose content another file of `case_id` already brought.
     pub fn record_duplicate(&self, f: &NewFile<'_>, case_id: Option<i64>, now: i64) -> Result<(), StateError> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
-            params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
-        )?;
-        Ok(())
+        insert_duplicate(&self.conn, f, case_id, now)
     }
 
     /// Cases still waiting for files, oldest first.
@@ -222,6 +217,22 @@ impl StateDb {
                 })
             },
         )?)
+    }
+
+    /// A case's key and pseudonym.
+    pub fn case_identity(&self, id: i64) -> Result<Option<(String, String)>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT case_key, pseudonym FROM cases WHERE id=?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Cases locked at ledger record `from_seq` or later: (id, pseudonym, seq).
+    pub fn locked_from(&self, from_seq: u64) -> Result<Vec<(i64, String, i64)>, StateError> {
+        let mut st =
+            self.conn.prepare("SELECT id, pseudonym, ledger_seq FROM cases WHERE ledger_seq >= ?1 ORDER BY id")?;
+        let rows = st.query_map([from_seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn pseudonym(&self, id: i64) -> Result<Option<String>, StateError> {
@@ -425,6 +436,22 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Record a file whose content another case already brought, under `case_id`.
+    pub fn record_duplicate(&self, f: &NewFile<'_>, case_id: Option<i64>, now: i64) -> Result<(), StateError> {
+        insert_duplicate(&self.tx, f, case_id, now)
+    }
+
+    /// The case's lock was lost (cut off with a torn ledger tail): it waits to be decided and
+    /// locked again (an ineligible case stays ineligible).
+    pub fn unlock(&self, id: i64, now: i64) -> Result<(), StateError> {
+        self.tx.execute(
+            "UPDATE cases SET ledger_seq=NULL, record_hash=NULL, outputs_ms=NULL,
+                 state=CASE WHEN state='ineligible' THEN 'ineligible' ELSE 'complete' END, updated_ms=?2 WHERE id=?1",
+            params![id, now],
+        )?;
+        Ok(())
+    }
+
     /// Processing failed for a reason outside the case.
     pub fn mark_failed(&self, id: i64, why: &str, now: i64) -> Result<(), StateError> {
         self.tx.execute(
@@ -433,4 +460,18 @@ impl Tx<'_> {
         )?;
         Ok(())
     }
+}
+
+fn insert_duplicate(
+    conn: &rusqlite::Connection,
+    f: &NewFile<'_>,
+    case_id: Option<i64>,
+    now: i64,
+) -> Result<(), StateError> {
+    conn.execute(
+        "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
+        params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
+    )?;
+    Ok(())
 }

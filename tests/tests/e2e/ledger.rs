@@ -69,3 +69,49 @@ fn a_kill_9_loop_during_appends_loses_no_record_whose_append_returned() {
         );
     }
 }
+
+/// Issue 21, defect 8: the ledger's last record lost at a power cut (a disk that drops written
+/// data; the head still one behind) while the state database kept that case's lock. The service
+/// cut the torn tail, recorded the cut at the same number, and the state still called the case
+/// `predicted` at a record that is now the recovery note. Now the case is decided and locked again.
+#[test]
+fn a_lock_lost_with_the_ledger_tail_is_reconciled_with_the_state() {
+    use crlm_e2e::signal;
+    use crlm_models::synth::{SampleCase, write_sample_case};
+    use std::time::Duration;
+    let mut site = Site::new(0.3);
+    site.env.push(("CRLM_MQTT__ENABLED".into(), "false".into()));
+    let mut service = site.start(0);
+    for i in 0..2 {
+        write_sample_case(&site.share.join(format!("case-{i}")), &SampleCase::new(&format!("TAIL-{i}"))).unwrap();
+        site.wait_cases(Duration::from_secs(120), |c| c.iter().filter(|x| x["state"] == "predicted").count() == i + 1);
+    }
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
+    let before = site.cases();
+    let lost = before.iter().find(|c| c["ledger_seq"] == 1).expect("the case locked at record 1").clone();
+
+    // Record 1 torn half-way, the head naming record 0 (as if the append never finished).
+    let dir = site.state.join("ledger");
+    let bytes = std::fs::read(dir.join(LEDGER_FILE)).unwrap();
+    let end0 = bytes.iter().position(|b| *b == b'\n').unwrap();
+    let torn = end0 + 1 + (bytes.len() - end0 - 1) / 2;
+    std::fs::write(dir.join(LEDGER_FILE), &bytes[..torn]).unwrap();
+    let head = serde_json::json!({"format": 1, "seq": 0, "hash": crlm_models::sha256_hex(&bytes[..end0])});
+    std::fs::write(dir.join(crlm_ledger::HEAD_FILE), serde_json::to_vec(&head).unwrap()).unwrap();
+
+    let mut service = site.start(1);
+    let cases = site.wait_cases(Duration::from_secs(120), |c| {
+        c.iter().any(|x| x["pseudonym"] == lost["pseudonym"] && x["state"] == "predicted" && x["ledger_seq"] == 2)
+    });
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
+    assert_eq!(cases.len(), 2, "{cases:#?}");
+    let out = site.command(&["ledger", "verify"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let records = crlm_ledger::read_records(&dir).unwrap();
+    let kinds: Vec<&str> = records.iter().map(|(r, _)| r.core.kind.name()).collect();
+    assert_eq!(kinds, ["prediction", "recovery", "prediction"]);
+    let log = site.log(1);
+    assert!(log.contains("was lost with the ledger's tail"), "{log}");
+}

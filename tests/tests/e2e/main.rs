@@ -4,6 +4,7 @@
 mod attacks;
 mod backends;
 mod cli;
+mod health;
 mod ledger;
 mod legacy;
 mod model;

@@ -5,8 +5,8 @@
 use crlm_ledger::{CaseRecord, Ledger, RecordBody, countersign};
 use crlm_mqtt::auth::{self, Party};
 use crlm_mqtt::{
-    Ack, AlertCode, HeartbeatPayload, LinkState, Message, OutboxState, PAYLOAD_VERSION, Stream, alert_payload,
-    result_payload, status_payload,
+    Ack, AlertCode, Condition, ConditionCode, HeartbeatPayload, LinkState, Message, OutboxState, PAYLOAD_VERSION,
+    Stream, alert_payload, result_payload, status_payload,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -82,6 +82,9 @@ fn every_payload_type_matches_its_published_schema() {
         AlertCode::CaseFailed,
         AlertCode::LedgerRecovery,
         AlertCode::OutboxFull,
+        AlertCode::LedgerInvalid,
+        AlertCode::DiskFull,
+        AlertCode::CrossCaseDuplicate,
     ]
     .into_iter()
     .enumerate()
@@ -111,6 +114,11 @@ fn every_payload_type_matches_its_published_schema() {
         gpu_load: some.then_some(0.1),
         interval_seconds: 30.0,
         last_error: some.then(|| "broker unreachable".into()),
+        conditions: if some {
+            vec![Condition { code: ConditionCode::DiskFull, message: "the state disk has 3 MB free".into() }]
+        } else {
+            vec![]
+        },
     };
     check("heartbeat", &serde_json::to_value(Message::Heartbeat(hb(true))).unwrap(), true);
     check("heartbeat", &serde_json::to_value(Message::Heartbeat(hb(false))).unwrap(), true);
