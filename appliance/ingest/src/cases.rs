@@ -38,28 +38,9 @@ impl CaseKey {
     }
 }
 
-/// How a case's reason about a file identical to another case's begins.
+/// How a case's reason about files identical to another case's begins (the scan reports each
+/// for an alert: the same slide under two patients is a lab error the study must hear about).
 pub const CROSS_CASE_REASON: &str = "the same file under two cases is a lab error:";
-
-/// The case a file would join by where it lies (its top folder) or, at the share root, by the
-/// DICOM patient and study; None for root clinical files and root files that join no case.
-fn case_key_of(rel: &Path, rec: &Recognised) -> Option<CaseKey> {
-    if rel.components().count() > 1 {
-        let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
-        return Some(CaseKey::Folder(top));
-    }
-    match rec {
-        Recognised::Dicom { header, .. } => header.patient_id.as_ref().map(|pid| CaseKey::Study {
-            patient_id: pid.clone(),
-            study: header
-                .study_instance_uid
-                .clone()
-                .or_else(|| header.study_date.clone().map(|d| format!("date:{d}")))
-                .unwrap_or_else(|| "unknown".into()),
-        }),
-        _ => None,
-    }
-}
 
 /// Accept a recognised file: a duplicate of known content, part of a case, or (root clinical
 /// file) a source of records for root studies. One transaction.
@@ -79,39 +60,6 @@ pub(super) fn accept_file(
     // Identical content already accepted: a re-export, not a new case.
     let file = NewFile { path: &rel_s, size, mtime_ns, sha256: Some(sha), kind, details: Some(&details) };
     if let Some(case_id) = ing.db.accepted_content(sha)? {
-        // The same slide or CT image under two cases (two patients) is a lab error the study
-        // must hear about: the file is not used, the later case says why, and an alert goes out.
-        let new_key = case_key_of(rel, &rec).map(|k| k.as_key());
-        let held = match case_id {
-            Some(id) => ing.db.case_identity(id)?,
-            None => None,
-        };
-        if !matches!(rec, Recognised::Clinical { .. })
-            && let (Some(new_key), Some((held_key, held_pseudonym))) = (&new_key, held)
-            && *new_key != held_key
-        {
-            let Some(new) = case_key_of(rel, &rec) else { return Ok(()) };
-            let pseudonym = match &new {
-                CaseKey::Study { patient_id, .. } => ing.secret.patient_pseudonym(patient_id),
-                CaseKey::Folder(_) => ing.secret.case_pseudonym(new_key),
-            };
-            let tx = ing.db.begin()?;
-            let (id, state, _) = tx.ensure_case(new_key, &pseudonym, now)?;
-            let reason = format!(
-                "{CROSS_CASE_REASON} a {kind} file identical to one of case {held_pseudonym} was not used (check which case it belongs to)"
-            );
-            tx.append_case_reason(id, &reason)?;
-            tx.touch_case(id, now)?;
-            tx.record_duplicate(&file, Some(id), now)?;
-            tx.commit()?;
-            report.duplicates += 1;
-            tracing::warn!(stage = "ingest", alert = "cross_case_duplicate", other = %held_pseudonym, kind, "{reason}");
-            // A waiting case is reported when it closes (under its final pseudonym).
-            if state != CaseState::Waiting {
-                report.cross_case.push(format!("case {pseudonym}: {reason}"));
-            }
-            return Ok(());
-        }
         ing.db.record_duplicate(&file, case_id, now)?;
         report.duplicates += 1;
         tracing::info!(stage = "ingest", file = %super::short_hash(rel), "identical re-export ignored");
@@ -119,11 +67,19 @@ pub(super) fn accept_file(
     }
     let in_folder = rel.components().count() > 1;
     let key = if in_folder {
-        case_key_of(rel, &rec)
+        let top = rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default();
+        Some(CaseKey::Folder(top))
     } else {
         match &rec {
             Recognised::Dicom { header, .. } => match &header.patient_id {
-                Some(_) => case_key_of(rel, &rec),
+                Some(pid) => Some(CaseKey::Study {
+                    patient_id: pid.clone(),
+                    study: header
+                        .study_instance_uid
+                        .clone()
+                        .or_else(|| header.study_date.clone().map(|d| format!("date:{d}")))
+                        .unwrap_or_else(|| "unknown".into()),
+                }),
                 None => {
                     let p = Problem {
                         kind: rec.kind(),
@@ -358,6 +314,15 @@ fn evaluate_case(
     // Keep reasons recorded earlier (late files), then write the closing state atomically.
     let mut all = ing.db.case_reasons(case.id)?;
     all.append(&mut reasons);
+    // Files of this folder whose content another case brought first (a folder whose every file
+    // is such a copy is a re-export and never becomes a case).
+    if !folder_name.is_empty() {
+        for (kind, count, other) in ing.db.copies_of_other_cases(folder_name, case.id)? {
+            all.push(format!(
+                "{CROSS_CASE_REASON} {count} {kind} file(s) identical to case {other}'s were not used (check which case they belong to)"
+            ));
+        }
+    }
     // A case-level quarantine record first (deterministic name: a rerun rewrites it), then the
     // closing state and its quarantine row in one transaction.
     let quarantine_row = if state == CaseState::Ineligible || state == CaseState::Quarantined {

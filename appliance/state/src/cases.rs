@@ -96,7 +96,12 @@ impl StateDb {
 
     /// Record a file whose content another file of `case_id` already brought.
     pub fn record_duplicate(&self, f: &NewFile<'_>, case_id: Option<i64>, now: i64) -> Result<(), StateError> {
-        insert_duplicate(&self.conn, f, case_id, now)
+        self.conn.execute(
+            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
+            params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
+        )?;
+        Ok(())
     }
 
     /// Cases still waiting for files, oldest first.
@@ -219,12 +224,17 @@ impl StateDb {
         )?)
     }
 
-    /// A case's key and pseudonym.
-    pub fn case_identity(&self, id: i64) -> Result<Option<(String, String)>, StateError> {
-        Ok(self
-            .conn
-            .query_row("SELECT case_key, pseudonym FROM cases WHERE id=?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+    /// Files under share folder `folder` kept as copies of another case's files: (kind, count,
+    /// that case's pseudonym).
+    pub fn copies_of_other_cases(&self, folder: &str, case_id: i64) -> Result<Vec<(String, i64, String)>, StateError> {
+        let pattern = format!("{}/%", folder.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let mut st = self.conn.prepare(
+            "SELECT f.kind, COUNT(*), c.pseudonym FROM files f JOIN cases c ON c.id = f.case_id
+             WHERE f.status='duplicate' AND f.path LIKE ?1 ESCAPE '\\' AND f.case_id != ?2
+             GROUP BY f.kind, c.id ORDER BY f.kind, c.id",
+        )?;
+        let rows = st.query_map(params![pattern, case_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Cases locked at ledger record `from_seq` or later: (id, pseudonym, seq).
@@ -436,11 +446,6 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Record a file whose content another case already brought, under `case_id`.
-    pub fn record_duplicate(&self, f: &NewFile<'_>, case_id: Option<i64>, now: i64) -> Result<(), StateError> {
-        insert_duplicate(&self.tx, f, case_id, now)
-    }
-
     /// The case's lock was lost (cut off with a torn ledger tail): it waits to be decided and
     /// locked again (an ineligible case stays ineligible).
     pub fn unlock(&self, id: i64, now: i64) -> Result<(), StateError> {
@@ -460,18 +465,4 @@ impl Tx<'_> {
         )?;
         Ok(())
     }
-}
-
-fn insert_duplicate(
-    conn: &rusqlite::Connection,
-    f: &NewFile<'_>,
-    case_id: Option<i64>,
-    now: i64,
-) -> Result<(), StateError> {
-    conn.execute(
-        "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
-        params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
-    )?;
-    Ok(())
 }

@@ -381,6 +381,12 @@ fn decode_file(
     if h.transfer_syntax_uid == ts::JPEG_EXTENDED_12BIT && h.bits_allocated == Some(16) {
         return decode_jpeg12_frames(&obj, h, planes, slots).map_err(derr);
     }
+    if h.transfer_syntax_uid == ts::RLE_LOSSLESS
+        && h.samples_per_pixel.unwrap_or(1) == 1
+        && matches!(h.bits_allocated, Some(8 | 16))
+    {
+        return decode_rle_frames(&obj, h, planes, slots).map_err(derr);
+    }
     let mut out = Vec::with_capacity(slots.len());
     for (p, dst) in slots.iter_mut() {
         let plane = &planes[*p];
@@ -430,6 +436,34 @@ impl StoredBits {
         let shift = self.shift;
         if self.signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 }
     }
+}
+
+/// RLE Lossless grey frames through our own bounds-checked decoder (one fragment per frame).
+fn decode_rle_frames(
+    obj: &dicom_object::DefaultDicomObject,
+    h: &DicomHeader,
+    planes: &[Plane],
+    slots: &mut [Slot],
+) -> Result<Vec<Padding>, String> {
+    let element = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).map_err(|e| e.to_string())?;
+    let fragments = element.value().fragments().ok_or("RLE transfer syntax but pixel data not encapsulated")?;
+    let bits = h.bits_allocated.unwrap_or(16);
+    let stored = StoredBits::of(h, bits);
+    let mut out = Vec::with_capacity(slots.len());
+    for (p, dst) in slots.iter_mut() {
+        let plane = &planes[*p];
+        let fragment = fragments
+            .get(plane.frame as usize)
+            .ok_or_else(|| format!("RLE: no fragment for frame {}", plane.frame + 1))?;
+        let raw = crate::dicom::rle::decode_frame(fragment, dst.len(), usize::from(bits / 8))
+            .map_err(|e| format!("{e} (frame {})", plane.frame + 1))?;
+        let (s, i) = (plane.slope as f32, plane.intercept as f32);
+        for (d, r) in dst.iter_mut().zip(&raw) {
+            *d = stored.value(*r) * s + i;
+        }
+        out.push(padding_of(h, dst, plane.slope, plane.intercept));
+    }
+    Ok(out)
 }
 
 /// 12-bit JPEG Extended frames through our own decoder (no Rust crate decodes 12-bit DCT JPEG).

@@ -9,6 +9,7 @@ pub mod guard;
 pub mod header;
 pub(crate) mod j2k;
 pub mod jpeg12;
+pub mod rle;
 #[cfg(any(test, feature = "write"))]
 pub mod writer;
 
@@ -32,6 +33,8 @@ pub mod ts {
     pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
     /// JPEG Extended (processes 2 and 4): 12-bit CT goes through [`super::jpeg12`].
     pub const JPEG_EXTENDED_12BIT: &str = "1.2.840.10008.1.2.4.51";
+    /// RLE Lossless: grey frames go through [`super::rle`].
+    pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 }
 
 /// SOP Class UIDs this crate names.

@@ -1,0 +1,7 @@
+//! The 12-bit JPEG decoder (extended, DICOM's 1.2.840.10008.1.2.4.51) on any bytes.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = crlm_models::dicom::jpeg12::decode(data, 1 << 20);
+});
