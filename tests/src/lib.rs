@@ -25,8 +25,11 @@ pub fn crlm_bin() -> PathBuf {
             }
         }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        // A release build of the tests (the soak) runs a release crlm.
+        let profile: &[&str] = if cfg!(debug_assertions) { &[] } else { &["--release"] };
         let status = Command::new(cargo)
             .args(["build", "--quiet", "-p", "crlm", "--bin", "crlm"])
+            .args(profile)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("running cargo build");
