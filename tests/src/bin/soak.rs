@@ -51,7 +51,8 @@ fn args() -> anyhow::Result<Args> {
 
 /// How many of `count` events, spread evenly over `n` steps, fall on `step`.
 fn due(step: usize, n: usize, count: usize) -> usize {
-    if n == 0 { 0 } else { (step + 1) * count / n - step * count / n }
+    let upto = |s: usize| (s * count).checked_div(n).unwrap_or(0);
+    upto(step + 1) - upto(step)
 }
 
 fn main() -> anyhow::Result<()> {
