@@ -49,6 +49,17 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// The service under test: killed and reaped whenever it goes out of scope, so no early return
+/// leaves a zombie or a stray service writing to the site.
+struct Service(Child);
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// How many of `count` events, spread evenly over `n` steps, fall on `step`.
 fn due(step: usize, n: usize, count: usize) -> usize {
     let upto = |s: usize| (s * count).checked_div(n).unwrap_or(0);
@@ -73,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     let db = collector.db.clone();
     let key = collector.key.clone();
     let mut runs = 0usize;
-    let mut service: Child = site.start(runs);
+    let mut service = Service(site.start(runs));
     collector.register(&site.state);
     let (mut kills, mut outages, mut restarts) = (0usize, 0usize, 0usize);
     for i in 0..a.cases {
@@ -81,11 +92,11 @@ fn main() -> anyhow::Result<()> {
         for _ in 0..due(i, a.cases, a.kills) {
             // Somewhere in the case's ingest, prediction, lock or publication.
             std::thread::sleep(Duration::from_millis(rng.next_u64() % 1500));
-            service.kill()?;
-            service.wait()?;
+            service.0.kill()?;
+            service.0.wait()?;
             kills += 1;
             runs += 1;
-            service = site.start(runs);
+            service = Service(site.start(runs));
         }
         for _ in 0..due(i, a.cases, a.outages) {
             if let Some(b) = broker.take() {
@@ -115,8 +126,8 @@ fn main() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_secs(2));
     };
-    signal(&service, "TERM");
-    let _ = service.wait();
+    signal(&service.0, "TERM");
+    let _ = service.0.wait();
     let cases = site.cases();
     let rows = collected(&db);
     let mut at_collector: HashMap<String, usize> = HashMap::new();
