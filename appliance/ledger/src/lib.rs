@@ -355,6 +355,10 @@ pub fn verify_bytes(bytes: &[u8], head_bytes: Option<&[u8]>, public: &VerifyingK
     if head_bytes.is_some() && head.is_none() {
         return VerifyReport { records: 0, first_bad: Some((0, format!("{HEAD_FILE} is damaged"))), head_seq: None };
     }
+    if let Some(h) = head.as_ref().filter(|h| h.format != LEDGER_FORMAT) {
+        let reason = format!("{HEAD_FILE} has format {}, this build writes {LEDGER_FORMAT}", h.format);
+        return VerifyReport { records: 0, first_bad: Some((0, reason)), head_seq: Some(h.seq) };
+    }
     let mut report = VerifyReport { records: 0, first_bad: None, head_seq: head.as_ref().map(|h| h.seq) };
     let want_key = key_id(public);
     let (mut seq, mut prev) = (0u64, GENESIS.to_string());

@@ -256,16 +256,16 @@ fn read_ifd(r: &mut Reader, off: u64, limits: &Limits) -> Result<(Ifd, u64), Sli
             let o = if r.big { r.u64(inline) } else { u64::from(r.u32(inline)) };
             r.read_at(o, total)?
         };
+        // Each value by its declared type's size (`data` holds exactly n of them). An integer
+        // tag written with another type (ASCII, a rational) yields its first bytes as a number,
+        // which the checks below refuse or ignore; it never reads past its value.
         let ints = || -> Vec<u64> {
-            (0..n as usize)
-                .map(|k| {
-                    let b = &data[k * size as usize..];
-                    match typ {
-                        1 | 6 | 7 => u64::from(b[0]),
-                        3 | 8 => u64::from(r.u16(b)),
-                        16..=18 => r.u64(b),
-                        _ => u64::from(r.u32(b)),
-                    }
+            data.chunks_exact(size as usize)
+                .map(|b| match (b, typ) {
+                    ([v], _) => u64::from(*v),
+                    ([_, _], _) => u64::from(r.u16(b)),
+                    (_, 16..=18) => r.u64(b),
+                    _ => u64::from(r.u32(b)),
                 })
                 .collect()
         };

@@ -116,3 +116,24 @@ fn tiff_ifd_loop_is_broken_not_endless() {
     let err = read_slide_header(&p, &Limits::default()).unwrap_err();
     assert!(err.to_string().contains("loops"), "{err}");
 }
+
+/// Found by fuzzing (tests/fuzz, target slide): an integer tag written as ASCII (one byte a
+/// value) was read as 4-byte integers, past its value: index out of bounds in the TIFF reader.
+#[test]
+fn an_integer_tag_of_another_type_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("ascii.tif");
+    for (tag, typ) in [(256u16, 2u16), (257, 2), (296, 2), (322, 2), (324, 2), (325, 1), (256, 5), (256, 12)] {
+        let mut b = b"II*\0\x08\0\0\0".to_vec();
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&typ.to_le_bytes());
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(b"ab\0\0");
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&[0u8; 32]);
+        std::fs::write(&p, &b).unwrap();
+        let err = read_slide_header(&p, &Limits::default()).unwrap_err();
+        assert!(!err.to_string().is_empty(), "tag {tag} type {typ}");
+    }
+}
