@@ -15,7 +15,9 @@ pub fn crlm_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
-        let target = exe.parent().and_then(Path::parent).expect("target directory");
+        // Tests run from <target>/<profile>/deps/, binaries (the soak) from <target>/<profile>/.
+        let dir = exe.parent().expect("executable directory");
+        let target = if dir.ends_with("deps") { dir.parent().expect("target directory") } else { dir };
         let bin = target.join("crlm");
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         if let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) {

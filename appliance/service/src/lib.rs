@@ -432,6 +432,10 @@ fn start_inotify(cfg: &Config, wake: mpsc::Sender<()>) -> Option<notify::Recomme
     }
 }
 
+/// Starts of processing one case that may end with the process gone (kill -9 and power cuts
+/// included) before the case is failed instead: a crash loop costs one case and a few restarts.
+const MAX_INTERRUPTED: u32 = 5;
+
 /// The prediction worker: on each wake, every pending case in turn (predict, lock, outputs).
 /// Runs on its own thread so a slow slide never delays scans, the panel or the watchdog.
 fn processing_worker(
@@ -459,8 +463,20 @@ fn processing_worker(
             // A panic while processing one case (a decoder's bug on one file) costs that case, not
             // the worker: it is marked failed with the reason and the next case goes on. The
             // processor's durable state (ledger, state database) is written in whole steps.
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(case_id)))
-                .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))));
+            // What a panic cannot catch (an abort or a fault in a C library, the OOM killer)
+            // takes the process down mid-case; the start counted here survives it, and a case
+            // that has been cut off MAX_INTERRUPTED times is failed instead of taking the
+            // service down for ever (systemd restarts it each time).
+            let attempt = processor.begin_attempt(case_id).unwrap_or_else(|e| {
+                tracing::error!(stage = "predict", error = %e, "cannot count the attempt");
+                1
+            });
+            let r = if attempt > MAX_INTERRUPTED {
+                Err(ProcessError::Interrupted(attempt - 1))
+            } else {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(case_id)))
+                    .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))))
+            };
             progress.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut x) = extras.lock() {
                 x.processing = None;
@@ -487,6 +503,9 @@ fn processing_worker(
                     WorkerEvent::Failed { case, error }
                 }
             };
+            if let Err(e) = processor.end_attempt(case_id) {
+                tracing::error!(stage = "predict", error = %e, "cannot close the attempt");
+            }
             // The result (or the failure's alert) is in the outbox: send it now.
             outbox_wake.notify_one();
             let _ = events.blocking_send(ev);

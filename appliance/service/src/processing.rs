@@ -49,6 +49,11 @@ pub enum ProcessError {
     Open { what: String, source: std::io::Error },
     #[error("processing stopped on an internal error (a panic: {0}); the case is not retried")]
     Panic(String),
+    #[error(
+        "processing this case was cut off {0} times without finishing (the service died mid-case: \
+         a crash in a decoder or the model, or power cuts); it is not tried again"
+    )]
+    Interrupted(u32),
 }
 
 /// A case that went through (or was resumed): what the service reports and shows.
@@ -128,6 +133,17 @@ impl Processor {
     /// Cases waiting for a lock, or locked without their outputs, oldest first.
     pub fn pending(&self) -> Result<Vec<i64>, ProcessError> {
         Ok(self.db.work_pending()?)
+    }
+
+    /// Count a start of processing `case_id` (durable before the work begins); returns the
+    /// starts that have not ended, this one included.
+    pub fn begin_attempt(&self, case_id: i64) -> Result<u32, ProcessError> {
+        Ok(self.db.begin_attempt(case_id, now_ms())?)
+    }
+
+    /// Processing `case_id` ended, whatever the outcome.
+    pub fn end_attempt(&self, case_id: i64) -> Result<(), ProcessError> {
+        Ok(self.db.end_attempt(case_id)?)
     }
 
     /// The pseudonym of a case (for progress messages).

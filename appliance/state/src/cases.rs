@@ -192,6 +192,24 @@ impl StateDb {
         Ok(reasons_of(&json))
     }
 
+    /// Count a start of processing case `id`, committed before the work begins, so a process
+    /// that dies mid-case leaves it counted. Returns the starts without an end, this one included.
+    pub fn begin_attempt(&self, id: i64, now: i64) -> Result<u32, StateError> {
+        let n: i64 = self.conn.query_row(
+            "INSERT INTO attempts(case_id, n, last_ms) VALUES(?1, 1, ?2)
+             ON CONFLICT(case_id) DO UPDATE SET n = n + 1, last_ms = ?2 RETURNING n",
+            params![id, now],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    /// Processing case `id` ended (locked, refused or failed): its count starts again.
+    pub fn end_attempt(&self, id: i64) -> Result<(), StateError> {
+        self.conn.execute("DELETE FROM attempts WHERE case_id=?1", params![id])?;
+        Ok(())
+    }
+
     /// Cases the worker has to do: closed and not locked, or locked without their outputs.
     pub fn work_pending(&self) -> Result<Vec<i64>, StateError> {
         let mut st = self.conn.prepare(

@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS cases(
     outputs_ms INTEGER,
     failure TEXT
 );
+-- Starts of processing a case that have not ended (the process died mid-case): a case that
+-- keeps taking the service down is failed instead of retried for ever. Added within schema 2
+-- (a table an older build ignores).
+CREATE TABLE IF NOT EXISTS attempts(
+    case_id INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS files(
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,

@@ -119,3 +119,107 @@ fn fs_free(path: &std::path::Path) -> u64 {
     let out = Command::new("df").args(["--output=avail", "-B1"]).arg(path).output().unwrap();
     String::from_utf8_lossy(&out.stdout).lines().nth(1).and_then(|l| l.trim().parse().ok()).unwrap()
 }
+
+/// Every tile of every level of the slide in `case_dir` overwritten with zeros: the file's
+/// structure (and so its recognition) intact, its pixels undecodable.
+fn damage_slide_tiles(case_dir: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let slide = walk(case_dir).into_iter().find(|p| p.extension().is_some_and(|e| e == "svs")).expect("a slide");
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&slide).unwrap();
+    let limits = crlm_models::limits::Limits::default();
+    let (_, levels) = crlm_models::slide::tiff::read_slide_layout(file.try_clone().unwrap(), &limits).unwrap();
+    for l in &levels {
+        assert_ne!(l.compression, 1, "zeros would decode as black tiles in an uncompressed slide");
+        for (off, len) in l.tile_offsets.iter().zip(&l.tile_counts) {
+            file.write_all_at(&vec![0u8; *len as usize], *off).unwrap();
+        }
+    }
+    file.sync_all().unwrap();
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
+/// Containment at the modality: a slide whose every tile is undecodable (the kind of file that
+/// once panicked a decoder) costs the slide, not the case and not the service. The case is
+/// predicted and locked on its CT and clinical data with the slide refused (the reason is in the
+/// record), and the next case goes on with all three.
+#[test]
+fn an_undecodable_slide_costs_the_slide_and_the_case_is_predicted_without_it() {
+    let site = Site::new(0.3);
+    let staging = tempfile::tempdir().unwrap();
+    let bad = staging.path().join("case-0");
+    write_sample_case(&bad, &SampleCase::new("TILES-000")).unwrap();
+    damage_slide_tiles(&bad);
+    let mut service = site.start(0);
+    assert!(Command::new("cp").arg("-r").arg(&bad).arg(site.share.join("case-0")).status().unwrap().success());
+    write_sample_case(&site.share.join("case-1"), &SampleCase::new("TILES-001")).unwrap();
+    let cases = site.wait_cases(Duration::from_secs(180), |c| {
+        c.len() == 2 && c.iter().all(|x| x["state"] == "predicted" && x["outputs_written"] == true)
+    });
+    assert!(service.try_wait().unwrap().is_none(), "the service must keep running: {}", site.log(0));
+    let export = site.command(&["ledger", "export", "--format", "json"]).output().unwrap();
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert!(export.status.success(), "{text}");
+    // The damaged case ran on CT and clinical data; the good one on all three.
+    assert_eq!(text.matches("\"modalities_used\": \"ct+clinical\"").count(), 1, "{text}");
+    assert_eq!(text.matches("\"modalities_used\": \"ct+slide+clinical\"").count(), 1, "{text}");
+    assert_eq!(cases.iter().filter(|c| c["ledger_seq"].is_number()).count(), 2);
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
+}
+
+/// The largest count of unfinished starts of processing any case (the `attempts` table).
+fn unfinished_starts(site: &Site) -> i64 {
+    let Ok(conn) = rusqlite::Connection::open(site.state.join("crlm.sqlite")) else { return 0 };
+    let _ = conn.busy_timeout(Duration::from_secs(5));
+    conn.query_row("SELECT COALESCE(MAX(n), 0) FROM attempts", [], |r| r.get(0)).unwrap_or(0)
+}
+
+/// Containment of what a panic cannot catch: an abort or a fault in a C library, or the OOM
+/// killer, takes the process down in the middle of a case, and systemd starts it again, into
+/// the same case. Here the service is killed (SIGKILL) as soon as it starts processing the case,
+/// five times; the sixth start fails that case with the reason instead of trying again, alerts,
+/// and predicts the next patient's case.
+#[test]
+fn a_case_that_keeps_taking_the_service_down_is_failed_after_five_starts() {
+    let mut site = Site::new(0.3);
+    site.env.push(("CRLM_MQTT__HEARTBEAT_SECONDS".into(), "1".into()));
+    write_sample_case(&site.share.join("case-0"), &SampleCase::new("CRASH-000")).unwrap();
+    for run in 0..5 {
+        let mut service = site.start(run);
+        let start = std::time::Instant::now();
+        while unfinished_starts(&site) < run as i64 + 1 {
+            assert!(start.elapsed() < Duration::from_secs(120), "run {run} never started the case: {}", site.log(run));
+            assert!(service.try_wait().unwrap().is_none(), "run {run} ended: {}", site.log(run));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        service.kill().unwrap();
+        service.wait().unwrap();
+    }
+    assert!(site.cases().iter().all(|c| c["ledger_seq"].is_null()), "the kills came too late: {:#?}", site.cases());
+    let sub = Subscriber::start(embedded_port(&site));
+    let mut service = site.start(5);
+    let cases = site.wait_cases(Duration::from_secs(60), |c| c.len() == 1 && c[0]["state"] == "failed");
+    let failure = cases[0]["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains("cut off 5 times"), "{cases:#?}");
+    wait("the case_failed alert", Duration::from_secs(30), || {
+        sub.leaf("alert").iter().any(|a| a["alert"] == "case_failed")
+    });
+    wait("the failed condition in a heartbeat", Duration::from_secs(30), || has_condition(&sub, "failed"));
+    wait("the problem screen", Duration::from_secs(20), || panel(&site).contains("could not be processed"));
+    write_sample_case(&site.share.join("case-1"), &SampleCase::new("CRASH-001")).unwrap();
+    site.wait_cases(Duration::from_secs(120), |c| c.len() == 2 && c.iter().any(|x| x["state"] == "predicted"));
+    assert_eq!(unfinished_starts(&site), 0, "every start that ended is closed");
+    wait("the failed condition cleared by the next lock", Duration::from_secs(30), || {
+        sub.leaf("heartbeat").last().is_some_and(|h| h["conditions"] == serde_json::json!([]))
+    });
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
+}
