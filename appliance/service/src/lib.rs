@@ -471,7 +471,7 @@ fn processing_worker(
                 tracing::error!(stage = "predict", error = %e, "cannot count the attempt");
                 1
             });
-            let r = if attempt > MAX_INTERRUPTED {
+            let r = if attempt > MAX_INTERRUPTED && !processor.is_locked(case_id) {
                 Err(ProcessError::Interrupted(attempt - 1))
             } else {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(case_id)))

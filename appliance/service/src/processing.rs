@@ -141,6 +141,14 @@ impl Processor {
         Ok(self.db.begin_attempt(case_id, now_ms())?)
     }
 
+    /// Whether the case's decision is already in the ledger: finishing it (recording the lock,
+    /// the outbox rows, the outputs) decodes nothing, so it is never given up as interrupted,
+    /// and a lock is never left unreported.
+    pub fn is_locked(&self, case_id: i64) -> bool {
+        let Ok(case) = self.db.work_row(case_id) else { return false };
+        case.ledger_seq.is_some() || self.ledger.find_case(&self.secret.keyed_ref("case", &case.key)).is_some()
+    }
+
     /// Processing `case_id` ended, whatever the outcome.
     pub fn end_attempt(&self, case_id: i64) -> Result<(), ProcessError> {
         Ok(self.db.end_attempt(case_id)?)
