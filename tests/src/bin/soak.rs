@@ -135,7 +135,7 @@ fn main() -> anyhow::Result<()> {
         *at_collector.entry(r["pseudonym"].as_str().unwrap_or("").to_string()).or_default() += 1;
     }
     let locked: Vec<&serde_json::Value> = cases.iter().filter(|c| c["ledger_seq"].is_number()).collect();
-    let lost = locked.iter().filter(|c| !at_collector.contains_key(c["pseudonym"].as_str().unwrap_or(""))).count();
+    let lost = locked.iter().filter(|c| !at_collector.contains_key(c["case"].as_str().unwrap_or("-"))).count();
     let duplicated = at_collector.values().filter(|n| **n > 1).count();
     let verify = site.command(&["ledger", "verify", "--collector-key"]).arg(key.with_extension("pub")).output()?;
     let verify_text = String::from_utf8_lossy(&verify.stdout).into_owned();
@@ -149,6 +149,8 @@ fn main() -> anyhow::Result<()> {
         "collector_restarts": restarts,
         "broker": match a.broker { BrokerKind::Mosquitto => "mosquitto", BrokerKind::Embedded => "embedded" },
         "results_at_collector": rows.len(),
+        "distinct_cases_at_collector": at_collector.len(),
+        "cases_failed": cases.iter().filter(|c| c["state"] == "failed").count(),
         "lost": lost,
         "duplicated_at_collector": duplicated,
         "settled": settled,

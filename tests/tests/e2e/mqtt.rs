@@ -197,9 +197,16 @@ struct Pki {
     ca: std::path::PathBuf,
     server: (std::path::PathBuf, std::path::PathBuf),
     client: (std::path::PathBuf, std::path::PathBuf),
+    /// Client certificates by common name (`client` is `box01`'s).
+    clients: std::collections::HashMap<String, (std::path::PathBuf, std::path::PathBuf)>,
 }
 
 fn make_pki(dir: &std::path::Path) -> Pki {
+    make_pki_for(dir, &["box01"])
+}
+
+/// A CA, the broker's certificate and one client certificate per common name in `names`.
+fn make_pki_for(dir: &std::path::Path, names: &[&str]) -> Pki {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -224,8 +231,135 @@ fn make_pki(dir: &std::path::Path) -> Pki {
         (c, k)
     };
     let server = leaf("broker", vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
-    let client = leaf("box01", vec![], ExtendedKeyUsagePurpose::ClientAuth);
-    Pki { ca: dir.join("ca.pem"), server, client }
+    let clients: std::collections::HashMap<_, _> =
+        names.iter().map(|n| (n.to_string(), leaf(n, vec![], ExtendedKeyUsagePurpose::ClientAuth))).collect();
+    let client =
+        clients.get("box01").cloned().unwrap_or_else(|| leaf("box01", vec![], ExtendedKeyUsagePurpose::ClientAuth));
+    Pki { ca: dir.join("ca.pem"), server, client, clients }
+}
+
+/// The fenced code blocks of a Markdown file, in order.
+fn code_blocks(md: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in md.lines() {
+        if line.starts_with("```") {
+            match current.take() {
+                Some(b) => blocks.push(b),
+                None => current = Some(String::new()),
+            }
+        } else if let Some(b) = current.as_mut() {
+            b.push_str(line);
+            b.push('\n');
+        }
+    }
+    blocks
+}
+
+/// The documented deployment (docs/MQTT.md, "Broker authentication and topic ACLs"), run as
+/// written: mosquitto with mutual TLS, the certificate's CN as the user name, and the ACL file
+/// from the docs for the collector and two enrolled boxes. One box cannot publish under the
+/// other's prefix nor read its acks, a box cannot publish acks, and the collector reads results
+/// and writes acks. (Signatures make a forged message harmless anyway: attacks.rs; this is the
+/// broker's own wall.)
+#[test]
+fn the_documented_mosquitto_acl_keeps_each_box_to_its_own_topics() {
+    if !have("mosquitto") || !have("mosquitto_sub") || !have("mosquitto_pub") {
+        eprintln!("SKIPPED: mosquitto and mosquitto-clients (Debian packages) are not installed");
+        return;
+    }
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/MQTT.md")).unwrap();
+    let blocks = code_blocks(&docs);
+    let conf = blocks.iter().find(|b| b.contains("use_identity_as_username true")).expect("the broker configuration");
+    let office_acl = blocks.iter().find(|b| b.contains("user crlm-collector")).expect("the office's ACL");
+    let box_acl = blocks.iter().find(|b| b.starts_with("user site01.box01")).expect("a box's ACL block");
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki_for(&dir.path().join("pki"), &["site01.box01", "site01.box02", "crlm-collector"]);
+    let acl = dir.path().join("crlm.acl");
+    std::fs::write(&acl, format!("{office_acl}\n{box_acl}\n{}", box_acl.replace("box01", "box02"))).unwrap();
+    let port = free_port();
+    let conf = conf
+        .replace("listener 8883", &format!("listener {port} 127.0.0.1"))
+        .replace("/etc/mosquitto/ca/crlm-ca.pem", &pki.ca.display().to_string())
+        .replace("/etc/mosquitto/certs/broker.pem", &pki.server.0.display().to_string())
+        .replace("/etc/mosquitto/certs/broker.key", &pki.server.1.display().to_string())
+        .replace("/etc/mosquitto/crlm.acl", &acl.display().to_string());
+    assert!(!conf.contains("/etc/mosquitto"), "a path in the documented configuration was not replaced: {conf}");
+    let conf_path = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf_path, format!("{conf}persistence false\n")).unwrap();
+    let broker = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait("mosquitto with the documented ACL", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let tls = |c: &mut Command, who: &str| {
+        let (cert, key) = &pki.clients[who];
+        c.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .arg("--cafile")
+            .arg(&pki.ca)
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key);
+    };
+    // `who` subscribes to `topic`; `attempts` are published in order, each (client, topic,
+    // payload); returns the first message `who` received.
+    let first_seen = |who: &str, topic: &str, attempts: &[(&str, &str, &str)]| -> String {
+        let mut sub = Command::new("mosquitto_sub");
+        tls(&mut sub, who);
+        let sub = sub
+            .args(["-t", topic, "-C", "1", "-W", "10", "-i", &format!("sub-{who}")])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        for (client, t, payload) in attempts {
+            let mut publ = Command::new("mosquitto_pub");
+            tls(&mut publ, client);
+            let out = publ.args(["-t", t, "-m", payload, "-i", &format!("pub-{client}")]).output().unwrap();
+            assert!(out.status.success(), "{client} could not even connect: {out:?}");
+        }
+        let out = sub.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // The collector reads box01's results; box02's result under box01's prefix never arrives.
+    let seen = first_seen(
+        "crlm-collector",
+        "crlm/v1/+/+/result",
+        &[
+            ("site01.box02", "crlm/v1/site01/box01/result", "forged by box02"),
+            ("site01.box01", "crlm/v1/site01/box01/result", "genuine from box01"),
+        ],
+    );
+    assert_eq!(seen, "genuine from box01");
+    // box01 reads its own acks; an ack written by a box (itself or another) never arrives.
+    let seen = first_seen(
+        "site01.box01",
+        "crlm/v1/site01/box01/ack",
+        &[
+            ("site01.box02", "crlm/v1/site01/box01/ack", "ack forged by box02"),
+            ("site01.box01", "crlm/v1/site01/box01/ack", "ack forged by box01"),
+            ("crlm-collector", "crlm/v1/site01/box01/ack", "ack from the collector"),
+        ],
+    );
+    assert_eq!(seen, "ack from the collector");
+    // box02 cannot read box01's acks: it sees only its own.
+    let seen = first_seen(
+        "site01.box02",
+        "crlm/v1/+/+/ack",
+        &[
+            ("crlm-collector", "crlm/v1/site01/box01/ack", "ack for box01"),
+            ("crlm-collector", "crlm/v1/site01/box02/ack", "ack for box02"),
+        ],
+    );
+    assert_eq!(seen, "ack for box02");
+    stop(broker);
 }
 
 /// Mutual TLS against mosquitto (`require_certificate true`) with certificates made in the test:
