@@ -12,8 +12,11 @@ use std::path::Path;
 
 const RECORDS: usize = 24;
 
-/// The ledger file and its head file after each of `RECORDS` appends, under `key_dir`'s key.
-fn history(dir: &Path) -> (Vec<(Vec<u8>, Vec<u8>)>, VerifyingKey) {
+/// The bytes of `ledger.jsonl` and of `ledger.head` at one moment.
+type Snapshot = (Vec<u8>, Vec<u8>);
+
+/// The ledger file and its head file after each of `RECORDS` appends, under `dir`'s key.
+fn history(dir: &Path) -> (Vec<Snapshot>, VerifyingKey) {
     let key = device_key(&dir.join("keys")).unwrap();
     let public = key.verifying_key();
     let (mut l, _) = Ledger::open(&dir.join("ledger"), key).unwrap();
