@@ -146,6 +146,10 @@ fn type_size(t: u16) -> Option<u64> {
     })
 }
 
+/// The largest tile side accepted (scanners write 240 to 1024; one 4096 x 4096 RGB tile is 48 MiB
+/// decoded). Also at most `limits.max_slide_dimension`.
+pub const MAX_TILE_SIDE: u64 = 4096;
+
 /// Read a slide's directory structure and check every tile lies inside the file.
 pub fn read_slide_header(path: &Path, limits: &Limits) -> Result<SlideHeader, SlideError> {
     read_slide_header_file(File::open(path)?, limits)
@@ -367,6 +371,14 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<(SlideHead
                     value: v,
                     limit: limits.max_slide_dimension,
                 });
+            }
+        }
+        // A tile is decoded whole into memory: its sides are limited before anything is read
+        // (found by fuzzing: a 4-billion-pixel tile asked for 128 GB at the first tile).
+        let max_tile = MAX_TILE_SIDE.min(limits.max_slide_dimension);
+        for (what, v) in [("tile width", ifd.tile_w), ("tile height", ifd.tile_h)] {
+            if u64::from(v) > max_tile {
+                return Err(SlideError::OverLimit { what, value: u64::from(v), limit: max_tile });
             }
         }
         if !SUPPORTED_COMPRESSION.contains(&ifd.compression) {

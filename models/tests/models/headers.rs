@@ -137,3 +137,28 @@ fn an_integer_tag_of_another_type_is_an_error_not_a_panic() {
         assert!(!err.to_string().is_empty(), "tag {tag} type {typ}");
     }
 }
+
+/// Found by fuzzing (tests/fuzz, target slide): a tile of 4 billion pixels was accepted and the
+/// first tile read asked for 128 GB (an abort, not an error). Tile sides are limited at reading.
+#[test]
+fn a_tile_too_large_to_decode_is_refused_before_any_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("huge-tiles.tif");
+    // One tiled IFD: 1000 x 1000, tiles 65520 x 65520, one tile of 10 bytes at offset 8.
+    let entries: [(u16, u16, u32, u32); 6] =
+        [(256, 4, 1, 1000), (257, 4, 1, 1000), (259, 3, 1, 1), (322, 4, 1, 65520), (323, 4, 1, 65520), (324, 4, 1, 8)];
+    let mut b = b"II*\0".to_vec();
+    b.extend_from_slice(&18u32.to_le_bytes());
+    b.extend_from_slice(&[0u8; 10]);
+    b.extend_from_slice(&(entries.len() as u16 + 1).to_le_bytes());
+    for (tag, typ, n, v) in entries.iter().chain([(325u16, 4u16, 1u32, 10u32)].iter()) {
+        b.extend_from_slice(&tag.to_le_bytes());
+        b.extend_from_slice(&typ.to_le_bytes());
+        b.extend_from_slice(&n.to_le_bytes());
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&0u32.to_le_bytes());
+    std::fs::write(&p, &b).unwrap();
+    let err = read_slide_header(&p, &Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("tile width"), "{err}");
+}

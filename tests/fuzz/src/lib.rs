@@ -11,7 +11,8 @@ pub fn limits() -> Limits {
     Limits {
         max_dicom_pixel_bytes: 8 << 20,
         max_dicom_frames: 16,
-        max_slide_dimension: 4096,
+        // Tiles are limited to this side too: 2048 x 2048 x 4 bytes stays under the 40 MB cap.
+        max_slide_dimension: 2048,
         max_slide_tiles: 1024,
         max_tiff_ifds: 8,
         max_clinical_bytes: 1 << 20,
