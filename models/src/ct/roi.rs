@@ -149,6 +149,11 @@ fn seg_points(
                 }
             }
             None => {
+                if crate::dicom::j2k::is_j2k_transfer_syntax(&h.transfer_syntax_uid) {
+                    let fragment = frame_fragment(fragments, h.frames.len(), k)?;
+                    crate::dicom::j2k::check_codestream(fragment, cols as u32, rows as u32, 1)
+                        .map_err(|e| format!("frame {}: {e}", k + 1))?;
+                }
                 let decoded = obj.decode_pixel_data_frame(k as u32).map_err(|e| {
                     format!("frame {} cannot be decoded [transfer syntax {}]: {e}", k + 1, h.transfer_syntax_uid)
                 })?;

@@ -387,6 +387,17 @@ fn decode_file(
     {
         return decode_rle_frames(&obj, h, planes, slots).map_err(derr);
     }
+    if dicom::j2k::is_j2k_transfer_syntax(&h.transfer_syntax_uid) {
+        // Every codestream is checked against Rows x Columns first: dicom-rs's adapter
+        // indexes past its buffer on one that is larger (docs/RELIABILITY.md).
+        let fragments = obj
+            .element(dicom_dictionary_std::tags::PIXEL_DATA)
+            .ok()
+            .and_then(|e| e.value().fragments())
+            .ok_or_else(|| derr("JPEG 2000 pixel data without fragments".into()))?;
+        let (cols, rows) = (u32::from(h.columns.unwrap_or(0)), u32::from(h.rows.unwrap_or(0)));
+        dicom::j2k::check_fragments(fragments, cols, rows, h.samples_per_pixel.unwrap_or(1)).map_err(derr)?;
+    }
     let mut out = Vec::with_capacity(slots.len());
     for (p, dst) in slots.iter_mut() {
         let plane = &planes[*p];
