@@ -121,6 +121,7 @@ pub(crate) fn region_of_interest(
     ct_headers: &[DicomHeader],
     vol: &crlm_models::ct::CtVolume,
     labels: &[String],
+    limits: &crlm_models::limits::Limits,
     warnings: &mut Vec<String>,
 ) -> Option<(RegionOfInterest, String)> {
     let ct = ct_headers.first()?;
@@ -137,7 +138,7 @@ pub(crate) fn region_of_interest(
             ));
             continue;
         }
-        match read_roi(path, h, vol, labels) {
+        match read_roi(path, h, vol, labels, limits) {
             Ok(roi) => {
                 if roi.clipped {
                     warnings.push(format!("{}: the segmentation reaches outside the CT volume", path.display()));
@@ -229,8 +230,14 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
                                 (uid.clone(), crlm_models::sha256_hex(&bytes))
                             })
                             .collect();
-                        let roi =
-                            region_of_interest(&files.roi_files, &headers, &vol, &spec.ct.roi_labels, &mut warnings);
+                        let roi = region_of_interest(
+                            &files.roi_files,
+                            &headers,
+                            &vol,
+                            &spec.ct.roi_labels,
+                            &cfg.limits,
+                            &mut warnings,
+                        );
                         let tensor = preprocess(&vol, &spec.ct, roi.as_ref().map(|(r, _)| (r.bbox, r.source)));
                         ct_used = Some(CtUsed {
                             series: chosen.series.clone(),

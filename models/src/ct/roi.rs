@@ -12,6 +12,7 @@ use super::preprocess::{IndexBox, RoiSource};
 use super::volume::{CtVolume, open_object};
 use crate::dicom::header::{floats, int, items, text};
 use crate::dicom::{DicomHeader, sop_class};
+use crate::limits::Limits;
 use dicom_dictionary_std::tags;
 use dicom_pixeldata::PixelDecoder;
 use serde::Serialize;
@@ -31,13 +32,28 @@ pub struct RegionOfInterest {
 /// Read the region of interest in `path` (a SEG or RTSTRUCT whose header is `header`) and place
 /// it in `vol`. `wanted` names the segments or structures to use (case-insensitive); empty
 /// means all of them.
+///
+/// Its pixel data is checked against `limits` before anything is decoded: the decoded frames and
+/// the one-byte-a-pixel mask of a frame (found by fuzzing: a 2.5 KB SEG claiming 65,535 x
+/// 65,535-pixel frames took 2.3 GB).
 pub fn read_roi(
     path: &Path,
     header: &DicomHeader,
     vol: &CtVolume,
     wanted: &[String],
+    limits: &Limits,
 ) -> Result<RegionOfInterest, CtError> {
     let fail = |m: String| CtError::Roi { file: path.display().to_string(), message: m };
+    header.expected_native_bytes(limits).map_err(|e| fail(e.to_string()))?;
+    let plane = u64::from(header.rows.unwrap_or(0)) * u64::from(header.columns.unwrap_or(0));
+    if plane > limits.max_dicom_pixel_bytes {
+        return Err(fail(format!(
+            "a {}x{} frame is over limits.max_dicom_pixel_bytes ({}) as a mask",
+            header.columns.unwrap_or(0),
+            header.rows.unwrap_or(0),
+            limits.max_dicom_pixel_bytes
+        )));
+    }
     let obj = open_object(path, header).map_err(&fail)?;
     let sop = header.sop_class_uid.as_deref().unwrap_or("");
     let modality = header.modality.as_deref().unwrap_or("");

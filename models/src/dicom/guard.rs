@@ -226,6 +226,14 @@ pub fn check_lengths(
                 "element ({group:04X},{element:04X}) at byte {pos} is a sequence of unknown VR (UN) with undefined length, which this appliance cannot read safely"
             )));
         }
+        if len == u32::MAX && implicit_here && !is_pixel_data && !known_sequence(group, element) {
+            // In implicit VR only the dictionary says what an element is: dicom-rs reads an
+            // undefined length on anything but a known sequence as a 4 GiB value (found by
+            // fuzzing: 4.2 GB for a 2.5 KB file).
+            return Err(DicomError::Parse(format!(
+                "element ({group:04X},{element:04X}) at byte {pos} has an undefined length but is not a known sequence (implicit VR), which this appliance cannot read safely"
+            )));
+        }
         if len == u32::MAX {
             if stack.len() >= MAX_DEPTH {
                 return Err(DicomError::OverLimit {
@@ -254,6 +262,14 @@ pub fn check_lengths(
         pos += hdr + if descend { 0 } else { len };
     }
     Ok(())
+}
+
+/// Whether the standard dictionary knows (group, element) as a sequence (SQ).
+fn known_sequence(group: u16, element: u16) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(group, element))
+        .is_some_and(|e| e.vr() == VirtualVr::Exact(dicom_core::VR::SQ))
 }
 
 fn starts_with_item(src: &(impl ByteSource + ?Sized), pos: u64, big_endian: bool) -> bool {
@@ -320,5 +336,33 @@ mod tests {
         let n = d.len();
         d[n - 16] = 0xFF;
         assert!(check_lengths(d.as_slice(), 0, true, false).is_err());
+    }
+
+    /// Found by fuzzing (target `roi`): in implicit VR, a private element with an undefined
+    /// length was walked as a sequence by the guard but read by dicom-rs as a 4 GiB value
+    /// (4.2 GB of memory for a 2.5 KB RTSTRUCT). Only known sequences may be undefined there.
+    #[test]
+    fn an_undefined_length_on_anything_but_a_known_sequence_is_refused_in_implicit_vr() {
+        let implicit = |tag: (u16, u16), len: u32| {
+            let mut v = tag.0.to_le_bytes().to_vec();
+            v.extend_from_slice(&tag.1.to_le_bytes());
+            v.extend_from_slice(&len.to_le_bytes());
+            v
+        };
+        let mut d = implicit((0x0008, 0x0060), 2);
+        d.extend_from_slice(b"RT");
+        // (3006,0010) ReferencedFrameOfReferenceSequence, undefined length, one empty item.
+        let mut ok = d.clone();
+        ok.extend(implicit((0x3006, 0x0010), u32::MAX));
+        ok.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        ok.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        check_lengths(ok.as_slice(), 0, false, false).unwrap();
+        for tag in [(0xA207, 0x0039), (0x0008, 0x0060), (0x0029, 0x1010)] {
+            let mut bad = d.clone();
+            bad.extend(implicit(tag, u32::MAX));
+            bad.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            let err = check_lengths(bad.as_slice(), 0, false, false).unwrap_err();
+            assert!(err.to_string().contains("not a known sequence"), "{tag:?}: {err}");
+        }
     }
 }

@@ -32,7 +32,7 @@ pub(crate) fn check_codestream(data: &[u8], cols: u32, rows: u32, samples: u16) 
     let (xsiz, ysiz) = (be32(4).ok_or_else(short)?, be32(8).ok_or_else(short)?);
     let (xo, yo) = (be32(12).ok_or_else(short)?, be32(16).ok_or_else(short)?);
     let csiz = be16(36).ok_or_else(short)?;
-    let (w, h) = (xsiz.checked_sub(xo).unwrap_or(0), ysiz.checked_sub(yo).unwrap_or(0));
+    let (w, h) = (xsiz.saturating_sub(xo), ysiz.saturating_sub(yo));
     if (w, h) != (cols, rows) {
         return Err(format!("the JPEG 2000 codestream is {w}x{h}, the image {cols}x{rows}"));
     }

@@ -387,16 +387,40 @@ mod region_of_interest {
         let h = read_header(&seg, &Limits::default()).unwrap();
         // 40 x 30 = 1200 bits a frame, 2 frames: not a multiple of 8 per frame would still be
         // packed; here the mask itself is checked bit for bit through the box.
-        let roi = read_roi(&seg, &h, &v, &[]).unwrap();
+        let roi = read_roi(&seg, &h, &v, &[], &Limits::default()).unwrap();
         assert_eq!(roi.bbox, IndexBox { min: [5, 2, 3], max: [30, 25, 6] });
         assert_eq!(
             (roi.source, roi.labels.clone(), roi.clipped),
             (RoiSource::Segmentation, vec!["Liver".into()], false)
         );
         // Chosen by label, case-insensitively; a label the file lacks is a clear error.
-        assert_eq!(read_roi(&seg, &h, &v, &["liver".into()]).unwrap().bbox, roi.bbox);
-        let err = read_roi(&seg, &h, &v, &["tumour".into()]).unwrap_err().to_string();
+        assert_eq!(read_roi(&seg, &h, &v, &["liver".into()], &Limits::default()).unwrap().bbox, roi.bbox);
+        let err = read_roi(&seg, &h, &v, &["tumour".into()], &Limits::default()).unwrap_err().to_string();
         assert!(err.contains("no segment named tumour (the file has: Liver)"), "{err}");
+    }
+
+    /// Found by fuzzing (target `roi`): a 2.5 KB SEG claiming 65,535 x 65,535-pixel frames made
+    /// the reader allocate and scan a 4 GB mask. The limits are checked before anything is
+    /// decoded: the frame as a mask, and the decoded pixel data.
+    #[test]
+    fn a_seg_over_the_limits_is_refused_before_decoding() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec();
+        let v = load_series(&write_ct_series(&dir.path().join("ct"), &spec).unwrap(), &Limits::default()).unwrap();
+        let seg = dir.path().join("seg.dcm");
+        write_segmentation(&seg, &spec, "Liver", &|x, _, _| x < 4).unwrap();
+        let h = read_header(&seg, &Limits::default()).unwrap();
+        let mut huge = h.clone();
+        (huge.rows, huge.columns) = (Some(65535), Some(65535));
+        let err = read_roi(&seg, &huge, &v, &[], &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("refusing before allocating"), "{err}");
+        // One such frame: its bits (537 MB) are within the 2 GiB limit, its mask (4.3 GB) is not.
+        huge.number_of_frames = Some(1);
+        let err = read_roi(&seg, &huge, &v, &[], &Limits::default()).unwrap_err().to_string();
+        assert!(err.contains("65535x65535 frame is over limits.max_dicom_pixel_bytes (2147483648) as a mask"), "{err}");
+        let one_frame = Limits { max_dicom_frames: 1, ..Limits::default() };
+        assert!(read_roi(&seg, &h, &v, &[], &one_frame).unwrap_err().to_string().contains("NumberOfFrames"));
+        assert!(read_roi(&seg, &h, &v, &[], &Limits::default()).is_ok());
     }
 
     #[test]
@@ -413,7 +437,7 @@ mod region_of_interest {
         })
         .unwrap();
         let h = read_header(&seg, &Limits::default()).unwrap();
-        let roi = read_roi(&seg, &h, &v, &[]).unwrap();
+        let roi = read_roi(&seg, &h, &v, &[], &Limits::default()).unwrap();
         assert_eq!(roi.bbox, IndexBox { min: [0, 0, 1], max: [12, 6, 2] });
     }
 
@@ -436,10 +460,10 @@ mod region_of_interest {
         )
         .unwrap();
         let h = read_header(&rt, &Limits::default()).unwrap();
-        let liver = read_roi(&rt, &h, &v, &["LIVER".into()]).unwrap();
+        let liver = read_roi(&rt, &h, &v, &["LIVER".into()], &Limits::default()).unwrap();
         assert_eq!(liver.bbox, IndexBox { min: [4, 5, 2], max: [20, 18, 2] });
         assert_eq!((liver.source, liver.clipped), (RoiSource::StructureSet, false));
-        let body = read_roi(&rt, &h, &v, &["Body".into()]).unwrap();
+        let body = read_roi(&rt, &h, &v, &["Body".into()], &Limits::default()).unwrap();
         assert_eq!(body.bbox, IndexBox { min: [0, 0, 0], max: [39, 29, 9] });
         assert!(body.clipped, "a contour 10 voxels left of the volume");
     }
@@ -452,7 +476,7 @@ mod region_of_interest {
         let rt = dir.path().join("rt.dcm");
         write_structure_set(&rt, &spec, &[("Far", vec![[500.0, 500.0, 900.0], [510.0, 500.0, 900.0]])]).unwrap();
         let h = read_header(&rt, &Limits::default()).unwrap();
-        let err = read_roi(&rt, &h, &v, &[]).unwrap_err().to_string();
+        let err = read_roi(&rt, &h, &v, &[], &Limits::default()).unwrap_err().to_string();
         assert!(err.contains("lies outside the CT volume"), "{err}");
     }
 
@@ -474,7 +498,7 @@ mod region_of_interest {
                 h.frame_of_reference_uid,
                 crlm_models::dicom::read_header(&files[0], &Limits::default()).unwrap().frame_of_reference_uid
             );
-            match read_roi(&path, &h, &v, &["Liver".into()]) {
+            match read_roi(&path, &h, &v, &["Liver".into()], &Limits::default()) {
                 Ok(roi) => assert_eq!(roi.bbox, want, "{name}"),
                 Err(e) => panic!("{name}: {e}"),
             }

@@ -28,7 +28,8 @@ fn grid() -> &'static CtVolume {
 fuzz_target!(|data: &[u8]| {
     let path = crlm_fuzz::scratch(data, "dcm");
     if let Ok(h) = crlm_models::dicom::header::read_header(&path, &crlm_fuzz::limits()) {
-        let _ = read_roi(&path, &h, grid(), &[]);
-        let _ = read_roi(&path, &h, grid(), &["liver".to_string()]);
+        let limits = crlm_fuzz::limits();
+        let _ = read_roi(&path, &h, grid(), &[], &limits);
+        let _ = read_roi(&path, &h, grid(), &["liver".to_string()], &limits);
     }
 });
