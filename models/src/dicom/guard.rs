@@ -199,6 +199,14 @@ pub fn check_lengths(
             }
             continue;
         }
+        if matches!(stack.last(), Some(Frame::Sequence { .. })) {
+            // A sequence holds items only. dicom-rs, expecting an item here, reads what follows
+            // out of step with this walk (found by fuzzing: an undefined-length element followed
+            // by a plain one made it read a 4 GiB value, 4.2 GB of memory for a 2.5 KB file).
+            return Err(DicomError::Parse(format!(
+                "element ({group:04X},{element:04X}) at byte {pos} sits in a sequence outside any item"
+            )));
+        }
         let (hdr, len, vr): (u64, u32, [u8; 2]) = if implicit_here {
             (8, u32_at(&h[4..8]), *b"  ")
         } else {
@@ -224,14 +232,6 @@ pub fn check_lengths(
             // dicom-rs 0.10 reads these into gigabytes of memory (seen: 3.6 GB for 674 bytes).
             return Err(DicomError::Parse(format!(
                 "element ({group:04X},{element:04X}) at byte {pos} is a sequence of unknown VR (UN) with undefined length, which this appliance cannot read safely"
-            )));
-        }
-        if len == u32::MAX && implicit_here && !is_pixel_data && !known_sequence(group, element) {
-            // In implicit VR only the dictionary says what an element is: dicom-rs reads an
-            // undefined length on anything but a known sequence as a 4 GiB value (found by
-            // fuzzing: 4.2 GB for a 2.5 KB file).
-            return Err(DicomError::Parse(format!(
-                "element ({group:04X},{element:04X}) at byte {pos} has an undefined length but is not a known sequence (implicit VR), which this appliance cannot read safely"
             )));
         }
         if len == u32::MAX {
@@ -262,14 +262,6 @@ pub fn check_lengths(
         pos += hdr + if descend { 0 } else { len };
     }
     Ok(())
-}
-
-/// Whether the standard dictionary knows (group, element) as a sequence (SQ).
-fn known_sequence(group: u16, element: u16) -> bool {
-    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
-    dicom_dictionary_std::StandardDataDictionary
-        .by_tag(dicom_core::Tag(group, element))
-        .is_some_and(|e| e.vr() == VirtualVr::Exact(dicom_core::VR::SQ))
 }
 
 fn starts_with_item(src: &(impl ByteSource + ?Sized), pos: u64, big_endian: bool) -> bool {
@@ -338,11 +330,12 @@ mod tests {
         assert!(check_lengths(d.as_slice(), 0, true, false).is_err());
     }
 
-    /// Found by fuzzing (target `roi`): in implicit VR, a private element with an undefined
-    /// length was walked as a sequence by the guard but read by dicom-rs as a 4 GiB value
-    /// (4.2 GB of memory for a 2.5 KB RTSTRUCT). Only known sequences may be undefined there.
+    /// Found by fuzzing (target `roi`): an undefined-length element (walked as a sequence, as
+    /// dicom-rs reads it) followed by a plain element instead of an item put dicom-rs out of step
+    /// with the guard, and it read a 4 GiB value (4.2 GB of memory for a 2.5 KB RTSTRUCT). A
+    /// sequence holds items only; private sequences of undefined length still read.
     #[test]
-    fn an_undefined_length_on_anything_but_a_known_sequence_is_refused_in_implicit_vr() {
+    fn an_element_in_a_sequence_outside_any_item_is_refused() {
         let implicit = |tag: (u16, u16), len: u32| {
             let mut v = tag.0.to_le_bytes().to_vec();
             v.extend_from_slice(&tag.1.to_le_bytes());
@@ -357,12 +350,24 @@ mod tests {
         ok.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
         ok.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
         check_lengths(ok.as_slice(), 0, false, false).unwrap();
-        for tag in [(0xA207, 0x0039), (0x0008, 0x0060), (0x0029, 0x1010)] {
+        // A private sequence of undefined length with an item holding one element: fine.
+        let mut private = d.clone();
+        private.extend(implicit((0x0029, 0x1010), u32::MAX));
+        private.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+        private.extend(implicit((0x0029, 0x1011), 2));
+        private.extend_from_slice(b"AB");
+        private.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        private.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        check_lengths(private.as_slice(), 0, false, false).unwrap();
+        // The fuzzer's shape: an undefined-length private creator, then a plain element.
+        for tag in [(0xA207, 0x0039), (0x0029, 0x1010), (0x3006, 0x0010)] {
             let mut bad = d.clone();
             bad.extend(implicit(tag, u32::MAX));
+            bad.extend(implicit((0xCFFA, 0x0009), 6));
+            bad.extend_from_slice(b"122507");
             bad.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
             let err = check_lengths(bad.as_slice(), 0, false, false).unwrap_err();
-            assert!(err.to_string().contains("not a known sequence"), "{tag:?}: {err}");
+            assert!(err.to_string().contains("outside any item"), "{tag:?}: {err}");
         }
     }
 }
