@@ -41,6 +41,18 @@ pub fn crlm_bin() -> PathBuf {
     .clone()
 }
 
+/// Every file beneath `dir` (recursively); nothing where it cannot be read.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(files_under(&p)) } else { out.push(p) }
+        }
+    }
+    out
+}
+
 /// The newest modification time of a file or anything beneath a folder (hidden entries and
 /// build outputs skipped).
 fn newest_mtime(p: &Path) -> Option<std::time::SystemTime> {

@@ -3,7 +3,7 @@
 //! `last_error`), as an alert and on the panel's problem screen, the service keeps receiving, and
 //! the disk's condition clears when the disk has room again.
 
-use crlm_e2e::{Site, Subscriber, signal, wait};
+use crlm_e2e::{Site, Subscriber, files_under, signal, wait};
 use crlm_ledger::LEDGER_FILE;
 use crlm_models::synth::{SampleCase, write_sample_case};
 use std::process::Command;
@@ -124,7 +124,7 @@ fn fs_free(path: &std::path::Path) -> u64 {
 /// structure (and so its recognition) intact, its pixels undecodable.
 fn damage_slide_tiles(case_dir: &std::path::Path) {
     use std::os::unix::fs::FileExt;
-    let slide = walk(case_dir).into_iter().find(|p| p.extension().is_some_and(|e| e == "svs")).expect("a slide");
+    let slide = files_under(case_dir).into_iter().find(|p| p.extension().is_some_and(|e| e == "svs")).expect("a slide");
     let file = std::fs::OpenOptions::new().read(true).write(true).open(&slide).unwrap();
     let limits = crlm_models::limits::Limits::default();
     let (_, levels) = crlm_models::slide::tiff::read_slide_layout(file.try_clone().unwrap(), &limits).unwrap();
@@ -135,15 +135,6 @@ fn damage_slide_tiles(case_dir: &std::path::Path) {
         }
     }
     file.sync_all().unwrap();
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
-    }
-    out
 }
 
 /// Containment at the modality: a slide whose every tile is undecodable (the kind of file that

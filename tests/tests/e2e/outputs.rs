@@ -3,21 +3,10 @@
 //! exported for the statisticians, resumed without a second lock after a crash, and never
 //! carrying an identifier out of the box.
 
-use crlm_e2e::{Site, signal};
+use crlm_e2e::{Site, files_under, signal};
 use crlm_models::synth::{SampleCase, write_sample_case};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() { out.extend(files_under(&p)) } else { out.push(p) }
-        }
-    }
-    out
-}
 
 fn settled(c: &[serde_json::Value], n: usize) -> bool {
     c.len() == n
