@@ -1,6 +1,8 @@
 //! The watcher against real files on a real file system: DICOM series, pyramidal TIFFs and
 //! clinical files written by the project's own writers into a temporary share.
 
+mod common;
+use common::scan_until;
 use crlm_config::Config;
 use crlm_ingest::Ingestor;
 use crlm_models::dicom::{CtSeriesSpec, write_ct_series};
@@ -26,20 +28,6 @@ fn env() -> Env {
     cfg.share.incomplete_timeout_seconds = 0.8;
     cfg.cases.partial_after_seconds = 1.5;
     Env { _dir: dir, share, cfg }
-}
-
-/// Scan until `done` holds for the cases, or fail after `secs`.
-fn scan_until(ing: &mut Ingestor, secs: f64, done: impl Fn(&[CaseRow]) -> bool) -> Vec<CaseRow> {
-    let start = Instant::now();
-    loop {
-        ing.scan_once().unwrap();
-        let rows = ing.database().cases().unwrap();
-        if done(&rows) {
-            return rows;
-        }
-        assert!(start.elapsed().as_secs_f64() < secs, "timed out; cases: {rows:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn all_closed(rows: &[CaseRow]) -> bool {

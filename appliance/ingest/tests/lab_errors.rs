@@ -1,10 +1,12 @@
 //! Lab staff's mistakes (issue 21, defect 10): an incomplete file in a folder marked READY, and
 //! the same slide exported under two patients.
 
+mod common;
+use common::scan_until;
 use crlm_config::Config;
 use crlm_ingest::Ingestor;
 use crlm_models::synth::{SampleCase, write_sample_case};
-use crlm_state::{CaseRow, CaseState};
+use crlm_state::CaseState;
 use std::time::{Duration, Instant};
 
 fn config(dir: &std::path::Path) -> Config {
@@ -34,19 +36,6 @@ fn try_find(dir: &std::path::Path, ext: &str) -> Option<std::path::PathBuf> {
 
 fn find(dir: &std::path::Path, ext: &str) -> std::path::PathBuf {
     try_find(dir, ext).unwrap_or_else(|| panic!("no .{ext} under {}", dir.display()))
-}
-
-fn scan_until(ing: &mut Ingestor, secs: f64, done: impl Fn(&[CaseRow]) -> bool) -> Vec<CaseRow> {
-    let start = Instant::now();
-    loop {
-        ing.scan_once().unwrap();
-        let rows = ing.database().cases().unwrap();
-        if done(&rows) {
-            return rows;
-        }
-        assert!(start.elapsed().as_secs_f64() < secs, "timed out; cases: {rows:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The folder says it is complete (READY), so an incomplete file in it will not be completed:
