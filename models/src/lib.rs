@@ -32,6 +32,7 @@ pub mod error;
 pub mod graph;
 pub mod inference;
 pub mod limits;
+pub mod memory;
 pub mod net;
 pub mod onnx;
 pub mod package;

@@ -93,6 +93,11 @@ enum Command {
     Cases(cli::cases::CasesArgs),
 }
 
+/// Single allocations over the calling thread's cap are refused: the backstop that turns a
+/// hostile DICOM length dicom-rs would allocate into a read error (crlm_models::memory).
+#[global_allocator]
+static ALLOCATOR: crlm_models::memory::CappedAllocator = crlm_models::memory::CappedAllocator;
+
 fn main() -> ExitCode {
     let command = Cli::parse().command;
     if command.prints_only() {

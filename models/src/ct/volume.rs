@@ -517,6 +517,12 @@ fn decode_jpeg12_frames(
 
 /// Open a whole DICOM object (pixel data included) in the layout its header was read with.
 pub(crate) fn open_object(path: &Path, h: &DicomHeader) -> Result<dicom_object::DefaultDicomObject, String> {
+    // The backstop for where dicom-rs and the guard read a length differently (crate::memory).
+    let cap = crate::memory::read_cap(std::fs::metadata(path).map_err(|e| e.to_string())?.len());
+    crate::memory::with_allocation_cap(cap, || open_object_uncapped(path, h))
+}
+
+fn open_object_uncapped(path: &Path, h: &DicomHeader) -> Result<dicom_object::DefaultDicomObject, String> {
     match h.layout {
         Some(DicomLayout::Part10) => {
             OpenFileOptions::new().read_preamble(ReadPreamble::Always).open_file(path).map_err(|e| e.to_string())

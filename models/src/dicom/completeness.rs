@@ -228,10 +228,14 @@ fn check_deflated(file: &File, header: &DicomHeader, limits: &Limits) -> Result<
     let expected = header.expected_native_bytes(limits)?;
     let mut reader = file;
     reader.seek(SeekFrom::Start(128))?;
-    let obj = dicom_object::OpenFileOptions::new()
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
-        .from_reader(std::io::BufReader::new(reader))
-        .map_err(|e| DicomError::Incomplete(format!("deflated data set does not parse to the end: {e}")))?;
+    // Inflated, the data set is the header plus the pixel data the header declares.
+    let cap = crate::memory::read_cap(expected.unwrap_or(0).saturating_add(file.metadata()?.len()));
+    let obj = crate::memory::with_allocation_cap(cap, || {
+        dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Never)
+            .from_reader(std::io::BufReader::new(reader))
+    })
+    .map_err(|e| DicomError::Incomplete(format!("deflated data set does not parse to the end: {e}")))?;
     let el = obj
         .element_opt(dicom_dictionary_std::tags::PIXEL_DATA)
         .ok()

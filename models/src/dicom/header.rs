@@ -191,21 +191,27 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
     // The guard walks the meta group; its transfer syntax and data-set offset serve the fallback.
     let (meta_ts, dataset_offset) = guard_lengths(file, layout, limits)?;
     let mut reader = file;
+    // The backstop for where dicom-rs and the guard read a length differently (crate::memory).
+    let cap = crate::memory::read_cap(file.metadata()?.len());
     let mut header = match layout {
         DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
             // dicom-object's reader expects "DICM" then the meta group.
             let obj = if layout == DicomLayout::Part10 {
                 reader.seek(SeekFrom::Start(128))?;
-                OpenFileOptions::new()
-                    .read_preamble(ReadPreamble::Never)
-                    .read_until(tags::PIXEL_DATA)
-                    .from_reader(BufReader::new(reader))
+                crate::memory::with_allocation_cap(cap, || {
+                    OpenFileOptions::new()
+                        .read_preamble(ReadPreamble::Never)
+                        .read_until(tags::PIXEL_DATA)
+                        .from_reader(BufReader::new(reader))
+                })
             } else {
                 reader.seek(SeekFrom::Start(0))?;
-                OpenFileOptions::new()
-                    .read_preamble(ReadPreamble::Never)
-                    .read_until(tags::PIXEL_DATA)
-                    .from_reader(BufReader::new(std::io::Cursor::new(*b"DICM").chain(reader)))
+                crate::memory::with_allocation_cap(cap, || {
+                    OpenFileOptions::new()
+                        .read_preamble(ReadPreamble::Never)
+                        .read_until(tags::PIXEL_DATA)
+                        .from_reader(BufReader::new(std::io::Cursor::new(*b"DICM").chain(reader)))
+                })
             };
             match obj {
                 Ok(obj) => {
@@ -284,8 +290,10 @@ fn read_dataset_at(file: &File, offset: u64, ts_uid: &str, limits: &Limits) -> R
         .ok_or_else(|| DicomError::Parse(format!("transfer syntax {ts_uid} is not supported")))?;
     let mut reader = file;
     reader.seek(SeekFrom::Start(offset))?;
-    let obj = InMemDicomObject::read_dataset_with_ts(BufReader::new(reader), ts)
-        .map_err(|e| DicomError::Parse(e.to_string()))?;
+    let cap = crate::memory::read_cap(file.metadata()?.len());
+    let obj =
+        crate::memory::with_allocation_cap(cap, || InMemDicomObject::read_dataset_with_ts(BufReader::new(reader), ts))
+            .map_err(|e| DicomError::Parse(e.to_string()))?;
     let mut h = extract(&obj);
     h.transfer_syntax_uid = ts_uid.to_string();
     Ok(h)
@@ -305,8 +313,9 @@ fn walk_meta_group(file: &File, start: u64) -> Option<(String, u64)> {
             break;
         }
         let element = u16::from_le_bytes([h[2], h[3]]);
-        let vr = &h[4..6];
-        let (hdr, len) = if matches!(vr, b"OB" | b"OW" | b"OF" | b"SQ" | b"UT" | b"UN") {
+        // Not a DICOM VR: dicom-rs would read a 4-byte length where the writer may have meant a
+        // 2-byte one (found by fuzzing: 775 MB allocated for a 644-byte file), so give up here.
+        let (hdr, len) = if super::guard::long_length(&h[4..6])? {
             let mut l = [0u8; 4];
             file.read_exact_at(&mut l, pos + 8).ok()?;
             (12u64, u64::from(u32::from_le_bytes(l)))

@@ -162,3 +162,54 @@ fn a_tile_too_large_to_decode_is_refused_before_any_read() {
     let err = read_slide_header(&p, &Limits::default()).unwrap_err();
     assert!(err.to_string().contains("tile width"), "{err}");
 }
+
+/// Found by fuzzing (tests/fuzz, target dicom_header, once the fuzz runs had a real allocation
+/// cap): bytes that are not a DICOM VR. dicom-rs reads such an element with a 4-byte length,
+/// where the guard and the meta-group walk read a 2-byte one, so a few hundred bytes made the
+/// header read allocate 775 MB (in the meta group) or 1.3 GB (in the data set). Both are now
+/// refused before dicom-rs reads anything; the probe checks that nothing large was allocated.
+#[test]
+fn an_element_with_an_unknown_vr_is_refused_before_anything_large_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = CtSeriesSpec::axial("PID-1", "1.2.3", "1.2.3.9", 1);
+    let files = write_ct_series(dir.path(), &spec).unwrap();
+    let good = std::fs::read(&files[0]).unwrap();
+    read_header(&files[0], &Limits::default()).unwrap();
+    let find = |needle: &[u8]| good.windows(needle.len()).position(|w| w == needle).unwrap();
+    // (0002,0002) MediaStorageSOPClassUID UI, and (0028,0004) PhotometricInterpretation CS.
+    let meta = find(&[0x02, 0x00, 0x02, 0x00, b'U', b'I']);
+    let data = find(&[0x28, 0x00, 0x04, 0x00, b'C', b'S']);
+    for (at, vr, what) in
+        [(meta, [0xE4, b'I'], "meta group"), (meta, *b"QI", "meta group"), (data, *b"CV", "unknown VR")]
+    {
+        let mut bad = good.clone();
+        bad[at + 4..at + 6].copy_from_slice(&vr);
+        let p = dir.path().join("bad.dcm");
+        std::fs::write(&p, &bad).unwrap();
+        crate::alloc_probe::reset();
+        let err = read_header(&p, &Limits::default()).unwrap_err();
+        let largest = crate::alloc_probe::largest();
+        assert!(err.to_string().contains(what), "{vr:?}: {err}");
+        assert!(largest < 1 << 20, "{vr:?}: the header read allocated {largest} bytes at once");
+    }
+}
+
+/// Found by fuzzing (tests/fuzz, target dicom_header): 40 bytes of raw implicit-VR data set that
+/// the guard and dicom-rs read differently, where dicom-rs asked for 1.1 GB. Whatever the next
+/// such difference is, the read cap (crlm_models::memory) refuses what the file cannot hold:
+/// the read is an error and nothing large is allocated.
+#[test]
+fn a_length_the_guard_did_not_foresee_is_refused_by_the_read_cap() {
+    let bytes: [u8; 40] = [
+        0x08, 0x00, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x1d, 0x00, 0, 0, 0x01, 0,
+        0, 0, 0, 0, 0x08, 0x00, 0x00, 0x12, 0x00, 0x44,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("raw.dcm");
+    std::fs::write(&p, bytes).unwrap();
+    crate::alloc_probe::reset();
+    let r = read_header(&p, &Limits::default());
+    let largest = crate::alloc_probe::largest();
+    assert!(r.is_err(), "{r:?}");
+    assert!(largest < 1 << 20, "the header read allocated {largest} bytes at once");
+}

@@ -1,5 +1,6 @@
 //! crlm-models' integration tests: one test binary, one module per area.
 
+mod alloc_probe;
 mod ct;
 mod headers;
 mod onnx;

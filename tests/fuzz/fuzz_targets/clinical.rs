@@ -1,5 +1,7 @@
 //! The clinical file (JSON schema v1 or CSV) as lab staff export it.
 #![no_main]
+// The allocation cap (crlm_fuzz::MAX_ALLOCATION) is crlm_fuzz's global allocator.
+use crlm_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,6 +2,8 @@
 //! envelope, and the collector's whole receive path (a fresh in-memory database, one registered
 //! box) on any topic. The input is `<topic> <payload>`, or a payload for a result topic.
 #![no_main]
+// The allocation cap (crlm_fuzz::MAX_ALLOCATION) is crlm_fuzz's global allocator.
+use crlm_fuzz as _;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Mutex, OnceLock};
 
