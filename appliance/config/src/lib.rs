@@ -118,6 +118,7 @@ impl Config {
         positive("share.quiet_seconds", self.share.quiet_seconds);
         positive("share.poll_seconds", self.share.poll_seconds);
         positive("share.incomplete_timeout_seconds", self.share.incomplete_timeout_seconds);
+        positive("model.case_timeout_seconds", self.model.case_timeout_seconds);
         positive("cases.partial_after_seconds", self.cases.partial_after_seconds);
         if self.mqtt.enabled && self.mqtt.protocol == MqttProtocol::V5 && self.mqtt.url.is_empty() {
             p.push(

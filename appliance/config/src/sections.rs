@@ -185,6 +185,11 @@ pub struct ModelConfig {
     pub horizon_months: u32,
     /// The tile-embedding cache (`<state>/embeddings`), in MiB; 0: off.
     pub embedding_cache_mib: u64,
+    /// The longest one case may take in the prediction worker (files, CT, slide, model, lock).
+    /// Past it the worker is taken to be stuck (a decoder or the runtime hung on one input):
+    /// the service exits with an error so systemd restarts it, the cut-off start is counted,
+    /// and a case cut off 5 times is failed with the reason.
+    pub case_timeout_seconds: f64,
 }
 
 impl Default for ModelConfig {
@@ -196,6 +201,7 @@ impl Default for ModelConfig {
             backend: crlm_models::backend::BackendKind::default(),
             horizon_months: crlm_models::package::spec::DEFAULT_HORIZON_MONTHS,
             embedding_cache_mib: 2048,
+            case_timeout_seconds: 3600.0,
         }
     }
 }

@@ -39,6 +39,11 @@ pub enum ServiceError {
     /// The ledger or the state cannot be opened: nothing may be predicted without a lock.
     #[error("cannot start predicting: {0}")]
     Processing(#[from] ProcessError),
+    /// The prediction worker stayed on one case past `model.case_timeout_seconds`: it is taken
+    /// to be stuck (a decoder or the model runtime hung on an input), and the service ends so
+    /// its supervisor restarts it; the cut-off start is counted against the case.
+    #[error("{0}")]
+    CaseTimeout(String),
 }
 
 /// What the service tells its caller (the demo prints it; `crlm run` logs it already).
@@ -187,6 +192,10 @@ pub async fn run(
     let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let (event_tx, mut event_rx) = mpsc::channel::<WorkerEvent>(64);
     let worker_progress = ingestor.progress.clone();
+    // When the worker took its case in hand: ms since `epoch` + 1, 0 while it has none.
+    let epoch = Instant::now();
+    let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let case_limit = Duration::from_secs_f64(cfg.model.case_timeout_seconds);
     let worker = match processor {
         Some(processor) => Some(
             std::thread::Builder::new()
@@ -194,7 +203,18 @@ pub async fn run(
                 .spawn({
                     let extras = extras.clone();
                     let outbox_wake = outbox_wake.clone();
-                    move || processing_worker(processor, work_rx, event_tx, extras, worker_progress, outbox_wake)
+                    let busy = busy.clone();
+                    move || {
+                        let hooks = WorkerHooks {
+                            events: event_tx,
+                            extras,
+                            progress: worker_progress,
+                            outbox_wake,
+                            busy,
+                            epoch,
+                        };
+                        processing_worker(processor, work_rx, hooks)
+                    }
                 })
                 .map_err(|e| ServiceError::Join(e.to_string()))?,
         ),
@@ -226,7 +246,29 @@ pub async fn run(
     let poll = Duration::from_secs_f64(cfg.share.poll_seconds);
     let ping_every = watchdog.interval().map(|d| d / 2).unwrap_or(Duration::from_secs(5));
     let mut last_progress = (progress.load(Ordering::Relaxed), Instant::now());
+    // A worker stuck on one case ends the service (systemd restarts it; the start is counted).
+    let check_worker = |watchdog: &Arc<dyn Watchdog>| -> Result<(), ServiceError> {
+        let since = busy.load(Ordering::Relaxed);
+        if since == 0 {
+            return Ok(());
+        }
+        let on_case = epoch.elapsed().saturating_sub(Duration::from_millis(since - 1));
+        if on_case <= case_limit {
+            return Ok(());
+        }
+        let why = format!(
+            "the prediction worker has been on one case for {:.1} s, past model.case_timeout_seconds ({:.1} s): \
+             it is taken to be stuck on an input, and the service stops so that it is restarted \
+             (the cut-off start counts; a case cut off 5 times is failed)",
+            on_case.as_secs_f64(),
+            case_limit.as_secs_f64()
+        );
+        tracing::error!(stage = "predict", error_kind = "case_timeout", "{why}");
+        watchdog.status(&format!("problem: {why}"));
+        Err(ServiceError::CaseTimeout(why))
+    };
     loop {
+        check_worker(&watchdog)?;
         // One scan on a blocking thread; keep the watchdog fed only while it makes progress.
         let panel_cfg = cfg.clone();
         let decorate = with_model.clone();
@@ -245,6 +287,7 @@ pub async fn run(
                     panel_tx.send_modify(|st| *st = with_model(std::mem::take(st)));
                 }
                 _ = tokio::time::sleep(ping_every) => {
+                    check_worker(&watchdog)?;
                     let p = progress.load(Ordering::Relaxed);
                     if p != last_progress.0 {
                         last_progress = (p, Instant::now());
@@ -317,6 +360,11 @@ pub async fn run(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => break,
+                // A case in hand is looked at between scans too, at least once a second.
+                _ = tokio::time::sleep((case_limit / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))),
+                    if busy.load(Ordering::Relaxed) != 0 => {
+                    check_worker(&watchdog)?;
+                }
                 _ = wake_rx.recv() => {
                     // Let a burst of events settle into one scan.
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -436,16 +484,21 @@ fn start_inotify(cfg: &Config, wake: mpsc::Sender<()>) -> Option<notify::Recomme
 /// included) before the case is failed instead: a crash loop costs one case and a few restarts.
 const MAX_INTERRUPTED: u32 = 5;
 
-/// The prediction worker: on each wake, every pending case in turn (predict, lock, outputs).
-/// Runs on its own thread so a slow slide never delays scans, the panel or the watchdog.
-fn processing_worker(
-    mut processor: Processor,
-    wake: std::sync::mpsc::Receiver<()>,
+/// What the prediction worker reports through, besides its events.
+struct WorkerHooks {
     events: mpsc::Sender<WorkerEvent>,
     extras: Arc<std::sync::Mutex<PanelExtras>>,
     progress: Arc<std::sync::atomic::AtomicU64>,
     outbox_wake: Arc<tokio::sync::Notify>,
-) {
+    /// When the case in hand was taken (ms since `epoch` + 1; 0: none), for the case time limit.
+    busy: Arc<std::sync::atomic::AtomicU64>,
+    epoch: Instant,
+}
+
+/// The prediction worker: on each wake, every pending case in turn (predict, lock, outputs).
+/// Runs on its own thread so a slow slide never delays scans, the panel or the watchdog.
+fn processing_worker(mut processor: Processor, wake: std::sync::mpsc::Receiver<()>, hooks: WorkerHooks) {
+    let WorkerHooks { events, extras, progress, outbox_wake, busy, epoch } = hooks;
     while wake.recv().is_ok() {
         let pending = match processor.pending() {
             Ok(p) => p,
@@ -471,12 +524,16 @@ fn processing_worker(
                 tracing::error!(stage = "predict", error = %e, "cannot count the attempt");
                 1
             });
+            // A hang that never returns is cut off by the service (model.case_timeout_seconds),
+            // and counts here like a crash.
+            busy.store(u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1, Ordering::Relaxed);
             let r = if attempt > MAX_INTERRUPTED && !processor.is_locked(case_id) {
                 Err(ProcessError::Interrupted(attempt - 1))
             } else {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| processor.process(case_id)))
                     .unwrap_or_else(|panic| Err(ProcessError::Panic(panic_message(panic.as_ref()))))
             };
+            busy.store(0, Ordering::Relaxed);
             progress.fetch_add(1, Ordering::Relaxed);
             if let Ok(mut x) = extras.lock() {
                 x.processing = None;

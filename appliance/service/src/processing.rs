@@ -51,7 +51,8 @@ pub enum ProcessError {
     Panic(String),
     #[error(
         "processing this case was cut off {0} times without finishing (the service died mid-case: \
-         a crash in a decoder or the model, or power cuts); it is not tried again"
+         a crash in a decoder or the model, a hang past model.case_timeout_seconds, or power cuts); \
+         it is not tried again"
     )]
     Interrupted(u32),
 }

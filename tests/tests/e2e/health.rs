@@ -214,3 +214,46 @@ fn a_case_that_keeps_taking_the_service_down_is_failed_after_five_starts() {
     signal(&service, "TERM");
     assert!(service.wait().unwrap().success());
 }
+
+/// Containment of a hang: a decoder or the model runtime that never returns on one input would
+/// keep the worker on that case for ever while scans and heartbeats go on. Past
+/// `model.case_timeout_seconds` the service stops with the reason (systemd restarts it), the
+/// cut-off start counts like a crash, and the sixth start fails the case. The limit here is
+/// 20 ms, which any real case exceeds, so each start is cut off as a hang would be.
+#[test]
+fn a_case_past_the_time_limit_stops_the_service_and_is_failed_after_five_starts() {
+    let mut site = Site::new(0.3);
+    site.env.push(("CRLM_MODEL__CASE_TIMEOUT_SECONDS".into(), "0.02".into()));
+    write_sample_case(&site.share.join("case-0"), &SampleCase::new("HANG-000")).unwrap();
+    for run in 0..5 {
+        let mut service = site.start(run);
+        let status = wait_exit(&mut service, Duration::from_secs(120));
+        assert!(!status.success(), "run {run} should have stopped on the time limit: {}", site.log(run));
+        let log = site.log(run);
+        assert!(log.contains("past model.case_timeout_seconds"), "run {run}: {log}");
+        assert_eq!(unfinished_starts(&site), run as i64 + 1, "run {run}: {log}");
+    }
+    assert!(site.cases().iter().all(|c| c["ledger_seq"].is_null()), "{:#?}", site.cases());
+    let mut service = site.start(5);
+    let cases = site.wait_cases(Duration::from_secs(60), |c| c.len() == 1 && c[0]["state"] == "failed");
+    let failure = cases[0]["failure"].as_str().unwrap_or_default();
+    assert!(failure.contains("cut off 5 times") && failure.contains("case_timeout_seconds"), "{cases:#?}");
+    assert!(service.try_wait().unwrap().is_none(), "the service goes on: {}", site.log(5));
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
+}
+
+/// The exit status of `child` once it ends, within `limit`.
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("the service did not stop within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
