@@ -4,7 +4,8 @@
 //! - [`slide`]: TIFF/BigTIFF/SVS header reading, completeness checks and a pyramidal TIFF writer.
 //! - [`clinical`]: the clinical-data file, schema v1 (JSON object or CSV rows).
 //! - [`synth`]: a synthetic case generator (CT series, slide, clinical file) for tests and the demo.
-//! - [`limits`]: size limits checked before anything is allocated.
+//! - [`limits`]: size limits checked before anything is allocated; [`memory`]: the per-thread
+//!   allocation cap behind them while dicom-rs parses (the `crlm` binary installs its allocator).
 //!
 //! - [`cohort`]: the synthetic cohort with a planted risk signal (the demo model learns from it).
 //! - [`package`]: signed model packages (`model.toml`, weights, manifest, Ed25519 signature).
