@@ -127,6 +127,11 @@ fn bad_inputs_are_quarantined_with_specific_reasons_and_good_cases_still_complet
     std::os::unix::fs::symlink("/etc/passwd", bad.join("passwd")).unwrap();
     std::fs::write(bad.join("empty.dcm"), b"").unwrap();
     std::fs::write(bad.join("notes.txt"), b"call the lab about this patient").unwrap();
+    // A hard link to a file outside the share (the other name could be anywhere on the disk).
+    let outside = e.share.parent().unwrap().join("outside.dcm");
+    write_ct_series(&e.share.parent().unwrap().join("outside"), &spec).unwrap();
+    std::fs::copy(e.share.parent().unwrap().join("outside").join("IM0001.dcm"), &outside).unwrap();
+    std::fs::hard_link(&outside, bad.join("linked.dcm")).unwrap();
     // And a good case beside them.
     write_sample_case(&e.share.join("good"), &SampleCase::new("PAT-GOOD")).unwrap();
 
@@ -136,7 +141,7 @@ fn bad_inputs_are_quarantined_with_specific_reasons_and_good_cases_still_complet
         ing.scan_once().unwrap();
         let q = quarantined(&ing);
         let good_closed = ing.database().cases().unwrap().iter().any(|r| r.state == CaseState::Complete);
-        if q.iter().filter(|x| x.0.starts_with("bad/")).count() == 7 && good_closed {
+        if q.iter().filter(|x| x.0.starts_with("bad/")).count() == 8 && good_closed {
             break q;
         }
         assert!(start.elapsed() < Duration::from_secs(20), "quarantine so far: {q:#?}");
@@ -150,6 +155,8 @@ fn bad_inputs_are_quarantined_with_specific_reasons_and_good_cases_still_complet
     assert!(find("clin.csv").2.contains("unknown column `stage`"));
     assert!(find("clin.json").2.contains("212 is out of range"));
     assert_eq!(find("passwd").1, "share.no_symlinks");
+    assert_eq!(find("linked.dcm").1, "share.no_hard_links");
+    assert!(find("linked.dcm").2.contains("2 hard links"), "{:?}", find("linked.dcm"));
     assert_eq!(find("empty.dcm").1, "file.non_empty");
     assert_eq!(find("notes.txt").1, "file.recognised");
     // Each quarantined file has a reason file naming it and saying what to do.
