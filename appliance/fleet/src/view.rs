@@ -188,7 +188,7 @@ pub fn describe(topic: &str, v: &Value) -> String {
             h.uptime_seconds,
             h.outbox.messages,
             if h.outbox.full { " (FULL)" } else { "" },
-            short(&h.model_sha256),
+            h.model_sha256.as_deref().map_or_else(|| "none (predictions held)".to_string(), short),
             if h.demo { " (DEMO)" } else { "" }
         ),
         Ok(Message::Result(r)) => format!(

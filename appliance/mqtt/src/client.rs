@@ -31,7 +31,8 @@ pub struct LinkView {
 
 /// What the publisher needs besides the configuration.
 pub struct PublisherContext {
-    pub model_sha256: String,
+    /// `None` while no package is loaded (predictions held).
+    pub model_sha256: Option<String>,
     pub demo: bool,
     pub device_key_id: String,
     /// The box's device key (its ledger key): every message it publishes is signed with it.

@@ -169,7 +169,9 @@ pub struct HeartbeatPayload {
     pub at: String,
     pub uptime_seconds: u64,
     pub software: String,
-    pub model_sha256: String,
+    /// The package the box predicts with; `None` while it holds predictions for want of one
+    /// (the `model` condition says why).
+    pub model_sha256: Option<String>,
     pub demo: bool,
     pub outbox: OutboxState,
     pub disk_free_state_bytes: Option<u64>,
@@ -198,6 +200,9 @@ pub struct Condition {
 pub enum ConditionCode {
     /// The ledger failed its check: no case is locked (predictions held).
     Ledger,
+    /// The model package was refused (verification, or its runtime would not start): nothing
+    /// is predicted (predictions held).
+    Model,
     /// The state disk is full or below its reserve.
     DiskFull,
     /// The last case could not be processed.
@@ -209,6 +214,7 @@ impl ConditionCode {
     pub fn word(self) -> &'static str {
         match self {
             ConditionCode::Ledger => "LEDGER",
+            ConditionCode::Model => "MODEL",
             ConditionCode::DiskFull => "DISK FULL",
             ConditionCode::Failed => "FAILED",
         }

@@ -1,7 +1,8 @@
-//! Health as a contract: the conditions that need someone (a ledger that fails its check, a full
-//! state disk, a case that could not be processed), each set where it is found and cleared when
-//! it clears. The heartbeat reports them (`conditions`, `last_error`), `crlm fleet watch` shows
-//! their word (LEDGER, DISK FULL, FAILED) and the panel its problem screen.
+//! Health as a contract: the conditions that need someone (a ledger that fails its check, a model
+//! package refused, a full state disk, a case that could not be processed), each set where it is
+//! found and cleared when it clears. The heartbeat reports them (`conditions`, `last_error`),
+//! `crlm fleet watch` shows their word (LEDGER, MODEL, DISK FULL, FAILED) and the panel its
+//! problem screen.
 //!
 //! Messages carry no patient data: pseudonyms, counts and the box's own paths only.
 
@@ -47,6 +48,10 @@ impl Health {
                 "Ledger check failed: predictions held",
                 "Files are still received. Call support: the ledger must be checked (crlm ledger verify).",
             ),
+            ConditionCode::Model => (
+                "Model package refused: predictions held",
+                "Files are still received. Call support: a valid, signed model package must be installed (crlm model verify), then the service restarted.",
+            ),
             ConditionCode::DiskFull => {
                 ("State disk full", "Call support: free space on the state disk. Nothing received is lost.")
             }
@@ -66,6 +71,7 @@ impl Health {
 fn code_name(code: ConditionCode) -> &'static str {
     match code {
         ConditionCode::Ledger => "ledger",
+        ConditionCode::Model => "model",
         ConditionCode::DiskFull => "disk_full",
         ConditionCode::Failed => "failed",
     }

@@ -32,10 +32,6 @@ pub enum ServiceError {
     Ingest(#[from] IngestError),
     #[error("ingest thread failed: {0}")]
     Join(String),
-    /// The configured model package failed verification (or does not build): the service does
-    /// not start, so nothing is ever predicted by an altered or unknown model.
-    #[error("model package refused: {0}")]
-    Model(#[from] crlm_models::inference::ModelError),
     /// The ledger or the state cannot be opened: nothing may be predicted without a lock.
     #[error("cannot start predicting: {0}")]
     Processing(#[from] ProcessError),
@@ -79,33 +75,46 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
     mut on_event: impl FnMut(ServiceEvent<'_>) + Send,
 ) -> Result<(), ServiceError> {
-    let model_cfg = cfg.clone();
-    let model = tokio::task::spawn_blocking(move || crlm_predict::load_model(&model_cfg, None))
-        .await
-        .map_err(|e| ServiceError::Join(e.to_string()))??;
-    let model = Arc::new(model);
-    let spec = &model.package.spec;
-    tracing::info!(
-        stage = "model",
-        name = %spec.name,
-        version = %spec.version,
-        sha256 = %model.package.sha256,
-        demo = spec.demo,
-        signer = %model.package.signer_key_id,
-        "model package verified"
-    );
-    let model_view = crlm_panel::state::ModelView {
-        name: spec.name.clone(),
-        version: spec.version.clone(),
-        sha256: model.package.sha256.clone(),
-        demo: spec.demo,
-    };
-    let extras = Arc::new(std::sync::Mutex::new(PanelExtras::default()));
     let health = Arc::new(Health::default());
+    // The package is verified before anything is predicted. One that fails (an altered or
+    // unknown package, a runtime that will not start) holds every prediction: the service goes
+    // on receiving files and says so on the panel and in the heartbeat, so nothing is predicted
+    // by it and the fleet sees why.
+    let model_cfg = cfg.clone();
+    let loaded = tokio::task::spawn_blocking(move || crlm_predict::load_model(&model_cfg, None))
+        .await
+        .map_err(|e| ServiceError::Join(e.to_string()))?;
+    let model = match loaded {
+        Ok(model) => {
+            let spec = &model.package.spec;
+            tracing::info!(
+                stage = "model",
+                name = %spec.name,
+                version = %spec.version,
+                sha256 = %model.package.sha256,
+                demo = spec.demo,
+                signer = %model.package.signer_key_id,
+                "model package verified"
+            );
+            Some(Arc::new(model))
+        }
+        Err(e) => {
+            tracing::error!(stage = "model", error_kind = "model_refused", error = %e, "predictions held; files are still received");
+            health.set(ConditionCode::Model, format!("predictions held: model package refused: {e}"));
+            None
+        }
+    };
+    let model_view = model.as_ref().map(|model| crlm_panel::state::ModelView {
+        name: model.package.spec.name.clone(),
+        version: model.package.spec.version.clone(),
+        sha256: model.package.sha256.clone(),
+        demo: model.package.spec.demo,
+    });
+    let extras = Arc::new(std::sync::Mutex::new(PanelExtras::default()));
     let panel_extras = extras.clone();
     let panel_health = health.clone();
     let with_model = move |mut st: PanelState| {
-        st.model = Some(model_view.clone());
+        st.model = model_view.clone();
         // A condition of the box outranks a file's quarantine on the problem screen.
         if let Some(p) = panel_health.problem() {
             st.problem = Some(p);
@@ -128,13 +137,19 @@ pub async fn run(
     // and recorded. A ledger that fails its check holds every prediction: the service goes on
     // receiving files, and says so on the panel, in the heartbeat and in an alert.
     let proc_cfg = cfg.clone();
-    let proc_model = model.clone();
-    let opened = tokio::task::spawn_blocking(move || Processor::open(&proc_cfg, proc_model))
-        .await
-        .map_err(|e| ServiceError::Join(e.to_string()))?;
+    // Without a model there is nothing to lock (predictions are held already).
+    let opened = match model.clone() {
+        Some(proc_model) => Some(
+            tokio::task::spawn_blocking(move || Processor::open(&proc_cfg, proc_model))
+                .await
+                .map_err(|e| ServiceError::Join(e.to_string()))?,
+        ),
+        None => None,
+    };
     let device_key = crlm_ledger::device_key(&cfg.keys_dir()).map_err(ProcessError::from)?;
     let processor = match opened {
-        Ok((processor, recovery)) => {
+        None => None,
+        Some(Ok((processor, recovery))) => {
             if let Some(r) = recovery {
                 tracing::warn!(
                     stage = "ledger",
@@ -146,7 +161,7 @@ pub async fn run(
             tracing::info!(stage = "ledger", records = processor.ledger().len(), key_id = %processor.ledger().key_id(), "ledger open");
             Some(processor)
         }
-        Err(e) => {
+        Some(Err(e)) => {
             let why = e.to_string();
             let code = if matches!(e, ProcessError::Ledger(_)) { ConditionCode::Ledger } else { ConditionCode::Failed };
             tracing::error!(stage = "ledger", alert = "ledger_invalid", error = %why, "predictions held; files are still received");
@@ -170,8 +185,8 @@ pub async fn run(
         }
         let link_extras = extras.clone();
         let ctx = crlm_mqtt::client::PublisherContext {
-            model_sha256: model.package.sha256.clone(),
-            demo: model.package.spec.demo,
+            model_sha256: model.as_ref().map(|m| m.package.sha256.clone()),
+            demo: model.as_ref().is_some_and(|m| m.package.spec.demo),
             device_key_id: device_key_id.clone(),
             device_key: device_key.clone(),
             on_link: Arc::new(move |l| {

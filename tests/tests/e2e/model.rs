@@ -1,9 +1,11 @@
 //! The model package and `crlm predict` through the real binary: verification names the altered
-//! file, the service refuses to start with it, and predict's exit status and JSON.
+//! file, the service holds predictions with it (and says so), and predict's exit status and JSON.
 
-use crlm_e2e::{Site, crlm_bin, shared_data};
+use crlm_e2e::{Site, Subscriber, crlm_bin, shared_data, signal, wait};
+use crlm_models::synth::{SampleCase, write_sample_case};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 fn crlm(args: &[&str]) -> Command {
     let mut c = Command::new(crlm_bin());
@@ -22,7 +24,7 @@ fn demo_copy(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn verify_names_the_altered_file_and_the_service_refuses_to_start() {
+fn verify_names_the_altered_file_and_the_service_holds_predictions() {
     let out = crlm(&["model", "verify"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("built-in demo package: OK"));
@@ -40,11 +42,38 @@ fn verify_names_the_altered_file_and_the_service_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("weights.safetensors") && err.contains("REFUSED"), "{err}");
 
-    // The service: exit 78 (no restart loop), the file named, nothing watched.
-    let site = Site::new(1.0);
-    let out = site.command(&["run"]).env("CRLM_MODEL__PATH", &pkg).output().unwrap();
-    assert_eq!(out.status.code(), Some(78), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("weights.safetensors"));
+    // The service holds predictions: it stays up and receives files, names the file in its log,
+    // shows the problem screen, reports the `model` condition with no model in its heartbeat,
+    // and predicts nothing.
+    let mut site = Site::new(0.3);
+    site.env.push(("CRLM_MODEL__PATH".into(), pkg.to_string_lossy().into_owned()));
+    site.env.push(("CRLM_MQTT__HEARTBEAT_SECONDS".into(), "1".into()));
+    let port: u16 =
+        site.env.iter().find(|(k, _)| k == "CRLM_MQTT__EMBEDDED_PORT").and_then(|(_, v)| v.parse().ok()).unwrap();
+    let mut service = site.start(0);
+    wait("the refusal in the log", Duration::from_secs(60), || {
+        let log = site.log(0);
+        log.contains("weights.safetensors") && log.contains("predictions held")
+    });
+    let sub = Subscriber::start(port);
+    wait("a heartbeat with the model condition and no model", Duration::from_secs(30), || {
+        sub.leaf("heartbeat").last().is_some_and(|h| {
+            h["model_sha256"].is_null()
+                && h["last_error"].as_str().is_some_and(|e| e.contains("model package refused"))
+                && h["conditions"].as_array().is_some_and(|c| c.iter().any(|x| x["code"] == "model"))
+        })
+    });
+    wait("the problem screen", Duration::from_secs(20), || {
+        std::fs::read_to_string(site.state.join("display.txt")).unwrap_or_default().contains("Model package refused")
+    });
+    write_sample_case(&site.share.join("case-0"), &SampleCase::new("HELD-000")).unwrap();
+    site.wait_cases(Duration::from_secs(60), |c| c.len() == 1 && c[0]["state"] == "complete");
+    std::thread::sleep(Duration::from_secs(2));
+    let cases = site.cases();
+    assert!(cases.iter().all(|c| c["state"] == "complete" && c["ledger_seq"].is_null()), "{cases:#?}");
+    assert!(service.try_wait().unwrap().is_none(), "the service stays up: {}", site.log(0));
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success());
 
     // An edited manifest line breaks the signature.
     let pkg2 = demo_copy(&tmp.path().join("two"));

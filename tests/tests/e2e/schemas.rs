@@ -104,7 +104,7 @@ fn every_payload_type_matches_its_published_schema() {
         at: "2026-12-04T00:00:00.000Z".into(),
         uptime_seconds: 60,
         software: "0.1.0".into(),
-        model_sha256: "ab".repeat(32),
+        model_sha256: Some("ab".repeat(32)),
         demo: true,
         outbox: OutboxState { messages: 1, bytes: 900, full: false },
         disk_free_state_bytes: some.then_some(1 << 30),

@@ -29,13 +29,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e @ crlm_service::ServiceError::Model(_)) => {
-            // Not a crash: an operator must install a valid package. EX_CONFIG keeps systemd
-            // from restarting in a loop.
-            tracing::error!(stage = "model", error = %e, "not starting");
-            eprintln!("crlm: {e}");
-            Ok(ExitCode::from(EXIT_CONFIG))
-        }
         Err(e) => Err(e.into()),
     }
 }
