@@ -94,6 +94,7 @@ pub fn collector_key(path: &Path) -> Result<SigningKey, FleetError> {
 /// (`device.pub` from its state folder). A message is stored only from a registered box and only
 /// when it is signed with that box's key, so neither an unknown client nor one box can speak for
 /// another.
+#[derive(Debug)]
 pub struct Registry {
     dir: Option<PathBuf>,
     keys: HashMap<(String, String), VerifyingKey>,

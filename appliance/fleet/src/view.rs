@@ -89,14 +89,47 @@ impl BoxView {
 #[derive(Debug, Default)]
 pub struct FleetView {
     pub boxes: std::collections::BTreeMap<(String, String), BoxView>,
+    /// With the study office's registry (`--devices`), a message counts only when the registered
+    /// box signed it; without one, anything on the broker is shown (and the table says so).
+    registry: Option<crate::Registry>,
+    /// Messages refused by the registry, and the last one's reason.
+    pub rejected: u64,
+    pub last_rejected: Option<String>,
 }
 
 impl FleetView {
+    /// A view that shows only what registered boxes signed (the collector's `--devices` folder).
+    pub fn verifying(registry: crate::Registry) -> FleetView {
+        FleetView { registry: Some(registry), ..FleetView::default() }
+    }
+
+    /// Whether a box's message may be shown: `Ok` when no registry is used, else only when it is
+    /// signed with the key registered for the box its topic names (why not, otherwise).
+    pub fn check(&mut self, topic: &str, payload: &Value) -> Result<(), String> {
+        let Some(registry) = self.registry.as_mut() else { return Ok(()) };
+        let parts: Vec<&str> = topic.split('/').collect();
+        let [_, _, site, device, _] = parts.as_slice() else { return Err("not a box's topic".into()) };
+        let key = registry
+            .key(site, device)
+            .ok_or_else(|| format!("box {site}/{device} is not registered (no {site}/{device}.pub in --devices)"))?;
+        let bytes = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
+        let opened = crlm_mqtt::auth::Opened::new(&bytes).map_err(|e| e.to_string())?;
+        opened.verify(crlm_mqtt::auth::Party::Box, topic, &key).map_err(|e| e.to_string())
+    }
+
     /// Take one message (`now`: seconds on the watcher's clock). Returns whether anything changed
     /// that the table shows.
     pub fn update(&mut self, topic: &str, payload: &Value, now: f64) -> bool {
         let parts: Vec<&str> = topic.split('/').collect();
         let [_, _, site, device, leaf] = parts.as_slice() else { return false };
+        if !["result", "alert", "status", "heartbeat"].contains(leaf) {
+            return false;
+        }
+        if let Err(why) = self.check(topic, payload) {
+            self.rejected += 1;
+            self.last_rejected = Some(format!("{site}/{device} {leaf}: {why}"));
+            return true;
+        }
         let Ok(message) = serde_json::from_value::<Message>(payload.clone()) else { return false };
         let b = self.boxes.entry((site.to_string(), device.to_string())).or_default();
         match (*leaf, message) {
@@ -158,6 +191,16 @@ impl FleetView {
                 b.alerts,
                 last.chars().take(60).collect::<String>()
             ));
+        }
+        match &self.registry {
+            Some(r) => out.push_str(&format!(
+                "signatures checked against {} registered box(es); {} message(s) refused{}\n",
+                r.len(),
+                self.rejected,
+                self.last_rejected.as_ref().map(|w| format!(" (last: {w})")).unwrap_or_default()
+            )),
+            None => out
+                .push_str("signatures not checked (no --devices): any client allowed on the broker can appear here\n"),
         }
         out
     }
@@ -261,6 +304,42 @@ mod tests {
         assert!(table.contains("s1/a") && table.contains("quarantine: 1 file"), "{table}");
         assert!(table.contains("error: disk full") && table.contains("12.0 GB") && table.contains("48C"), "{table}");
         assert!(table.contains("error: the state disk has 0 MB free"), "{table}");
-        assert_eq!(table.lines().count(), 7);
+        // A header, six boxes, and the line saying whether signatures were checked.
+        assert_eq!(table.lines().count(), 8);
+    }
+
+    /// Issue 21: the watcher believed any client on the broker. With the collector's registry it
+    /// shows only what the registered box signed: a forged heartbeat (right topic, wrong key)
+    /// and a box nobody registered are counted as refused and change nothing.
+    #[test]
+    fn with_a_registry_only_what_the_registered_box_signed_is_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crlm_ledger::device_key(&dir.path().join("keys")).unwrap();
+        let forger = crlm_ledger::device_key(&dir.path().join("forger")).unwrap();
+        std::fs::create_dir_all(dir.path().join("devices/s")).unwrap();
+        std::fs::copy(dir.path().join("keys/device.pub"), dir.path().join("devices/s/d.pub")).unwrap();
+        let mut v = FleetView::verifying(crate::Registry::load(Some(&dir.path().join("devices"))));
+        let topic = "crlm/v1/s/d/heartbeat";
+        let seal = |hb: &Value, k: &ed25519_dalek::SigningKey, topic: &str| -> Value {
+            let bytes =
+                crlm_mqtt::auth::seal(crlm_mqtt::auth::Party::Box, topic, &serde_json::to_vec(hb).unwrap(), k).unwrap();
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert!(v.update(topic, &seal(&heartbeat(5.0, false, None), &key, topic), 1.0));
+        assert_eq!(v.boxes[&("s".to_string(), "d".to_string())].health(2.0), "ok");
+        // Forged: the registered box's topic, another key, a box in trouble.
+        assert!(v.update(topic, &seal(&heartbeat(5.0, true, Some("forged")), &forger, topic), 2.0));
+        assert_eq!(v.boxes[&("s".to_string(), "d".to_string())].health(3.0), "ok", "the forgery changed nothing");
+        // Unsigned, and a box nobody registered.
+        assert!(v.update(topic, &heartbeat(5.0, true, None), 2.0));
+        let other = "crlm/v1/s/x/heartbeat";
+        assert!(v.update(other, &seal(&heartbeat(5.0, false, None), &forger, other), 2.0));
+        assert_eq!(v.boxes.len(), 1);
+        assert_eq!(v.rejected, 3);
+        assert!(v.last_rejected.as_deref().is_some_and(|w| w.contains("not registered")), "{:?}", v.last_rejected);
+        let table = v.render(3.0);
+        assert!(table.contains("3 message(s) refused"), "{table}");
+        // Without a registry the table says nothing was checked.
+        assert!(FleetView::default().render(0.0).contains("signatures not checked"));
     }
 }

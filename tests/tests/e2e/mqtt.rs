@@ -131,6 +131,8 @@ fn last_will_marks_a_killed_box_offline() {
 
 /// `crlm fleet watch`: JSON lines for scripts (status and heartbeats, the signed record left
 /// out), and the operator's table, which says a killed box is OFFLINE once its Last Will arrives.
+/// Both check signatures against the collector's registry (`--devices`), in which the box was
+/// enrolled before it started.
 #[test]
 fn fleet_watch_shows_each_box_and_its_health() {
     let mut site = Site::new(0.3);
@@ -150,8 +152,14 @@ fn fleet_watch_shows_each_box_and_its_health() {
             .spawn()
             .unwrap()
     };
-    let json_watch = spawn_watch(&["--json"], &json_out);
-    let table_watch = spawn_watch(&["--every", "0.3"], &table_out);
+    let devices = site.dir.path().join("devices");
+    std::fs::create_dir_all(devices.join("site01")).unwrap();
+    // Enrolment: the box's key made first (the service uses it), its public half registered.
+    crlm_ledger::device_key(&site.state.join("keys")).unwrap();
+    std::fs::copy(site.state.join("keys").join("device.pub"), devices.join("site01").join("box01.pub")).unwrap();
+    let devices_arg = devices.to_string_lossy().into_owned();
+    let json_watch = spawn_watch(&["--json", "--devices", &devices_arg], &json_out);
+    let table_watch = spawn_watch(&["--every", "0.3", "--devices", &devices_arg], &table_out);
     std::thread::sleep(Duration::from_millis(500));
     let mut service = site.start(0);
     write_sample_case(&site.share.join("w1"), &SampleCase::new("WATCH-1")).unwrap();
@@ -163,21 +171,24 @@ fn fleet_watch_shows_each_box_and_its_health() {
             .collect()
     };
     let leaf = |v: &serde_json::Value| v["topic"].as_str().unwrap_or("").rsplit('/').next().unwrap_or("").to_string();
-    wait("status, heartbeats and the result as JSON lines", Duration::from_secs(60), || {
+    let verified = |v: &serde_json::Value| v["verified"] == true;
+    wait("status, heartbeats and the result as verified JSON lines", Duration::from_secs(60), || {
         let l = lines();
         l.iter().any(|v| leaf(v) == "status")
-            && l.iter().filter(|v| leaf(v) == "heartbeat").count() >= 2
-            && l.iter().any(|v| leaf(v) == "result")
+            && l.iter().filter(|v| leaf(v) == "heartbeat" && verified(v)).count() >= 2
+            && l.iter().any(|v| leaf(v) == "result" && verified(v))
     });
     for v in lines() {
         assert!(v["received_at"].is_string() && v["payload"]["version"] == 1, "{v}");
         assert!(v["payload"].get("record").is_none(), "the signed record is left out: {v}");
+        assert!(verified(&v) && v["refused"].is_null(), "{v}");
     }
     let table = || std::fs::read_to_string(&table_out).unwrap_or_default();
     let last_table = |t: String| t.rsplit("# ").next().unwrap_or("").to_string();
     wait("the box in the table, healthy", Duration::from_secs(20), || {
         let t = last_table(table());
         t.lines().any(|l| l.starts_with("site01/box01") && l.contains(" ok ") && l.contains(" 1 "))
+            && t.contains("signatures checked against 1 registered box(es)")
     });
     service.kill().unwrap();
     service.wait().unwrap();

@@ -34,6 +34,10 @@ pub enum FleetAction {
         /// Refresh the table this often (seconds).
         #[arg(long, default_value_t = 2.0)]
         every: f64,
+        /// The collector's registry (`<site>/<device>.pub`): show only what registered boxes
+        /// signed, and count the rest as refused. Without it nothing is checked.
+        #[arg(long)]
+        devices: Option<std::path::PathBuf>,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -78,10 +82,10 @@ pub fn run(action: FleetAction) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        FleetAction::Watch { broker, json, every, tls } => {
+        FleetAction::Watch { broker, json, every, devices, tls } => {
             let m = tls.broker(broker)?;
             let rt = runtime()?;
-            rt.block_on(fleet_watch(m, json, every))?;
+            rt.block_on(fleet_watch(m, json, every, devices))?;
             Ok(ExitCode::SUCCESS)
         }
         FleetAction::Export { db, format } => {
@@ -152,7 +156,12 @@ impl TlsArgs {
 }
 
 /// `crlm fleet watch`: the table (redrawn in place on a terminal) or JSON lines, until Ctrl-C.
-async fn fleet_watch(broker: crlm_config::MqttConfig, json: bool, every: f64) -> anyhow::Result<()> {
+async fn fleet_watch(
+    broker: crlm_config::MqttConfig,
+    json: bool,
+    every: f64,
+    devices: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     use std::io::{IsTerminal, Write};
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
@@ -160,7 +169,10 @@ async fn fleet_watch(broker: crlm_config::MqttConfig, json: bool, every: f64) ->
     let shown = broker.url.clone();
     let tap = tokio::spawn(crlm_fleet::tap(broker, client_id, tx, stop_rx));
     let started = std::time::Instant::now();
-    let mut view = crlm_fleet::FleetView::default();
+    let mut view = match &devices {
+        Some(dir) => crlm_fleet::FleetView::verifying(crlm_fleet::Registry::load(Some(dir))),
+        None => crlm_fleet::FleetView::default(),
+    };
     let mut redraw = tokio::time::interval(std::time::Duration::from_secs_f64(every.max(0.2)));
     let tty = std::io::stdout().is_terminal();
     let signal = wait_for_signal();
@@ -171,6 +183,8 @@ async fn fleet_watch(broker: crlm_config::MqttConfig, json: bool, every: f64) ->
             m = rx.recv() => {
                 let Some((topic, mut payload)) = m else { break };
                 if json {
+                    // With --devices, whether the registered box signed it (null: not checked).
+                    let verified = devices.as_ref().map(|_| view.check(&topic, &payload));
                     // The signed record is for the collector; the watcher shows the message.
                     if let Some(o) = payload.as_object_mut() {
                         o.remove("record");
@@ -178,6 +192,8 @@ async fn fleet_watch(broker: crlm_config::MqttConfig, json: bool, every: f64) ->
                     let line = serde_json::json!({
                         "received_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                         "topic": topic,
+                        "verified": verified.as_ref().map(Result::is_ok),
+                        "refused": verified.and_then(Result::err),
                         "payload": payload,
                     });
                     println!("{line}");
