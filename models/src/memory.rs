@@ -53,15 +53,49 @@ pub fn over_cap(size: usize) -> bool {
     CAP.try_with(|c| size > c.get()).unwrap_or(false)
 }
 
-/// The system allocator, refusing (null) any allocation over the calling thread's cap.
-pub struct CappedAllocator;
+/// The system allocator, refusing (null) any allocation over the calling thread's cap. The
+/// `crlm` binary installs [`CappedAllocator::new`]; a test or fuzz binary may add a hook that
+/// sees the size of every allocation the cap lets through (to record it, or to abort on its own
+/// limit) with [`CappedAllocator::with_hook`], so there is one allocator to trust.
+pub struct CappedAllocator {
+    hook: Option<fn(usize)>,
+}
+
+impl CappedAllocator {
+    pub const fn new() -> CappedAllocator {
+        CappedAllocator { hook: None }
+    }
+
+    /// `hook` runs before each allocation the cap lets through, with its size. It must not
+    /// allocate.
+    pub const fn with_hook(hook: fn(usize)) -> CappedAllocator {
+        CappedAllocator { hook: Some(hook) }
+    }
+
+    /// Whether an allocation of `size` bytes goes ahead (the hook, if any, has seen it).
+    fn admit(&self, size: usize) -> bool {
+        if over_cap(size) {
+            return false;
+        }
+        if let Some(hook) = self.hook {
+            hook(size);
+        }
+        true
+    }
+}
+
+impl Default for CappedAllocator {
+    fn default() -> Self {
+        CappedAllocator::new()
+    }
+}
 
 // SAFETY: every allocation is either refused with a null pointer, which `GlobalAlloc` allows, or
 // forwarded unchanged to `System` under the contract it was made with. The cap is read from a
-// const-initialised thread-local `Cell`, which does not allocate.
+// const-initialised thread-local `Cell`, which does not allocate, and hooks must not allocate.
 unsafe impl GlobalAlloc for CappedAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if over_cap(layout.size()) {
+        if !self.admit(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: the caller's obligations for `layout` pass through.
@@ -69,7 +103,7 @@ unsafe impl GlobalAlloc for CappedAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if over_cap(layout.size()) {
+        if !self.admit(layout.size()) {
             return std::ptr::null_mut();
         }
         // SAFETY: as for `alloc`.
@@ -82,7 +116,7 @@ unsafe impl GlobalAlloc for CappedAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if over_cap(new_size) {
+        if !self.admit(new_size) {
             return std::ptr::null_mut();
         }
         // SAFETY: `ptr` came from `System` through this allocator with `layout`.

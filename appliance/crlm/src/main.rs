@@ -96,7 +96,7 @@ enum Command {
 /// Single allocations over the calling thread's cap are refused: the backstop that turns a
 /// hostile DICOM length dicom-rs would allocate into a read error (crlm_models::memory).
 #[global_allocator]
-static ALLOCATOR: crlm_models::memory::CappedAllocator = crlm_models::memory::CappedAllocator;
+static ALLOCATOR: crlm_models::memory::CappedAllocator = crlm_models::memory::CappedAllocator::new();
 
 fn main() -> ExitCode {
     let command = Cli::parse().command;

@@ -426,6 +426,14 @@ fn starts_with_item(src: &(impl ByteSource + ?Sized), pos: u64, big_endian: bool
 mod tests {
     use super::*;
 
+    /// An implicit VR little endian element header: tag and 4-byte length.
+    fn implicit(tag: (u16, u16), len: u32) -> Vec<u8> {
+        let mut v = tag.0.to_le_bytes().to_vec();
+        v.extend_from_slice(&tag.1.to_le_bytes());
+        v.extend_from_slice(&len.to_le_bytes());
+        v
+    }
+
     fn el(tag: (u16, u16), vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
         let mut v = tag.0.to_le_bytes().to_vec();
         v.extend_from_slice(&tag.1.to_le_bytes());
@@ -489,12 +497,6 @@ mod tests {
     /// sequence holds items only; private sequences of undefined length still read.
     #[test]
     fn an_element_in_a_sequence_outside_any_item_is_refused() {
-        let implicit = |tag: (u16, u16), len: u32| {
-            let mut v = tag.0.to_le_bytes().to_vec();
-            v.extend_from_slice(&tag.1.to_le_bytes());
-            v.extend_from_slice(&len.to_le_bytes());
-            v
-        };
         let mut d = implicit((0x0008, 0x0060), 2);
         d.extend_from_slice(b"RT");
         // (3006,0010) ReferencedFrameOfReferenceSequence, undefined length, one empty item.
@@ -544,12 +546,6 @@ mod tests {
     /// must now end exactly at a defined length, which puts both at the same next element.
     #[test]
     fn sequence_contents_must_end_at_the_declared_length() {
-        let implicit = |tag: (u16, u16), len: u32| {
-            let mut v = tag.0.to_le_bytes().to_vec();
-            v.extend_from_slice(&tag.1.to_le_bytes());
-            v.extend_from_slice(&len.to_le_bytes());
-            v
-        };
         let item = |len: u32| {
             let mut v = vec![0xFE, 0xFF, 0x00, 0xE0];
             v.extend_from_slice(&len.to_le_bytes());
@@ -630,9 +626,7 @@ mod tests {
     #[test]
     fn numbers_must_fill_their_value() {
         let implicit = |tag: (u16, u16), value: &[u8]| {
-            let mut v = tag.0.to_le_bytes().to_vec();
-            v.extend_from_slice(&tag.1.to_le_bytes());
-            v.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            let mut v = implicit(tag, value.len() as u32);
             v.extend_from_slice(value);
             v
         };

@@ -5,7 +5,6 @@
 //! file on the share.
 
 use crlm_models::limits::Limits;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -36,59 +35,22 @@ pub fn scratch(data: &[u8], ext: &str) -> PathBuf {
 pub const MAX_ALLOCATION: usize = 40 << 20;
 
 /// The box's allocator (crlm_models::memory: allocations over a thread's read cap are refused,
-/// as in the `crlm` binary) with the fuzzing cap on top. libFuzzer's `-malloc_limit_mb` works
-/// only through a sanitizer's allocator hooks, and these targets run without a sanitizer, so the
-/// cap is kept here: an allocation over it aborts, which libFuzzer reports as a crash and keeps
-/// the input (found when a 644-byte DICOM header took 1.3 GB while the runs said "40 MB cap").
-struct Capped;
+/// as in the `crlm` binary) with the fuzzing cap as its hook. libFuzzer's `-malloc_limit_mb`
+/// works only through a sanitizer's allocator hooks, and these targets run without a sanitizer,
+/// so the cap is kept here: an allocation over it aborts, which libFuzzer reports as a crash and
+/// keeps the input (found when a 644-byte DICOM header took 1.3 GB while the runs said "40 MB
+/// cap").
+#[global_allocator]
+static ALLOCATOR: crlm_models::memory::CappedAllocator = crlm_models::memory::CappedAllocator::with_hook(fuzz_cap);
+
+fn fuzz_cap(size: usize) {
+    if size > MAX_ALLOCATION {
+        over_cap(size);
+    }
+}
 
 #[cold]
 fn over_cap(size: usize) -> ! {
     eprintln!("crlm-fuzz: allocation of {size} bytes is over the {MAX_ALLOCATION}-byte cap");
     std::process::abort()
 }
-
-// SAFETY: every call is refused with a null pointer (allowed by `GlobalAlloc`) or forwarded
-// unchanged to `System` under the contract it was made with; the cap only aborts before forwarding.
-unsafe impl GlobalAlloc for Capped {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if crlm_models::memory::over_cap(layout.size()) {
-            return std::ptr::null_mut();
-        }
-        if layout.size() > MAX_ALLOCATION {
-            over_cap(layout.size());
-        }
-        // SAFETY: the caller's `layout` obligations are passed on as they are.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if crlm_models::memory::over_cap(layout.size()) {
-            return std::ptr::null_mut();
-        }
-        if layout.size() > MAX_ALLOCATION {
-            over_cap(layout.size());
-        }
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System` through this allocator with this `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if crlm_models::memory::over_cap(new_size) {
-            return std::ptr::null_mut();
-        }
-        if new_size > MAX_ALLOCATION {
-            over_cap(new_size);
-        }
-        // SAFETY: `ptr` came from `System` through this allocator with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Capped = Capped;
