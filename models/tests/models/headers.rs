@@ -195,11 +195,11 @@ fn an_element_with_an_unknown_vr_is_refused_before_anything_large_is_allocated()
 }
 
 /// Found by fuzzing (tests/fuzz, target dicom_header): 40 bytes of raw implicit-VR data set that
-/// the guard and dicom-rs read differently, where dicom-rs asked for 1.1 GB. Whatever the next
-/// such difference is, the read cap (crlm_models::memory) refuses what the file cannot hold:
-/// the read is an error and nothing large is allocated.
+/// the guard and dicom-rs read differently, where dicom-rs asked for 1.1 GB. The guard now
+/// refuses its command-group element (finding 9), and the read cap stands behind it: the read is
+/// an error and nothing large is allocated.
 #[test]
-fn a_length_the_guard_did_not_foresee_is_refused_by_the_read_cap() {
+fn a_raw_data_set_dicom_rs_read_out_of_step_allocates_nothing_large() {
     let bytes: [u8; 40] = [
         0x08, 0x00, 0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x1d, 0x00, 0, 0, 0x01, 0,
         0, 0, 0, 0, 0x08, 0x00, 0x00, 0x12, 0x00, 0x44,
@@ -212,4 +212,16 @@ fn a_length_the_guard_did_not_foresee_is_refused_by_the_read_cap() {
     let largest = crate::alloc_probe::largest();
     assert!(r.is_err(), "{r:?}");
     assert!(largest < 1 << 20, "the header read allocated {largest} bytes at once");
+}
+
+/// The read cap (crlm_models::memory), the backstop for the next length the guard does not
+/// foresee: inside it, an allocation over the cap is refused (dicom-rs's fallible allocations
+/// then fail as a read error); outside it, the same allocation goes ahead. This binary runs the
+/// box's allocator, as `crlm` does; without the cap the first assertion fails.
+#[test]
+fn the_read_cap_refuses_an_allocation_over_it() {
+    let inside = crlm_models::memory::with_allocation_cap(1 << 20, || Vec::<u8>::new().try_reserve_exact(64 << 20));
+    assert!(inside.is_err(), "64 MB allocated under a 1 MB cap");
+    let mut outside = Vec::<u8>::new();
+    assert!(outside.try_reserve_exact(64 << 20).is_ok());
 }
