@@ -47,7 +47,9 @@ fn a_ledger_that_fails_its_check_holds_predictions_and_says_so() {
     let mut service = site.start(1);
     wait("the ledger condition in a heartbeat", Duration::from_secs(60), || has_condition(&sub, "ledger"));
     assert!(service.try_wait().unwrap().is_none(), "the service must keep running: {}", site.log(1));
-    wait("the ledger_invalid alert", Duration::from_secs(20), || {
+    // Alerts wait in the outbox and go again every 30 s until acked (no collector here), so a
+    // subscriber that connected after the first send sees the second.
+    wait("the ledger_invalid alert", Duration::from_secs(45), || {
         sub.leaf("alert").iter().any(|a| a["alert"] == "ledger_invalid")
     });
     wait("the problem screen", Duration::from_secs(20), || panel(&site).contains("Ledger check failed"));
