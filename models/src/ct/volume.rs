@@ -175,6 +175,15 @@ pub fn load_series_with_headers(
         return Err(geo(format!("{}: no Rows/Columns", files[0].display())));
     }
     for (f, h) in files.iter().zip(headers) {
+        // A CT image stores 16 bits a sample (8 in some secondary exports). Fewer would let a
+        // file of a few kilobytes claim a volume of tens of megabytes of f32 within the header
+        // guard's pixel-byte limit (finding 12, docs/RELIABILITY.md): refused before allocating.
+        if let Some(bits) = h.bits_allocated.filter(|b| !matches!(b, 8 | 16)) {
+            return Err(CtError::Decode {
+                file: f.display().to_string(),
+                message: format!("BitsAllocated {bits}: a CT image stores 16 (or 8) bits a sample"),
+            });
+        }
         if usize::from(h.rows.unwrap_or(0)) != rows || usize::from(h.columns.unwrap_or(0)) != columns {
             return Err(geo(format!(
                 "mixed image sizes: {columns}x{rows} and {}x{} ({})",

@@ -112,6 +112,29 @@ fn mixed_sizes_are_refused_with_the_file_named() {
     assert!(err.to_string().contains("mixed image sizes"), "{err}");
 }
 
+/// Finding 12 (fuzzing, docs/RELIABILITY.md): a 7 KB file claiming BitsAllocated 1 passed the
+/// header guard's pixel-byte limit (one bit a voxel) and made the loader allocate 32 times that
+/// as f32. A CT image with other than 8 or 16 bits a sample is refused before the volume exists.
+#[test]
+fn a_ct_image_with_one_bit_a_sample_is_refused_before_the_volume_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = series(dir.path(), 1, |s| {
+        s.rows = 512;
+        s.columns = 512;
+    });
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    // (0028,0100) BitsAllocated US 16 -> 1, explicit VR little endian.
+    let tag = [0x28, 0x00, 0x00, 0x01, b'U', b'S', 0x02, 0x00, 0x10, 0x00];
+    let at = bytes.windows(tag.len()).position(|w| w == tag).expect("BitsAllocated 16 in the file");
+    bytes[at + 8] = 1;
+    std::fs::write(&files[0], &bytes).unwrap();
+    crate::alloc_probe::reset();
+    let err = load_series(&files, &Limits::default()).unwrap_err();
+    let largest = crate::alloc_probe::largest();
+    assert!(err.to_string().contains("BitsAllocated 1"), "{err}");
+    assert!(largest < 512 * 512 * 4, "{largest} bytes allocated for a refused image");
+}
+
 /// What the minimal reader below takes from a NIfTI-1 file.
 struct Nifti {
     dims: Vec<i16>,

@@ -1,0 +1,76 @@
+SUMMARY = "crlm-edge: CRLM risk prediction for the validation study"
+DESCRIPTION = "The crlm service (Rust): watches the lab's share, assembles cases, runs the \
+               study's locked model through ONNX Runtime with the TensorRT provider, locks each \
+               prediction in a signed, hash-chained ledger, drives the front panel and reports \
+               to the study's MQTT broker."
+SECTION = "science"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
+
+# Built from the checkout this layer lives in (yocto/meta-crlm), so an image is always the
+# commit it was built from. Every crate comes from crlm-crates.inc (yocto/update-crates writes it
+# from Cargo.lock; CI fails when they differ): BitBake fetches them, cargo builds offline.
+EXTERNALSRC = "${CRLM_TOPDIR}"
+
+require crlm-crates.inc
+
+SRC_URI += "\
+    file://cargo-config.toml \
+    file://crlm.service \
+    file://crlm.tmpfiles \
+    file://crlm.toml \
+    file://srv-crlm-share.mount \
+"
+
+inherit cargo_bin externalsrc systemd useradd
+
+# The device's features: ONNX Runtime (loaded at run time) and the SPI front panel; none of the
+# study office's code (collector, statistics, demo).
+CARGO_MANIFEST_PATH = "${S}/appliance/crlm/Cargo.toml"
+
+CARGO_FEATURES = "onnx spi"
+
+EXTRA_CARGO_FLAGS = "--no-default-features --frozen --bin crlm"
+
+# cargo reads the crates BitBake unpacked (crate:// sources land in ${WORKDIR}/cargo_home/bitbake)
+# instead of crates.io: the build needs no network.
+do_configure:append() {
+    sed "s|@CRATES@|${WORKDIR}/cargo_home/bitbake|" ${WORKDIR}/cargo-config.toml > ${CARGO_HOME}/config.toml
+}
+
+do_install:append() {
+    install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/crlm ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${WORKDIR}/crlm.service ${D}${systemd_system_unitdir}/crlm.service
+    install -m 0644 ${WORKDIR}/srv-crlm-share.mount ${D}${systemd_system_unitdir}/srv-crlm-share.mount
+    install -m 0644 ${WORKDIR}/crlm.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/crlm.conf
+    install -m 0640 -g crlm ${WORKDIR}/crlm.toml ${D}${sysconfdir}/crlm/crlm.toml
+    install -d ${D}${datadir}/crlm/model
+}
+
+# The crlm user and its groups, made when the root file system is built (it is read-only on the
+# box). The same as crlm.sysusers, which the unit's check in CI uses.
+USERADD_PACKAGES = "${PN}"
+GROUPADD_PARAM:${PN} = "--system spi; --system gpio"
+USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/crlm --no-create-home \
+                       --shell /sbin/nologin --user-group --groups video,spi,gpio crlm"
+
+SYSTEMD_SERVICE:${PN} = "crlm.service"
+SYSTEMD_AUTO_ENABLE:${PN} = "enable"
+# srv-crlm-share.mount is installed but not enabled: the share's address is the site's
+# (DEPLOY.md: a drop-in with What=, then `systemctl enable srv-crlm-share.mount`).
+
+FILES:${PN} += "\
+    ${nonarch_libdir}/tmpfiles.d/crlm.conf \
+    ${systemd_system_unitdir}/crlm.service \
+    ${systemd_system_unitdir}/srv-crlm-share.mount \
+"
+CONFFILES:${PN} = "${sysconfdir}/crlm/crlm.toml"
+
+# The inference runtime the service loads, chrony for lock times that are evidence, and the
+# share's clients.
+RDEPENDS:${PN} += "\
+    chrony \
+    cifs-utils \
+    nfs-utils-client \
+    onnxruntime \
+"
