@@ -23,6 +23,7 @@ RAUC_SLOT_model = "crlm-model"
 RAUC_SLOT_model[type] = "file"
 RAUC_SLOT_model[file] = "crlm-model.tar"
 RAUC_SLOT_model[rename] = "crlm-model.tar"
+RAUC_SLOT_model[hooks] = "pre-install;post-install"
 
 RAUC_KEY_FILE = "${CRLM_RAUC_KEY_FILE}"
 RAUC_CERT_FILE = "${CRLM_RAUC_CERT_FILE}"
