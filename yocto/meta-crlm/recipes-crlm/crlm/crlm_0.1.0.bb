@@ -17,6 +17,7 @@ require crlm-crates.inc
 SRC_URI += "\
     file://cargo-config.toml \
     file://crlm.service \
+    file://crlm.sysusers \
     file://crlm.tmpfiles \
     file://crlm.toml \
     file://srv-crlm-share.mount \
@@ -39,20 +40,23 @@ do_configure:append() {
 }
 
 do_install:append() {
-    install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/crlm ${D}${nonarch_libdir}/tmpfiles.d
+    install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/crlm ${D}${nonarch_libdir}/tmpfiles.d \
+        ${D}${nonarch_libdir}/sysusers.d
     install -m 0644 ${WORKDIR}/crlm.service ${D}${systemd_system_unitdir}/crlm.service
     install -m 0644 ${WORKDIR}/srv-crlm-share.mount ${D}${systemd_system_unitdir}/srv-crlm-share.mount
+    install -m 0644 ${WORKDIR}/crlm.sysusers ${D}${nonarch_libdir}/sysusers.d/crlm.conf
     install -m 0644 ${WORKDIR}/crlm.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/crlm.conf
     install -m 0640 -g crlm ${WORKDIR}/crlm.toml ${D}${sysconfdir}/crlm/crlm.toml
     install -d ${D}${datadir}/crlm/model
 }
 
 # The crlm user and its groups, made when the root file system is built (it is read-only on the
-# box). The same as crlm.sysusers, which the unit's check in CI uses.
+# box). crlm.sysusers says the same and is installed too: poky's systemd_sysusers_check compares
+# the two when the image is made and warns where they differ.
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system spi; --system gpio"
 USERADD_PARAM:${PN} = "--system --home-dir ${localstatedir}/lib/crlm --no-create-home \
-                       --shell /sbin/nologin --user-group --groups video,spi,gpio crlm"
+                       --shell /sbin/nologin --comment 'crlm-edge service' --user-group --groups video,spi,gpio crlm"
 
 SYSTEMD_SERVICE:${PN} = "crlm.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
@@ -60,6 +64,7 @@ SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 # (DEPLOY.md: a drop-in with What=, then `systemctl enable srv-crlm-share.mount`).
 
 FILES:${PN} += "\
+    ${nonarch_libdir}/sysusers.d/crlm.conf \
     ${nonarch_libdir}/tmpfiles.d/crlm.conf \
     ${systemd_system_unitdir}/crlm.service \
     ${systemd_system_unitdir}/srv-crlm-share.mount \
