@@ -11,6 +11,7 @@ use super::series::{self, SeriesChoice};
 use super::{IngestError, Ingestor, ScanReport, eligibility};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::dicom::DicomHeader;
+use crlm_models::slide::SlideHeader;
 use crlm_state::{CaseState, Closing, NewFile, OpenCaseRow as OpenCase, now_ms};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};
@@ -175,6 +176,7 @@ fn evaluate_case(
     let mut dicom_patients = BTreeSet::new();
     let mut roi_files = 0usize;
     let mut slides = 0usize;
+    let mut dicom_slides = BTreeSet::new();
     let mut ct_study_date = None;
     for (path, kind, details) in &files {
         match kind.as_str() {
@@ -195,10 +197,19 @@ fn evaluate_case(
                     _ => {}
                 }
             }
-            "slide" => slides += 1,
+            "slide" => {
+                // A DICOM slide is a series of files (levels, label): one slide per series.
+                match serde_json::from_str::<SlideHeader>(details).ok().and_then(|h| h.dicom_series) {
+                    Some(series) => {
+                        dicom_slides.insert(series);
+                    }
+                    None => slides += 1,
+                }
+            }
             _ => {}
         }
     }
+    let slides = slides + dicom_slides.len();
     let choice: SeriesChoice = series::choose_series(&ct_images, &cfg.series);
     if let Some(chosen) = &choice.chosen {
         ct_study_date = ct_images

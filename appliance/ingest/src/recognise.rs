@@ -98,11 +98,12 @@ pub enum Outcome {
 }
 
 const ACTION_REEXPORT: &str = "Re-export the file from the scanner or PACS into the case folder.";
-const ACTION_UNSUPPORTED: &str =
-    "Remove the file from the share; only CT DICOM, SVS/pyramidal TIFF slides and the clinical file belong there.";
+const ACTION_UNSUPPORTED: &str = "Remove the file from the share; only CT DICOM, slides (SVS, pyramidal TIFF, DICOM) and the clinical file belong there.";
 const ACTION_CLINICAL: &str =
     "Correct the clinical file (see docs/CLINICAL.md) and save it again into the case folder.";
 const ACTION_SLIDE: &str = "Export the slide as Aperio SVS or tiled pyramidal TIFF into the case folder.";
+const ACTION_DICOM_SLIDE: &str = "Export the slide again as DICOM (brightfield, one focal plane; JPEG, JPEG 2000 or \
+     uncompressed frames) or as Aperio SVS / tiled pyramidal TIFF into the case folder.";
 const ACTION_SUPPORT: &str = "Call support with the quarantine record; the file exceeds the appliance's limits.";
 
 fn problem(kind: FileKind, check: &'static str, reason: impl Into<String>, action: &'static str) -> Problem {
@@ -186,13 +187,8 @@ fn recognise_dicom(file: &File, limits: &Limits) -> Outcome {
         Err(e) => return Outcome::NotYet(problem(k, "dicom.header", e.to_string(), ACTION_REEXPORT)),
     };
     let sop = header.sop_class_uid.as_deref().unwrap_or("");
-    if sop == "1.2.840.10008.5.1.4.1.1.77.1.6" {
-        return Outcome::Bad(problem(
-            FileKind::Slide,
-            "slide.format",
-            "DICOM whole-slide image (VL Whole Slide Microscopy): not supported yet",
-            ACTION_SLIDE,
-        ));
+    if sop == sop_class::VL_WHOLE_SLIDE_MICROSCOPY {
+        return recognise_dicom_slide(file, limits);
     }
     if header.rows.is_some()
         && let Err(e) = dicom::check_pixel_data_file(file, &header, limits)
@@ -232,6 +228,23 @@ fn recognise_slide(file: &File, limits: &Limits) -> Outcome {
         Err(e @ SlideError::UnsupportedCompression(_)) => {
             Outcome::Bad(problem(k, "slide.compression", e.to_string(), ACTION_SLIDE))
         }
+        Err(e @ (SlideError::Incomplete(_) | SlideError::Io(_))) => {
+            Outcome::NotYet(problem(k, "slide.tiles_complete", e.to_string(), ACTION_REEXPORT))
+        }
+        Err(e) => Outcome::NotYet(problem(k, "slide.structure", e.to_string(), ACTION_REEXPORT)),
+    }
+}
+
+/// One file of a DICOM slide (a level, or its label, overview or thumbnail): its header and
+/// frame table must read; the case joins its files into one slide by series.
+fn recognise_dicom_slide(file: &File, limits: &Limits) -> Outcome {
+    let k = FileKind::Slide;
+    match slide::dicom_wsi::read_instance(std::path::Path::new(""), file, limits) {
+        Ok(i) => Outcome::Usable(Recognised::Slide(Box::new(i.header()))),
+        Err(e @ SlideError::OverLimit { .. }) => {
+            Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT))
+        }
+        Err(e @ SlideError::Dicom(_)) => Outcome::Bad(problem(k, "slide.dicom", e.to_string(), ACTION_DICOM_SLIDE)),
         Err(e @ (SlideError::Incomplete(_) | SlideError::Io(_))) => {
             Outcome::NotYet(problem(k, "slide.tiles_complete", e.to_string(), ACTION_REEXPORT))
         }

@@ -344,3 +344,45 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A DICOM slide (levels as separate files, level 0 a concatenation, a label) in the case folder
+/// counts as one slide; a DICOM slide the box cannot read (a fluorescence image with two optical
+/// paths) is quarantined with the reason.
+#[test]
+fn a_dicom_slide_series_is_one_slide_of_its_case() {
+    use crlm_models::slide::{DicomSlideSpec, SlideSpec, write_dicom_slide};
+    let e = env();
+    let case = SampleCase { with_slide: false, ..SampleCase::new("PAT-WSI") };
+    write_sample_case(&e.share.join("case-w"), &case).unwrap();
+    let mut spec = DicomSlideSpec::new(
+        "ingest-wsi",
+        SlideSpec { label_text: Some("PAT-WSI".into()), ..SlideSpec::small(600, 400) },
+    );
+    spec.split_level0 = true;
+    let files = write_dicom_slide(&e.share.join("case-w/slide"), &spec).unwrap();
+    assert_eq!(files.len(), 5, "level 0 in two files, levels 1 and 2, the label");
+    // Another DICOM slide, written with two optical paths declared.
+    let bad = e.share.join("bad-slide");
+    let two = write_dicom_slide(
+        &bad,
+        &DicomSlideSpec::new("two-paths", SlideSpec { levels: 1, ..SlideSpec::small(300, 200) }),
+    )
+    .unwrap();
+    let mut obj = dicom_object::open_file(&two[0]).unwrap();
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::NUMBER_OF_OPTICAL_PATHS,
+        dicom_core::VR::UL,
+        dicom_core::dicom_value!(U32, [2]),
+    ));
+    obj.write_to_file(&two[0]).unwrap();
+
+    let mut ing = Ingestor::open(&e.cfg).unwrap();
+    let rows = scan_until(&mut ing, 20.0, |rows| rows.iter().any(|r| r.state != CaseState::Waiting));
+    let r = rows.iter().find(|r| r.state != CaseState::Waiting).unwrap();
+    assert_eq!(r.state, CaseState::Complete, "{r:#?}");
+    assert_eq!(r.modalities["slide"]["count"], 1, "{:#?}", r.modalities);
+    let q = quarantined(&ing);
+    let rec = q.iter().find(|x| x.0 == "bad-slide/level-0-0.dcm").unwrap_or_else(|| panic!("{q:#?}"));
+    assert_eq!(rec.1, "slide.dicom", "{rec:?}");
+    assert!(rec.2.contains("2 optical paths"), "{rec:?}");
+}

@@ -87,6 +87,7 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
     let root = share::open_share(dir)?;
     let mut entries = share::walk(&root, &HashSet::new())?.entries;
     entries.sort_by(|a, b| entry_rel(a).cmp(entry_rel(b)));
+    let mut dicom_series = HashSet::new();
     for entry in entries {
         let rel_path = match entry {
             ShareEntry::File { rel, nlink: 1, .. } => rel,
@@ -103,7 +104,16 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
                 out.roi_files.push((p, *header))
             }
             Outcome::Usable(Recognised::Dicom { .. }) => {}
-            Outcome::Usable(Recognised::Slide(_)) => out.slides.push((p, rel_path.display().to_string())),
+            // A DICOM slide's files (levels, label) are one slide: the first file of each series
+            // stands for it, and the reader gathers the rest from beside it.
+            Outcome::Usable(Recognised::Slide(h)) => {
+                if let Some(series) = &h.dicom_series
+                    && (h.levels.is_empty() || !dicom_series.insert(series.clone()))
+                {
+                    continue;
+                }
+                out.slides.push((p, rel_path.display().to_string()))
+            }
             Outcome::Usable(Recognised::Clinical { records, .. }) => out.clinical.extend(records),
             Outcome::NotYet(pr) | Outcome::Bad(pr) => {
                 out.warnings.push(format!("{}: not used ({}: {})", rel(dir, &p), pr.check, pr.reason))

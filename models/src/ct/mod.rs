@@ -3,7 +3,7 @@
 //! [`volume::load_series`] decodes every slice or frame (single-frame CT and Enhanced multi-frame
 //! CT). Codecs: dicom-pixeldata for uncompressed data in every byte order, deflated, RLE, 8-bit
 //! JPEG, JPEG lossless and JPEG 2000 (pure-Rust openjp2); our own decoder for 12-bit JPEG
-//! Extended ([`crate::dicom::jpeg12`]); CharLS for JPEG-LS with feature `jpeg-ls`. It applies
+//! Extended ([`crate::dicom::jpeg12`]); CharLS for JPEG-LS. It applies
 //! Rescale Slope/Intercept per slice and sorts slices by their position along the slice normal
 //! from ImageOrientationPatient (never by InstanceNumber). It reports gaps, non-uniform spacing,
 //! duplicates, gantry tilt and padding (left at its rescaled value, as SimpleITK does).

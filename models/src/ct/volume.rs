@@ -411,14 +411,7 @@ fn decode_file(
     for (p, dst) in slots.iter_mut() {
         let plane = &planes[*p];
         let decoded = if multi_frame { obj.decode_pixel_data_frame(plane.frame) } else { obj.decode_pixel_data() };
-        let decoded = decoded.map_err(|e| {
-            let ts_uid = h.transfer_syntax_uid.as_str();
-            let hint = match ts_uid {
-                "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => " (JPEG-LS: build crlm with feature `jpeg-ls`)",
-                _ => "",
-            };
-            derr(format!("{e} [transfer syntax {ts_uid}]{hint}"))
-        })?;
+        let decoded = decoded.map_err(|e| derr(format!("{e} [transfer syntax {}]", h.transfer_syntax_uid.as_str())))?;
         if decoded.samples_per_pixel() != 1 {
             return Err(derr(format!("expected one grey sample per pixel, got {}", decoded.samples_per_pixel())));
         }

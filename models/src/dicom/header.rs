@@ -111,7 +111,11 @@ impl DicomHeader {
             return Ok(None);
         };
         let frames = u64::from(self.number_of_frames.unwrap_or(1).max(1));
-        if frames > u64::from(limits.max_dicom_frames) {
+        // A whole-slide image is never decoded whole: its frames are tiles, which the slide
+        // reader bounds one by one (tile size, tile count: `slide::dicom_wsi`). The DICOM limits
+        // are for images decoded in one piece, so they do not apply to it.
+        let whole_slide = self.sop_class_uid.as_deref() == Some(super::sop_class::VL_WHOLE_SLIDE_MICROSCOPY);
+        if !whole_slide && frames > u64::from(limits.max_dicom_frames) {
             return Err(DicomError::OverLimit {
                 what: "NumberOfFrames",
                 value: frames,
@@ -124,9 +128,10 @@ impl DicomHeader {
             spp = 2;
         }
         let bits = u64::from(self.bits_allocated.unwrap_or(16).max(1));
-        let bits_total = u64::from(rows) * u64::from(cols) * frames * spp * bits;
+        // Saturating: every factor comes from the file, and their product can pass u64.
+        let bits_total = [u64::from(cols), frames, spp, bits].iter().fold(u64::from(rows), |a, b| a.saturating_mul(*b));
         let bytes = bits_total.div_ceil(8);
-        if bytes > limits.max_dicom_pixel_bytes {
+        if !whole_slide && bytes > limits.max_dicom_pixel_bytes {
             return Err(DicomError::OverLimit {
                 what: "decoded pixel data bytes",
                 value: bytes,
@@ -185,6 +190,19 @@ pub fn read_header(path: &Path, limits: &Limits) -> Result<DicomHeader, DicomErr
 
 /// As [`read_header`], from a file the caller opened (ingest opens files beneath the share).
 pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, DicomError> {
+    let (obj, ts_uid, layout) = read_object(file, limits)?;
+    let mut header = extract(&obj);
+    header.transfer_syntax_uid = ts_uid;
+    header.layout = Some(layout);
+    // Check claimed sizes now, so nothing later allocates from an absurd header.
+    header.expected_native_bytes(limits)?;
+    Ok(header)
+}
+
+/// The data set up to Pixel Data (not included), its transfer syntax and the file's layout, read
+/// through the length guard and under the allocation cap: the one way this crate parses a DICOM
+/// header (CT, SEG, RTSTRUCT and whole-slide images alike).
+pub(crate) fn read_object(file: &File, limits: &Limits) -> Result<(InMemDicomObject, String, DicomLayout), DicomError> {
     let mut head = [0u8; 256];
     let n = read_prefix(file, &mut head)?;
     let layout = sniff_dicom(&head[..n]).ok_or(DicomError::NotDicom)?;
@@ -193,7 +211,7 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
     let mut reader = file;
     // The backstop for where dicom-rs and the guard read a length differently (crate::memory).
     let cap = crate::memory::read_cap(file.metadata()?.len());
-    let mut header = match layout {
+    let (obj, ts_uid) = match layout {
         DicomLayout::Part10 | DicomLayout::MetaWithoutPreamble => {
             // dicom-object's reader expects "DICM" then the meta group.
             let obj = if layout == DicomLayout::Part10 {
@@ -216,21 +234,16 @@ pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, Dic
             match obj {
                 Ok(obj) => {
                     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-                    let mut h = extract(&obj);
-                    h.transfer_syntax_uid = ts_uid;
-                    h
+                    (obj.into_inner(), ts_uid)
                 }
                 // Vendors write meta groups dicom-rs rejects (no group length, odd values):
                 // walk the meta group by hand and read the data set with its transfer syntax.
-                Err(_) => read_dataset_at(file, dataset_offset, &meta_ts, limits)?,
+                Err(_) => (read_dataset_at(file, dataset_offset, &meta_ts, limits)?, meta_ts),
             }
         }
-        DicomLayout::RawDataset { .. } => read_dataset_at(file, 0, &meta_ts, limits)?,
+        DicomLayout::RawDataset { .. } => (read_dataset_at(file, 0, &meta_ts, limits)?, meta_ts),
     };
-    header.layout = Some(layout);
-    // Check claimed sizes now, so nothing later allocates from an absurd header.
-    header.expected_native_bytes(limits)?;
-    Ok(header)
+    Ok((obj, ts_uid, layout))
 }
 
 /// Refuse declared lengths beyond the data before dicom-rs allocates them (see [`super::guard`]).
@@ -275,7 +288,7 @@ fn raw_transfer_syntax(explicit_vr: bool, big_endian: bool) -> &'static str {
 
 /// Parse a whole data set starting at `offset` with the given transfer syntax (after a size check:
 /// this path reads pixel data too).
-fn read_dataset_at(file: &File, offset: u64, ts_uid: &str, limits: &Limits) -> Result<DicomHeader, DicomError> {
+fn read_dataset_at(file: &File, offset: u64, ts_uid: &str, limits: &Limits) -> Result<InMemDicomObject, DicomError> {
     let size = file.metadata()?.len();
     let cap = limits.max_dicom_pixel_bytes.saturating_add(16 << 20);
     if size > cap {
@@ -294,9 +307,7 @@ fn read_dataset_at(file: &File, offset: u64, ts_uid: &str, limits: &Limits) -> R
     let obj =
         crate::memory::with_allocation_cap(cap, || InMemDicomObject::read_dataset_with_ts(BufReader::new(reader), ts))
             .map_err(|e| DicomError::Parse(e.to_string()))?;
-    let mut h = extract(&obj);
-    h.transfer_syntax_uid = ts_uid.to_string();
-    Ok(h)
+    Ok(obj)
 }
 
 /// Walk the (explicit VR little endian) file meta group from `start`; returns the transfer
@@ -481,13 +492,18 @@ pub(crate) fn text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<Strin
     (!t.is_empty()).then(|| t.to_string())
 }
 
-fn multi_text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<String> {
+pub(crate) fn multi_text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Vec<String> {
     text(obj, tag).map(|s| s.split('\\').map(|p| p.trim().to_ascii_uppercase()).collect()).unwrap_or_default()
 }
 
 pub(crate) fn floats(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
     let v = obj.element_opt(tag).ok().flatten()?.to_multi_float64().ok()?;
     (!v.is_empty() && v.iter().all(|x| x.is_finite())).then_some(v)
+}
+
+/// The first value of a numeric element.
+pub(crate) fn float_in(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<f64> {
+    floats(obj, tag).and_then(|v| v.first().copied())
 }
 
 pub(crate) fn int<T: num_like::FromI64>(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<T> {
@@ -513,6 +529,11 @@ pub(crate) mod num_like {
     impl FromI64 for u32 {
         fn from_i64(v: i64) -> Option<Self> {
             u32::try_from(v).ok()
+        }
+    }
+    impl FromI64 for u64 {
+        fn from_i64(v: i64) -> Option<Self> {
+            u64::try_from(v).ok()
         }
     }
 }

@@ -43,6 +43,8 @@ pub mod sop_class {
     pub const ENHANCED_CT_IMAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
     pub const SEGMENTATION: &str = "1.2.840.10008.5.1.4.1.1.66.4";
     pub const RT_STRUCTURE_SET: &str = "1.2.840.10008.5.1.4.1.1.481.3";
+    /// VL Whole Slide Microscopy Image: a level (or label, overview, thumbnail) of a digital slide.
+    pub const VL_WHOLE_SLIDE_MICROSCOPY: &str = "1.2.840.10008.5.1.4.1.1.77.1.6";
 }
 
 /// Why a DICOM file could not be used. Messages say what was wrong and what to do.

@@ -1,4 +1,5 @@
-//! Whole-slide images: TIFF/BigTIFF/Aperio SVS headers and a pyramidal TIFF writer.
+//! Whole-slide images: TIFF/BigTIFF/Aperio SVS headers, DICOM whole-slide series
+//! ([`dicom_wsi`]), tile and region reading, and a pyramidal TIFF writer.
 //!
 //! [`tiff::read_slide_header`] walks the IFD chain by hand with every count bounded, and checks
 //! that every tile's offset and byte count lie inside the file and are non-zero: a slide still
@@ -6,6 +7,9 @@
 //! Associated images (label, macro) are recognised so that they are never decoded into results:
 //! they carry patient identifiers.
 
+#[cfg(any(test, feature = "write"))]
+pub mod dicom_writer;
+pub mod dicom_wsi;
 pub mod read;
 pub mod sample;
 pub mod tiff;
@@ -13,6 +17,8 @@ pub mod tissue;
 #[cfg(any(test, feature = "write"))]
 pub mod writer;
 
+#[cfg(any(test, feature = "write"))]
+pub use dicom_writer::{DicomSlideSpec, write_dicom_slide};
 pub use tiff::{SlideFormat, SlideHeader, SlideLevel, read_slide_header, read_slide_header_file, sniff_tiff};
 #[cfg(any(test, feature = "write"))]
 pub use writer::{SlideSpec, write_pyramidal_tiff};
@@ -33,6 +39,8 @@ pub enum SlideError {
     NoPyramid,
     #[error("slide compression {0} is not supported (JPEG, JPEG 2000, LZW, Deflate or none are)")]
     UnsupportedCompression(u16),
+    #[error("DICOM whole-slide image: {0}")]
+    Dicom(String),
     #[error("could not encode slide: {0}")]
     Encode(String),
 }

@@ -1,8 +1,9 @@
 //! Reading slide pixels: tiles of a pyramid level, and regions in level-0 coordinates like
-//! OpenSlide's `read_region`. JPEG tiles (with the level's shared JPEGTables spliced in; YCbCr
-//! or RGB as the photometric tag says), uncompressed, LZW and Deflate (with the horizontal
-//! predictor). JPEG 2000 tiles are refused with a clear error for now. Associated images are
-//! never read here.
+//! OpenSlide's `read_region`, from TIFF/SVS files and DICOM slides (a series of files:
+//! [`super::dicom_wsi`]). JPEG tiles (libjpeg-turbo; with the level's shared JPEGTables spliced
+//! in; YCbCr or RGB as the photometric tag says, or as the stream says for DICOM), JPEG 2000,
+//! uncompressed, LZW and Deflate (with the horizontal predictor). Associated images are never
+//! read here.
 
 use super::SlideError;
 use super::tiff::{LevelData, SlideHeader, read_slide_layout};
@@ -15,9 +16,12 @@ use std::path::Path;
 pub const MAX_REGION_PIXELS: u64 = 64 << 20;
 
 pub struct SlideReader {
-    file: File,
+    /// The slide's files: one for TIFF, the series' level files for DICOM.
+    files: Vec<File>,
     pub header: SlideHeader,
     levels: Vec<LevelData>,
+    /// The ICC profile the slide carries (DICOM), for whoever displays it; pixels are as stored.
+    pub icc_profile: Option<Vec<u8>>,
 }
 
 /// An RGB image, rows top to bottom.
@@ -29,10 +33,23 @@ pub struct Rgb {
 }
 
 impl SlideReader {
+    /// Open a TIFF/SVS slide, or the DICOM slide `path` is a file of (with its series' other
+    /// files in the same folder).
     pub fn open(path: &Path, limits: &Limits) -> Result<Self, SlideError> {
         let file = File::open(path)?;
+        let mut head = [0u8; 256];
+        let n = crate::dicom::read_prefix(&file, &mut head)?;
+        if crate::dicom::sniff_dicom(head.get(..n).unwrap_or(&[])).is_some() {
+            let s = super::dicom_wsi::open_series(path, limits)?;
+            return Ok(SlideReader { files: s.files, header: s.header, levels: s.levels, icc_profile: s.icc_profile });
+        }
         let (header, levels) = read_slide_layout(file.try_clone()?, limits)?;
-        Ok(SlideReader { file, header, levels })
+        Ok(SlideReader { files: vec![file], header, levels, icc_profile: None })
+    }
+
+    /// How many files the slide spans (1 for TIFF; a DICOM slide's level files).
+    pub fn file_count(&self) -> usize {
+        self.files.len()
     }
 
     pub fn level_count(&self) -> usize {
@@ -45,18 +62,31 @@ impl SlideReader {
         let across = l.width.div_ceil(u64::from(l.tile_width)) as u32;
         let idx = (ty as usize) * across as usize + tx as usize;
         let (off, len) = match (l.tile_offsets.get(idx), l.tile_counts.get(idx)) {
-            (Some(o), Some(c)) => (*o, *c),
+            (Some(o), Some(c)) if tx < across => (*o, *c),
             _ => return Err(SlideError::Broken(format!("tile {tx},{ty} of level {level} does not exist"))),
         };
+        if len == 0 {
+            // A tile no frame covers (DICOM TILED_SPARSE): white, as OpenSlide draws it.
+            let n = l.tile_width as usize * l.tile_height as usize * 3;
+            return Ok(Rgb { width: l.tile_width, height: l.tile_height, pixels: vec![255u8; n] });
+        }
+        // A compressed tile is at most an uncompressed one plus slack; a larger count is damage.
+        let most = u64::from(l.tile_width) * u64::from(l.tile_height) * 4 + (1 << 20);
+        if len > most {
+            return Err(SlideError::Broken(format!("tile {tx},{ty} of level {level} claims {len} bytes")));
+        }
+        let file = l.tile_files.get(idx).map_or(0, |f| *f as usize);
+        let file = self.files.get(file).ok_or_else(|| SlideError::Broken(format!("tile {tx},{ty}: no file")))?;
         let mut raw = vec![0u8; usize::try_from(len).map_err(|_| SlideError::Broken("tile too large".into()))?];
-        self.file.read_exact_at(&mut raw, off)?;
+        file.read_exact_at(&mut raw, off)?;
         decode_tile(l, &raw)
     }
 
     /// RGB pixels of a `width` x `height` region of `level` whose top-left corner is (x, y) in
     /// level-0 pixels, as OpenSlide's read_region. Pixels outside the level are white.
-    /// SHA-256 of the slide file as opened (the tile-embedding cache's key). Read by position,
-    /// as the tiles are, so the file's cursor is never shared.
+    /// SHA-256 of the slide as opened (the tile-embedding cache's key): of its file, or for a
+    /// DICOM slide of its level files in pyramid order. Read by position, as the tiles are, so
+    /// the files' cursors are never shared.
     pub fn sha256(&self) -> Result<String, SlideError> {
         struct ReadAt<'a>(&'a File, u64);
         impl std::io::Read for ReadAt<'_> {
@@ -66,9 +96,22 @@ impl SlideReader {
                 Ok(n)
             }
         }
-        crate::sha256_stream(ReadAt(&self.file, 0), || ())
-            .map(|(sha, _)| sha)
-            .map_err(|e| SlideError::Broken(format!("reading the slide: {e}")))
+        let hash = |f: &File| {
+            crate::sha256_stream(ReadAt(f, 0), || ())
+                .map(|(sha, _)| sha)
+                .map_err(|e| SlideError::Broken(format!("reading the slide: {e}")))
+        };
+        match self.files.as_slice() {
+            [one] => hash(one),
+            many => {
+                use sha2::Digest;
+                let mut all = sha2::Sha256::new();
+                for f in many {
+                    all.update(hash(f)?.as_bytes());
+                }
+                Ok(hex::encode(all.finalize()))
+            }
+        }
     }
 
     pub fn read_region(&self, level: usize, x: i64, y: i64, width: u32, height: u32) -> Result<Rgb, SlideError> {
@@ -156,7 +199,8 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
                 }
                 _ => raw.to_vec(),
             };
-            decode_jpeg_tile(stream, w, h, l.photometric).map_err(|e| bad(format!("JPEG tile: {e}")))?
+            let colour = if l.jpeg_colour_from_stream { None } else { Some(l.photometric == 2) };
+            decode_jpeg_tile(stream, w, h, colour).map_err(|e| bad(format!("JPEG tile: {e}")))?
         }
         1 => raw.to_vec(),
         5 => {
@@ -205,53 +249,62 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
     Ok(Rgb { width: w, height: h, pixels: rgb })
 }
 
-/// Decode one JPEG tile with zune-jpeg (several times faster than jpeg-decoder here; see
-/// docs/PERFORMANCE.md). RGB tiles (Photometric 2, as Aperio writes them) are taken as they are;
-/// YCbCr tiles are converted with libjpeg's own integer formula, so colours match what OpenSlide
-/// (libjpeg) shows. The decoder's size limits are the tile's.
-fn decode_jpeg_tile(mut stream: Vec<u8>, w: u32, h: u32, photometric: u16) -> Result<Vec<u8>, String> {
-    use zune_core::bytestream::ZCursor;
-    use zune_core::colorspace::ColorSpace;
-    use zune_core::options::DecoderOptions;
-    let rgb = photometric == 2;
-    if rgb {
-        // zune-jpeg takes three components as RGB only when their ids are 'R', 'G', 'B' (libjpeg
-        // goes by the TIFF's photometric instead): rename them in the frame and scan headers.
-        name_components_rgb(&mut stream);
+/// Decode one JPEG tile with libjpeg-turbo (TurboJPEG), the library OpenSlide decodes with and the
+/// study's tiles were made with: the same integer inverse DCT, the same "fancy" chroma upsampling
+/// and the same YCbCr conversion, so tiles come out identical to OpenSlide's, not merely close
+/// (pure-Rust decoders differ by 1-4 levels; docs/IMAGING.md). TIFF says the colour space by its
+/// Photometric tag where libjpeg guesses it from markers and component ids, so the stream is told
+/// first (see [`set_jpeg_colour_space`]); `rgb` None leaves it to the stream (DICOM frames, as
+/// OpenSlide does). The header's size must be the tile's before the output is allocated.
+fn decode_jpeg_tile(mut stream: Vec<u8>, w: u32, h: u32, rgb: Option<bool>) -> Result<Vec<u8>, String> {
+    use std::cell::RefCell;
+    use turbojpeg::{Decompressor, Image, PixelFormat};
+    thread_local! {
+        // One decompressor per thread, reused: tjInitDecompress costs more than a small tile.
+        static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
     }
-    let out = if rgb { ColorSpace::RGB } else { ColorSpace::YCbCr };
-    let opts =
-        DecoderOptions::default().set_max_width(w as usize).set_max_height(h as usize).jpeg_set_out_colorspace(out);
-    let mut d = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(stream.as_slice()), opts);
-    let mut px = d.decode().map_err(|e| e.to_string())?;
-    let info = d.info().ok_or("no header")?;
-    if (u32::from(info.width), u32::from(info.height)) != (w, h) {
-        return Err(format!("{}x{} in a {w}x{h} tile", info.width, info.height));
+    if let Some(rgb) = rgb {
+        set_jpeg_colour_space(&mut stream, rgb);
     }
-    match d.output_colorspace().map(|c| c.num_components()) {
-        Some(3) => {
-            if !rgb {
-                ycc_to_rgb_libjpeg(&mut px);
-            }
-            Ok(px)
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = match &mut *slot {
+            Some(d) => d,
+            empty => empty.insert(Decompressor::new().map_err(|e| e.to_string())?),
+        };
+        // Progressive streams can hold a scan per coefficient bit; a tile needs nowhere near 64.
+        d.set_scan_limit(64).map_err(|e| e.to_string())?;
+        let header = d.read_header(&stream).map_err(|e| e.to_string())?;
+        if (header.width, header.height) != (w as usize, h as usize) {
+            return Err(format!("{}x{} in a {w}x{h} tile", header.width, header.height));
         }
-        Some(1) => Ok(px.iter().flat_map(|v| [*v, *v, *v]).collect()),
-        other => Err(format!("{other:?} components are not supported")),
-    }
+        let (wu, hu) = (w as usize, h as usize);
+        let mut px = vec![0u8; wu * hu * 3];
+        let image = Image { pixels: px.as_mut_slice(), width: wu, pitch: wu * 3, height: hu, format: PixelFormat::RGB };
+        d.decompress(&stream, image).map_err(|e| e.to_string())?;
+        Ok(px)
+    })
 }
 
-/// Rename the components of a three-component JPEG to 'R', 'G', 'B' in its SOF and SOS headers
-/// (markers before the entropy-coded data only; a stream it does not understand is left alone).
-fn name_components_rgb(s: &mut [u8]) {
+/// Tell libjpeg a three-component stream's colour space the way the TIFF's Photometric does
+/// (OpenSlide sets `jpeg_color_space` from it): component ids 'R','G','B' for RGB, 1,2,3 for
+/// YCbCr, in the frame and scan headers; JFIF (APP0) and Adobe (APP14) markers, which would
+/// override the ids, become APP15, which libjpeg skips. Only the markers before the first scan
+/// are touched; a stream it does not understand is left to the decoder to refuse.
+fn set_jpeg_colour_space(s: &mut [u8], rgb: bool) {
+    let names: [u8; 3] = if rgb { *b"RGB" } else { [1, 2, 3] };
     let mut ids = [0u8; 3];
     let mut i = 2;
     while i + 4 <= s.len() && s[i] == 0xFF {
         let marker = s[i + 1];
         let len = usize::from(u16::from_be_bytes([s[i + 2], s[i + 3]]));
+        if marker == 0xE0 || marker == 0xEE {
+            s[i + 1] = 0xEF;
+        }
         let Some(seg) = s.get_mut(i + 4..i + 2 + len) else { return };
         match marker {
             0xC0..=0xC3 if seg.len() >= 15 && seg[5] == 3 => {
-                for (c, name) in b"RGB".iter().enumerate() {
+                for (c, name) in names.iter().enumerate() {
                     ids[c] = seg[6 + 3 * c];
                     seg[6 + 3 * c] = *name;
                 }
@@ -261,8 +314,9 @@ fn name_components_rgb(s: &mut [u8]) {
                 for c in 0..n {
                     if let Some(id) = seg.get_mut(1 + 2 * c)
                         && let Some(k) = ids.iter().position(|x| x == id)
+                        && let Some(name) = names.get(k)
                     {
-                        *id = b"RGB"[k];
+                        *id = *name;
                     }
                 }
                 return;
@@ -320,6 +374,8 @@ mod tests {
             jpeg_tables: None,
             tile_offsets: vec![0],
             tile_counts: vec![100],
+            tile_files: Vec::new(),
+            jpeg_colour_from_stream: false,
         }
     }
 

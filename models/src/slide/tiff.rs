@@ -2,7 +2,7 @@
 
 use super::SlideError;
 use crate::limits::Limits;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,15 +19,17 @@ pub fn sniff_tiff(head: &[u8]) -> Option<(bool, bool)> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlideFormat {
     AperioSvs,
     GenericTiff,
+    /// DICOM VL Whole Slide Microscopy (a series of files: [`super::dicom_wsi`]).
+    DicomWsi,
 }
 
 /// One pyramid level.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlideLevel {
     pub width: u64,
     pub height: u64,
@@ -39,7 +41,7 @@ pub struct SlideLevel {
 }
 
 /// What ingest records about a slide. Never contains pixel data or associated images.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlideHeader {
     pub format: SlideFormat,
     pub big_tiff: bool,
@@ -49,6 +51,10 @@ pub struct SlideHeader {
     pub microns_per_pixel: Option<f64>,
     pub objective_power: Option<f64>,
     pub scanner: Option<String>,
+    /// DICOM slides: the key that joins the slide's files, one slide per series
+    /// ([`super::dicom_wsi::series_key`]: a digest of the Series Instance UID).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dicom_series: Option<String>,
 }
 
 impl SlideHeader {
@@ -106,6 +112,12 @@ pub struct LevelData {
     pub jpeg_tables: Option<Vec<u8>>,
     pub tile_offsets: Vec<u64>,
     pub tile_counts: Vec<u64>,
+    /// Which of the reader's files each tile is in (DICOM slides span files); empty: the first.
+    /// A tile whose count is 0 is absent (TILED_SPARSE) and reads as white.
+    pub tile_files: Vec<u32>,
+    /// JPEG tiles: take the colour space from the stream's markers and ids (DICOM, as OpenSlide
+    /// does) instead of from the TIFF Photometric tag.
+    pub jpeg_colour_from_stream: bool,
 }
 
 impl Reader {
@@ -415,6 +427,8 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<(SlideHead
             jpeg_tables: ifd.jpeg_tables.clone(),
             tile_offsets: ifd.tile_offsets.clone(),
             tile_counts: ifd.tile_counts.clone(),
+            tile_files: Vec::new(),
+            jpeg_colour_from_stream: false,
         });
         levels.push(SlideLevel {
             width: ifd.width,
@@ -466,6 +480,7 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<(SlideHead
         microns_per_pixel: mpp,
         objective_power,
         scanner,
+        dicom_series: None,
     };
     Ok((header, level_data))
 }

@@ -240,12 +240,9 @@ fn nema_ct_lossless_syntaxes_decode_to_the_uncompressed_reference() {
             / reference.hu.len() as f64;
         // Irreversible JPEG 2000 (SimpleITK decodes it to the same values, see tests/simpleitk.rs).
         assert!(mean_abs > 0.0 && mean_abs < 40.0, "{ct}_J2KI mean abs diff {mean_abs}");
-        // JPEG-LS needs the feature; without it the error says so.
-        #[cfg(not(feature = "jpeg-ls"))]
-        {
-            let err = one(&format!("{ct}_JLSL")).unwrap_err();
-            assert!(err.to_string().contains("jpeg-ls"), "{err}");
-        }
+        // JPEG-LS lossless (CharLS, in every build): identical (near-lossless: see mod jpeg_ls).
+        let jlsl = one(&format!("{ct}_JLSL")).unwrap_or_else(|e| panic!("{ct}_JLSL: {e}"));
+        assert_eq!(jlsl.hu, reference.hu, "{ct}_JLSL differs from {ct}_UNC");
     }
 }
 
@@ -626,5 +623,75 @@ mod jpeg_extended_12bit {
         let equal = img.samples.iter().zip(&want).filter(|(a, b)| a == b).count();
         eprintln!("JPGExtended.dcm: max |ours - dcmdjpeg| {max_diff}, {equal} of {} samples identical", want.len());
         assert!(max_diff <= 1, "max |diff| {max_diff}");
+    }
+}
+
+/// JPEG-LS (CharLS, in every build) against DCMTK's own JPEG-LS codec (dcmcjpls/dcmdjpls): the
+/// NEMA files and a series of the project's writer transcoded lossless and near-lossless.
+mod jpeg_ls {
+    use super::*;
+    use std::process::Command;
+
+    fn dcmtk(tool: &str) -> bool {
+        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
+        }
+        ok
+    }
+
+    fn run(tool: &str, args: &[&std::ffi::OsStr]) {
+        let out = Command::new(tool).args(args).output().unwrap();
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn nema_jpeg_ls_files_decode_exactly_as_dcmdjpls_does() {
+        let Some(d) = shared() else { return };
+        if !dcmtk("dcmdjpls") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["CT1_JLSL", "CT1_JLSN", "CT2_JLSL", "CT2_JLSN"] {
+            let src = d.join(format!("ct_single/nema_wg04/{name}.dcm"));
+            let back = dir.path().join(format!("{name}.dcm"));
+            run("dcmdjpls", &[src.as_os_str(), back.as_os_str()]);
+            let ours = load_series(&[src], &Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let theirs = load_series(&[back], &Limits::default()).unwrap();
+            assert_eq!(ours.hu, theirs.hu, "{name}: ours differs from dcmdjpls");
+        }
+    }
+
+    #[test]
+    fn a_series_transcoded_by_dcmcjpls_decodes_exactly_as_dcmdjpls_does() {
+        if !dcmtk("dcmcjpls") || !dcmtk("dcmdjpls") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let originals = series(&dir.path().join("native"), 3, |s| {
+            s.rows = 40;
+            s.columns = 37;
+        });
+        let original = load_series(&originals, &Limits::default()).unwrap();
+        for (mode, uid) in [("+el", "1.2.840.10008.1.2.4.80"), ("+en", "1.2.840.10008.1.2.4.81")] {
+            let (mut jls, mut back) = (Vec::new(), Vec::new());
+            for (i, f) in originals.iter().enumerate() {
+                let j = dir.path().join(format!("{mode}-j{i}.dcm"));
+                let b = dir.path().join(format!("{mode}-b{i}.dcm"));
+                run("dcmcjpls", &[mode.as_ref(), f.as_os_str(), j.as_os_str()]);
+                run("dcmdjpls", &[j.as_os_str(), b.as_os_str()]);
+                jls.push(j);
+                back.push(b);
+            }
+            let h = crlm_models::dicom::read_header(&jls[0], &Limits::default()).unwrap();
+            assert_eq!(h.transfer_syntax_uid, uid, "{mode}");
+            let ours = load_series(&jls, &Limits::default()).unwrap();
+            let theirs = load_series(&back, &Limits::default()).unwrap();
+            assert_eq!(ours.hu, theirs.hu, "{mode}: ours differs from dcmdjpls");
+            let worst = ours.hu.iter().zip(&original.hu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            // Lossless is lossless; near-lossless stays within DCMTK's default NEAR of 2.
+            let allowed = if mode == "+el" { 0.0 } else { 2.0 };
+            assert!(worst <= allowed, "{mode}: worst |decoded - original| {worst}");
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! A whole-slide image: TIFF/BigTIFF/SVS IFDs, then every level's first tile and a region
-//! across tile edges (JPEG, JPEG 2000, LZW, Deflate, uncompressed tiles and strips).
+//! A whole-slide image: TIFF/BigTIFF/SVS IFDs or a DICOM slide (header, frame table, pyramid),
+//! then every level's first tile and a region across tile edges (JPEG, JPEG 2000, LZW, Deflate,
+//! uncompressed tiles and strips; DICOM JPEG, JPEG 2000 and native frames).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 

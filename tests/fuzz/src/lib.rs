@@ -22,9 +22,13 @@ pub fn limits() -> Limits {
 }
 
 /// `data` written to this process's scratch file (in /dev/shm where there is one), its path.
+/// The file is alone in a folder of this process: a DICOM slide is read with the files beside
+/// it, which must not be another process's input.
 pub fn scratch(data: &[u8], ext: &str) -> PathBuf {
-    let dir = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
-    let path = dir.join(format!("crlm-fuzz-{}.{ext}", std::process::id()));
+    let base = if std::path::Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
+    let dir = base.join(format!("crlm-fuzz-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("input.{ext}"));
     if let Ok(mut f) = std::fs::File::create(&path) {
         let _ = f.write_all(data);
     }

@@ -64,6 +64,25 @@ pub enum SynthAction {
         #[arg(long, default_value_t = 5)]
         levels: u32,
     },
+    /// A DICOM whole-slide series (one file per level and a label) in DIR: `--sparse` writes
+    /// TILED_SPARSE frames, `--split` level 0 as a two-file concatenation, `--uncompressed` RGB frames.
+    DicomSlide {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        width: u32,
+        #[arg(long, default_value_t = 3072)]
+        height: u32,
+        #[arg(long, default_value_t = 3)]
+        levels: u32,
+        #[arg(long, default_value_t = 256)]
+        tile: u32,
+        #[arg(long)]
+        sparse: bool,
+        #[arg(long)]
+        split: bool,
+        #[arg(long)]
+        uncompressed: bool,
+    },
 }
 
 pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
@@ -129,6 +148,20 @@ pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
             };
             crlm_models::slide::write_pyramidal_tiff(&file, &spec)?;
             println!("{}: {width} x {height} px at {mpp} um/px, {levels} levels", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        SynthAction::DicomSlide { dir, width, height, levels, tile, sparse, split, uncompressed } => {
+            let slide = crlm_models::slide::SlideSpec {
+                levels,
+                tile,
+                uncompressed,
+                ..crlm_models::slide::SlideSpec::small(width, height)
+            };
+            let mut spec = crlm_models::slide::DicomSlideSpec::new("synth-dicom-slide", slide);
+            spec.sparse = sparse;
+            spec.split_level0 = split;
+            let files = crlm_models::slide::write_dicom_slide(&dir, &spec)?;
+            println!("{}: {width} x {height} px, {levels} levels, {} files", dir.display(), files.len());
             Ok(ExitCode::SUCCESS)
         }
         SynthAction::Ct { dir, slices, size, syntax } => {

@@ -81,12 +81,17 @@ pub enum WsiAction {
 pub fn run(action: WsiAction, limits: &Limits) -> anyhow::Result<ExitCode> {
     match action {
         WsiAction::Info { slide, json } => {
-            let h = crlm_models::slide::read_slide_header(&slide, limits)
+            // Through the reader, so a DICOM slide is its whole series (the files beside this one).
+            let reader = crlm_models::slide::read::SlideReader::open(&slide, limits)
                 .with_context(|| format!("reading {}", slide.display()))?;
+            let h = &reader.header;
             if json {
-                println!("{}", serde_json::to_string_pretty(&h)?);
+                println!("{}", serde_json::to_string_pretty(h)?);
             } else {
                 println!("{}: {:?}{}", slide.display(), h.format, if h.big_tiff { " (BigTIFF)" } else { "" });
+                if h.dicom_series.is_some() {
+                    println!("  files: {} (the series' levels in this folder)", reader.file_count());
+                }
                 for (i, l) in h.levels.iter().enumerate() {
                     println!(
                         "  level {i}: {}x{} px, downsample {:.3}, tiles {}x{} ({}), compression {}",
@@ -102,6 +107,9 @@ pub fn run(action: WsiAction, limits: &Limits) -> anyhow::Result<ExitCode> {
                     h.objective_power.map(|m| format!("{m}x")).unwrap_or_else(|| "unknown".into())
                 );
                 println!("  scanner: {}", h.scanner.as_deref().unwrap_or("unknown"));
+                if let Some(icc) = &reader.icc_profile {
+                    println!("  ICC profile: {} bytes (carried; pixels are as stored)", icc.len());
+                }
                 println!(
                     "  associated images (never decoded): {}",
                     if h.associated.is_empty() { "none".into() } else { h.associated.join(", ") }

@@ -25,6 +25,12 @@ SRC_URI += "\
 
 inherit cargo_bin externalsrc systemd useradd
 
+# Two C/C++ libraries build inside cargo with CMake, from the sources their crates bundle:
+# libjpeg-turbo (turbojpeg-sys; slide JPEG tiles decode to OpenSlide's pixels, NEON on aarch64)
+# and CharLS (charls-sys; JPEG-LS CT). The cmake crate takes the cross compiler from the
+# environment cargo_bin sets up.
+DEPENDS += "cmake-native"
+
 # The device's features: ONNX Runtime (loaded at run time) and the SPI front panel; none of the
 # study office's code (collector, statistics, demo).
 CARGO_MANIFEST_PATH = "${S}/appliance/crlm/Cargo.toml"
