@@ -215,6 +215,16 @@ fn recognise_dicom(file: &File, limits: &Limits) -> Outcome {
 
 fn recognise_slide(file: &File, limits: &Limits) -> Outcome {
     let k = FileKind::Slide;
+    // Another scanner's TIFF-based format (NDPI, SCN, BIF, Philips TIFF) goes to OpenSlide where
+    // it is installed; the header then says so (format `open_slide`, the vendor as scanner).
+    match slide::vendor_header(file, limits) {
+        Some(Ok(h)) => return Outcome::Usable(Recognised::Slide(Box::new(h))),
+        Some(Err(e @ SlideError::OverLimit { .. })) => {
+            return Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT));
+        }
+        Some(Err(e)) => return Outcome::Bad(problem(k, "slide.openslide", e.to_string(), ACTION_SLIDE)),
+        None => {}
+    }
     let f = match file.try_clone() {
         Ok(f) => f,
         Err(e) => return Outcome::NotYet(problem(k, "file.readable", e.to_string(), ACTION_REEXPORT)),

@@ -10,6 +10,8 @@
 #[cfg(any(test, feature = "write"))]
 pub mod dicom_writer;
 pub mod dicom_wsi;
+#[cfg(feature = "openslide")]
+pub mod openslide;
 pub mod read;
 pub mod sample;
 pub mod tiff;
@@ -39,8 +41,33 @@ pub enum SlideError {
     NoPyramid,
     #[error("slide compression {0} is not supported (JPEG, JPEG 2000, LZW, Deflate or none are)")]
     UnsupportedCompression(u16),
+    #[error("slide format not supported: {0}")]
+    Unsupported(String),
     #[error("DICOM whole-slide image: {0}")]
     Dicom(String),
     #[error("could not encode slide: {0}")]
     Encode(String),
+}
+
+/// Another scanner's slide that OpenSlide (feature `openslide`, library installed) reads and the
+/// native readers do not handle (a vendor other than Aperio, generic TIFF and DICOM): its header,
+/// through OpenSlide, for the open `file` (opened as `/proc/self/fd/N`, so no path is followed
+/// again). None where OpenSlide is not built in, not installed, or sees no such vendor: the native
+/// readers decide. Multi-file formats (MRXS, VMS) need their real path: see [`read::SlideReader::open`].
+pub fn vendor_header(file: &std::fs::File, limits: &crate::limits::Limits) -> Option<Result<SlideHeader, SlideError>> {
+    #[cfg(feature = "openslide")]
+    {
+        use std::os::fd::AsRawFd;
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let vendor = openslide::detect_vendor(&path)?;
+        if ["aperio", "generic-tiff", "dicom"].contains(&vendor.as_str()) {
+            return None;
+        }
+        Some(openslide::OpenSlide::open(&path, limits).map(|(_, h)| h))
+    }
+    #[cfg(not(feature = "openslide"))]
+    {
+        let _ = (file, limits);
+        None
+    }
 }

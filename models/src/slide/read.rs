@@ -22,7 +22,14 @@ pub struct SlideReader {
     levels: Vec<LevelData>,
     /// The ICC profile the slide carries (DICOM), for whoever displays it; pixels are as stored.
     pub icc_profile: Option<Vec<u8>>,
+    /// Another scanner's slide, read through OpenSlide (regions only; no native levels).
+    #[cfg(feature = "openslide")]
+    openslide: Option<super::openslide::OpenSlide>,
 }
+
+/// OpenSlide's vendors the native readers handle themselves (the fast path).
+#[cfg(feature = "openslide")]
+const NATIVE_VENDORS: [&str; 3] = ["aperio", "generic-tiff", "dicom"];
 
 /// An RGB image, rows top to bottom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,18 +40,39 @@ pub struct Rgb {
 }
 
 impl SlideReader {
-    /// Open a TIFF/SVS slide, or the DICOM slide `path` is a file of (with its series' other
-    /// files in the same folder).
+    /// Open a TIFF/SVS slide, the DICOM slide `path` is a file of (with its series' other files
+    /// in the same folder), or, with feature `openslide` and OpenSlide installed, another
+    /// scanner's slide (NDPI, MRXS, SCN, BIF, Philips TIFF, VMS) through OpenSlide.
     pub fn open(path: &Path, limits: &Limits) -> Result<Self, SlideError> {
         let file = File::open(path)?;
         let mut head = [0u8; 256];
         let n = crate::dicom::read_prefix(&file, &mut head)?;
+        let reader = |files, header, levels, icc_profile| SlideReader {
+            files,
+            header,
+            levels,
+            icc_profile,
+            #[cfg(feature = "openslide")]
+            openslide: None,
+        };
         if crate::dicom::sniff_dicom(head.get(..n).unwrap_or(&[])).is_some() {
             let s = super::dicom_wsi::open_series(path, limits)?;
-            return Ok(SlideReader { files: s.files, header: s.header, levels: s.levels, icc_profile: s.icc_profile });
+            return Ok(reader(s.files, s.header, s.levels, s.icc_profile));
+        }
+        // OPENSLIDE_READS_ALL=1 sends every slide OpenSlide reads through it (an operator's
+        // way round a native reader that misreads some scanner's file; also how the FFI is tested).
+        #[cfg(feature = "openslide")]
+        if let Some(vendor) = super::openslide::detect_vendor(path)
+            && (!NATIVE_VENDORS.contains(&vendor.as_str())
+                || std::env::var("OPENSLIDE_READS_ALL").is_ok_and(|v| v == "1"))
+        {
+            let (slide, header) = super::openslide::OpenSlide::open(path, limits)?;
+            let mut r = reader(vec![file], header, Vec::new(), None);
+            r.openslide = Some(slide);
+            return Ok(r);
         }
         let (header, levels) = read_slide_layout(file.try_clone()?, limits)?;
-        Ok(SlideReader { files: vec![file], header, levels, icc_profile: None })
+        Ok(reader(vec![file], header, levels, None))
     }
 
     /// How many files the slide spans (1 for TIFF; a DICOM slide's level files).
@@ -53,11 +81,19 @@ impl SlideReader {
     }
 
     pub fn level_count(&self) -> usize {
-        self.levels.len()
+        self.header.levels.len()
     }
 
     /// Decode tile (tx, ty) of `level` to RGB (tile_width x tile_height, edge tiles included whole).
     pub fn read_tile(&self, level: usize, tx: u32, ty: u32) -> Result<Rgb, SlideError> {
+        #[cfg(feature = "openslide")]
+        if let Some(o) = &self.openslide {
+            let l = self.header.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
+            let (w, h) = (l.tile_width, l.tile_height);
+            let x = (f64::from(tx) * f64::from(w) * l.downsample).round() as i64;
+            let y = (f64::from(ty) * f64::from(h) * l.downsample).round() as i64;
+            return Ok(Rgb { width: w, height: h, pixels: o.read_region(level, x, y, w, h)? });
+        }
         let l = self.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
         let across = l.width.div_ceil(u64::from(l.tile_width)) as u32;
         let idx = (ty as usize) * across as usize + tx as usize;
@@ -115,11 +151,18 @@ impl SlideReader {
     }
 
     pub fn read_region(&self, level: usize, x: i64, y: i64, width: u32, height: u32) -> Result<Rgb, SlideError> {
-        let l = self.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
         let px = u64::from(width) * u64::from(height);
         if px > MAX_REGION_PIXELS {
             return Err(SlideError::OverLimit { what: "region pixels", value: px, limit: MAX_REGION_PIXELS });
         }
+        #[cfg(feature = "openslide")]
+        if let Some(o) = &self.openslide {
+            if level >= self.header.levels.len() {
+                return Err(SlideError::Broken(format!("no level {level}")));
+            }
+            return Ok(Rgb { width, height, pixels: o.read_region(level, x, y, width, height)? });
+        }
+        let l = self.levels.get(level).ok_or_else(|| SlideError::Broken(format!("no level {level}")))?;
         let ds = self.header.levels[level].downsample;
         let (lx, ly) = ((x as f64 / ds).floor() as i64, (y as f64 / ds).floor() as i64);
         let mut out = Rgb { width, height, pixels: vec![255u8; px as usize * 3] };

@@ -26,6 +26,19 @@ pub enum SlideFormat {
     GenericTiff,
     /// DICOM VL Whole Slide Microscopy (a series of files: [`super::dicom_wsi`]).
     DicomWsi,
+    /// Another scanner's format, read through OpenSlide (`scanner` names OpenSlide's vendor).
+    OpenSlide,
+}
+
+impl SlideFormat {
+    /// Which reader the slide goes to, for people: the native readers or OpenSlide.
+    pub fn reader(self) -> &'static str {
+        match self {
+            SlideFormat::AperioSvs | SlideFormat::GenericTiff => "native TIFF reader",
+            SlideFormat::DicomWsi => "native DICOM reader",
+            SlideFormat::OpenSlide => "OpenSlide",
+        }
+    }
 }
 
 /// One pyramid level.

@@ -148,3 +148,42 @@ fn dicom_slides_match_openslide_4() {
         compare4(&cmu, &["--reference-ycbcr"], &["1:0:0:1110:1483", "3:0:0:277:370", "11:0:0:1:1"]);
     }
 }
+
+/// The OpenSlide route (feature `openslide`, the library loaded at run time): with
+/// OPENSLIDE_READS_ALL=1 even Aperio slides go through it, so the FFI is exercised on real files
+/// and must give OpenSlide's own pixels; without the library the native readers still read them.
+#[test]
+fn slides_read_through_the_loaded_openslide_match_and_its_absence_falls_back_to_native() {
+    if !openslide_available() || !openslide4_available() {
+        return;
+    }
+    let Some(data) = shared_data() else { return };
+    let cmu = data.join("wsi/svs/CMU-1-Small-Region.svs");
+    let info = |envs: &[(&str, &str)]| {
+        let out = Command::new(crlm_bin()).args(["wsi", "info"]).arg(&cmu).envs(envs.iter().copied()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let through = info(&[("OPENSLIDE_READS_ALL", "1")]);
+    assert!(through.contains("reader: OpenSlide") && through.contains("scanner: aperio"), "{through}");
+    let absent = info(&[("OPENSLIDE_READS_ALL", "1"), ("OPENSLIDE_LIBRARY_PATH", "/nonexistent/libopenslide.so.1")]);
+    assert!(absent.contains("reader: native TIFF reader"), "{absent}");
+    // Regions through the FFI (OpenSlide 4 from openslide-bin) against Debian's OpenSlide 3.4.1.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/compare_openslide.py");
+    for (slide, regions) in [
+        (cmu.clone(), vec![]),
+        (data.join("wsi/svs/TCGA-CR-7395-01A-01-TS1.svs"), vec!["0:1500:1200:600:400", "1:0:0:500:400"]),
+    ] {
+        let out = Command::new(PYTHON)
+            .arg(&script)
+            .arg(crlm_bin())
+            .arg(&slide)
+            .args(&regions)
+            .args(["--tolerance", "0"])
+            .env("OPENSLIDE_READS_ALL", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}: {text}{}", slide.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}

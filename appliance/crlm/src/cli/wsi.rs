@@ -89,6 +89,7 @@ pub fn run(action: WsiAction, limits: &Limits) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(h)?);
             } else {
                 println!("{}: {:?}{}", slide.display(), h.format, if h.big_tiff { " (BigTIFF)" } else { "" });
+                println!("  reader: {}", h.format.reader());
                 if h.dicom_series.is_some() {
                     println!("  files: {} (the series' levels in this folder)", reader.file_count());
                 }

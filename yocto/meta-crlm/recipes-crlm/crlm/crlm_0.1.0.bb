@@ -31,11 +31,13 @@ inherit cargo_bin externalsrc systemd useradd
 # environment cargo_bin sets up.
 DEPENDS += "cmake-native"
 
-# The device's features: ONNX Runtime (loaded at run time) and the SPI front panel; none of the
-# study office's code (collector, statistics, demo).
+# The device's features: ONNX Runtime and OpenSlide (both loaded at run time) and the SPI front
+# panel; none of the study office's code (collector, statistics, demo). The image has no
+# OpenSlide yet (no recipe in the scarthgap layers: docs/DEPLOY.md), so the box reads SVS, TIFF
+# and DICOM slides natively and refuses other scanners' formats naming them.
 CARGO_MANIFEST_PATH = "${S}/appliance/crlm/Cargo.toml"
 
-CARGO_FEATURES = "onnx spi"
+CARGO_FEATURES = "onnx openslide spi"
 
 EXTRA_CARGO_FLAGS = "--no-default-features --frozen --bin crlm"
 
