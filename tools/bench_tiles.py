@@ -8,7 +8,9 @@ Needs Debian's python3-openslide. Prints regions/s for each and the ratio, and c
 
 The third peer is bare libjpeg-turbo: Pillow (Debian's python3-pil, linked to libjpeg-turbo)
 decoding the same level-0 JPEG tile streams, tables spliced in, from memory, with no region
-assembly: the floor the issue measures against. It needs a classic-TIFF JPEG level 0 (SVS).
+assembly: the floor the issue measures against. It needs a classic-TIFF JPEG level 0 (SVS) or a
+DICOM slide whose named file is its JPEG level 0 (then run it with a Python whose OpenSlide is 4.x:
+PyPI's openslide-bin; pydicom reads the frames).
 """
 import argparse
 import json
@@ -25,10 +27,26 @@ import struct
 import openslide
 
 
+def dicom_frames(path):
+    """A DICOM slide level's JPEG frames (pydicom), or None."""
+    try:
+        import pydicom
+        from pydicom.encaps import generate_frames
+    except ImportError:
+        return None
+    ds = pydicom.dcmread(path)
+    if ds.file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.4.50":
+        return None
+    return list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+
+
 def jpeg_tile_streams(path):
-    """Level 0's JPEG tiles (first IFD of a classic little-endian TIFF), tables spliced in."""
+    """Level 0's JPEG tiles (first IFD of a classic little-endian TIFF, tables spliced in; or a
+    DICOM slide level file's frames)."""
     with open(path, "rb") as f:
         data = f.read()
+    if data[128:132] == b"DICM":
+        return dicom_frames(path)
     if data[:4] != b"II*\0":
         return None
     (ifd,) = struct.unpack_from("<I", data, 4)
@@ -48,7 +66,32 @@ def jpeg_tile_streams(path):
     if tags.get(259, (0,))[0] != 7 or 324 not in tags:
         return None
     tables = tags.get(347, b"\xff\xd8\xff\xd9")
-    return [tables[:-2] + data[o + 2:o + c] for o, c in zip(tags[324], tags[325])]
+    streams = [tables[:-2] + data[o + 2:o + c] for o, c in zip(tags[324], tags[325])]
+    if tags.get(262, (0,))[0] == 2:
+        # Photometric RGB (Aperio): libjpeg must decode the stream as RGB, as OpenSlide and crlm
+        # do (no colour transform), or the floor would be a YCbCr decode of other work.
+        streams = [as_rgb(b) for b in streams]
+    return streams
+
+
+def as_rgb(stream):
+    """Component ids 'R','G','B' in the frame and scan headers: libjpeg then takes it as RGB."""
+    b = bytearray(stream)
+    i, ids = 2, []
+    while i + 4 <= len(b) and b[i] == 0xFF:
+        marker, length = b[i + 1], struct.unpack(">H", b[i + 2:i + 4])[0]
+        if 0xC0 <= marker <= 0xC3 and b[i + 9] == 3:
+            for c in range(3):
+                ids.append(b[i + 10 + 3 * c])
+                b[i + 10 + 3 * c] = b"RGB"[c]
+        elif marker == 0xDA:
+            for c in range(b[i + 4]):
+                at = i + 5 + 2 * c
+                if b[at] in ids:
+                    b[at] = b"RGB"[ids.index(b[at])]
+            break
+        i += 2 + length
+    return bytes(b)
 
 
 def per_second(fn, items, threads):
