@@ -198,12 +198,15 @@ fn evaluate_case(
                 }
             }
             "slide" => {
-                // A DICOM slide is a series of files (levels, label): one slide per series.
-                match serde_json::from_str::<SlideHeader>(details).ok().and_then(|h| h.dicom_series) {
-                    Some(series) => {
-                        dicom_slides.insert(series);
+                // A DICOM slide is a series of files (levels, label): one slide per series that
+                // has a level (a label alone is no slide).
+                match serde_json::from_str::<SlideHeader>(details).ok() {
+                    Some(SlideHeader { dicom_series: Some(series), levels, .. }) => {
+                        if !levels.is_empty() {
+                            dicom_slides.insert(series);
+                        }
                     }
-                    None => slides += 1,
+                    _ => slides += 1,
                 }
             }
             _ => {}

@@ -222,7 +222,9 @@ fn recognise_slide(file: &File, limits: &Limits) -> Outcome {
         Some(Err(e @ SlideError::OverLimit { .. })) => {
             return Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT));
         }
-        Some(Err(e)) => return Outcome::Bad(problem(k, "slide.openslide", e.to_string(), ACTION_SLIDE)),
+        // OpenSlide's errors do not tell a damaged file from one still arriving: look again,
+        // and quarantine it if it stays so.
+        Some(Err(e)) => return Outcome::NotYet(problem(k, "slide.openslide", e.to_string(), ACTION_SLIDE)),
         None => {}
     }
     let f = match file.try_clone() {

@@ -161,6 +161,28 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
             ));
         }
     };
+    if flavor != Flavor::Volume {
+        // A label, overview or thumbnail is listed, never decoded: its encoding does not matter.
+        return Ok(WsiInstance {
+            path: path.to_path_buf(),
+            series_uid,
+            frame_of_reference_uid: text(&obj, tags::FRAME_OF_REFERENCE_UID),
+            flavor,
+            total_columns: 0,
+            total_rows: 0,
+            tile_width: 0,
+            tile_height: 0,
+            transfer_syntax: ts_uid,
+            photometric: text(&obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
+            microns_per_pixel: None,
+            manufacturer: text(&obj, tags::MANUFACTURER),
+            icc_profile: None,
+            concatenation: None,
+            codec: FrameCodec::Native,
+            frames: Vec::new(),
+            positions: None,
+        });
+    }
     let u = |tag| int::<u64>(&obj, tag);
     let (total_columns, total_rows) = match (u(tags::TOTAL_PIXEL_MATRIX_COLUMNS), u(tags::TOTAL_PIXEL_MATRIX_ROWS)) {
         (Some(c), Some(r)) if c > 0 && r > 0 => (c, r),

@@ -70,8 +70,16 @@ fn real_slides_are_read_and_broken_ones_refused() {
         inspect(&data.join("wsi/synthetic_openslide_fixtures/unopenable.tiff"))[0]["check"],
         "slide.compression"
     );
+    // DICOM slides: each level file is usable, one slide of its series (docs/IMAGING.md); a
+    // file without Image Type is refused with the reason.
     let dicom_wsi = &inspect(&data.join("wsi/dicom_wsi/cmu-1-small-region/level-0-frames-0-30.dcm"))[0];
-    assert_eq!(dicom_wsi["check"], "slide.format");
+    assert_eq!(dicom_wsi["verdict"], "usable", "{dicom_wsi:#?}");
+    assert_eq!(dicom_wsi["format"], "dicom_wsi");
+    assert_eq!(dicom_wsi["levels"][0]["width"], 2220);
+    assert!(dicom_wsi["dicom_series"].as_str().is_some_and(|s| s.len() == 16), "{dicom_wsi:#?}");
+    let pathml = &inspect(&data.join("wsi/dicom_wsi/pathml_small_dicom_TCGA-XK-AAJU.dcm"))[0];
+    assert_eq!(pathml["check"], "slide.dicom", "{pathml:#?}");
+    assert!(pathml["problems"][0].as_str().is_some_and(|r| r.contains("Image Type")), "{pathml:#?}");
 }
 
 /// The real contrast CT series (blank UIDs, JPEG 2000) with a slide and clinical file becomes a
