@@ -175,6 +175,14 @@ pub fn load_series_with_headers(
         return Err(geo(format!("{}: no Rows/Columns", files[0].display())));
     }
     for (f, h) in files.iter().zip(headers) {
+        // A whole-slide image escapes the per-file DICOM limits (its frames are tiles, bounded
+        // by the slide reader): it is never a CT plane.
+        if h.sop_class_uid.as_deref() == Some(crate::dicom::sop_class::VL_WHOLE_SLIDE_MICROSCOPY) {
+            return Err(CtError::Decode {
+                file: f.display().to_string(),
+                message: "a DICOM whole-slide image (VL Whole Slide Microscopy) is not a CT image".into(),
+            });
+        }
         // A CT image stores 16 bits a sample (8 in some secondary exports). Fewer would let a
         // file of a few kilobytes claim a volume of tens of megabytes of f32 within the header
         // guard's pixel-byte limit (finding 12, docs/RELIABILITY.md): refused before allocating.
@@ -196,7 +204,7 @@ pub fn load_series_with_headers(
     // Frame counts are bounded by the header guard; the voxel total is checked before planes
     // are listed, so nothing below grows with an absurd claim.
     let total_planes: u64 = headers.iter().map(|h| u64::from(h.number_of_frames.unwrap_or(1).max(1))).sum();
-    let voxels = (rows * columns) as u64 * total_planes;
+    let voxels = ((rows * columns) as u64).saturating_mul(total_planes);
     if voxels > MAX_VOXELS {
         return Err(CtError::TooLarge { voxels, limit: MAX_VOXELS });
     }

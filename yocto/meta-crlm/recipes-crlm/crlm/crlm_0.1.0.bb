@@ -12,6 +12,12 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=3b83ef96387f14655fc854ddc3c6bd57"
 # from Cargo.lock; CI fails when they differ): BitBake fetches them, cargo builds offline.
 EXTERNALSRC = "${CRLM_TOPDIR}"
 
+# Two C/C++ libraries build inside cargo with CMake, from the sources their crates bundle:
+# libjpeg-turbo (turbojpeg-sys; slide JPEG tiles decode to OpenSlide's pixels, NEON on aarch64)
+# and CharLS (charls-sys; JPEG-LS CT). The cmake crate takes the cross compiler from the
+# environment cargo_bin sets up.
+DEPENDS += "cmake-native"
+
 require crlm-crates.inc
 
 SRC_URI += "\
@@ -24,12 +30,6 @@ SRC_URI += "\
 "
 
 inherit cargo_bin externalsrc systemd useradd
-
-# Two C/C++ libraries build inside cargo with CMake, from the sources their crates bundle:
-# libjpeg-turbo (turbojpeg-sys; slide JPEG tiles decode to OpenSlide's pixels, NEON on aarch64)
-# and CharLS (charls-sys; JPEG-LS CT). The cmake crate takes the cross compiler from the
-# environment cargo_bin sets up.
-DEPENDS += "cmake-native"
 
 # The device's features: ONNX Runtime and OpenSlide (both loaded at run time) and the SPI front
 # panel; none of the study office's code (collector, statistics, demo). The image has no
