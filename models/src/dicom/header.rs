@@ -191,10 +191,20 @@ pub fn read_header(path: &Path, limits: &Limits) -> Result<DicomHeader, DicomErr
 /// As [`read_header`], from a file the caller opened (ingest opens files beneath the share).
 pub fn read_header_file(file: &File, limits: &Limits) -> Result<DicomHeader, DicomError> {
     let (obj, ts_uid, layout) = read_object(file, limits)?;
-    let mut header = extract(&obj);
+    header_of(&obj, ts_uid, layout, limits)
+}
+
+/// The header of an object [`read_object`] read, its claimed sizes checked, so nothing later
+/// allocates from an absurd header.
+pub(crate) fn header_of(
+    obj: &InMemDicomObject,
+    ts_uid: String,
+    layout: DicomLayout,
+    limits: &Limits,
+) -> Result<DicomHeader, DicomError> {
+    let mut header = extract(obj);
     header.transfer_syntax_uid = ts_uid;
     header.layout = Some(layout);
-    // Check claimed sizes now, so nothing later allocates from an absurd header.
     header.expected_native_bytes(limits)?;
     Ok(header)
 }

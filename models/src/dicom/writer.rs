@@ -147,7 +147,7 @@ pub fn write_ct_series(dir: &Path, spec: &CtSeriesSpec) -> Result<Vec<PathBuf>, 
     Ok(out)
 }
 
-fn put_str(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
+pub(crate) fn put_str(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
     o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
 }
 
@@ -155,15 +155,15 @@ fn put_ds(o: &mut InMemDicomObject, tag: dicom_core::Tag, values: &[f64]) {
     o.put(DataElement::new(tag, VR::DS, PrimitiveValue::Strs(values.iter().map(|v| fmt_ds(*v)).collect())));
 }
 
-fn put_u16(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: u16) {
+pub(crate) fn put_u16(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: u16) {
     o.put(DataElement::new(tag, VR::US, dicom_value!(U16, [v])));
 }
 
-fn put_seq(o: &mut InMemDicomObject, tag: dicom_core::Tag, items: Vec<InMemDicomObject>) {
+pub(crate) fn put_seq(o: &mut InMemDicomObject, tag: dicom_core::Tag, items: Vec<InMemDicomObject>) {
     o.put(DataElement::new(tag, VR::SQ, dicom_core::value::DataSetSequence::from(items)));
 }
 
-fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
+pub(crate) fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
     let mut o = InMemDicomObject::new_empty();
     f(&mut o);
     o

@@ -7,8 +7,9 @@
 
 use super::SlideError;
 use super::writer::SlideSpec;
+use crate::dicom::writer::{item, put_seq, put_str, put_u16};
 use crate::dicom::{sop_class, ts, uid_from};
-use dicom_core::value::{DataSetSequence, PixelFragmentSequence, PrimitiveValue, Value};
+use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value};
 use dicom_core::{DataElement, VR, dicom_value};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
@@ -32,30 +33,12 @@ impl DicomSlideSpec {
     }
 }
 
-fn put_str(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
-    o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-}
-
-fn put_u16(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: u16) {
-    o.put(DataElement::new(tag, VR::US, dicom_value!(U16, [v])));
-}
-
 fn put_u32(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: u32) {
     o.put(DataElement::new(tag, VR::UL, dicom_value!(U32, [v])));
 }
 
 fn put_i32(o: &mut InMemDicomObject, tag: dicom_core::Tag, v: i32) {
     o.put(DataElement::new(tag, VR::SL, dicom_value!(I32, [v])));
-}
-
-fn put_seq(o: &mut InMemDicomObject, tag: dicom_core::Tag, items: Vec<InMemDicomObject>) {
-    o.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
-}
-
-fn item(f: impl FnOnce(&mut InMemDicomObject)) -> InMemDicomObject {
-    let mut o = InMemDicomObject::new_empty();
-    f(&mut o);
-    o
 }
 
 fn enc(e: impl std::fmt::Display) -> SlideError {

@@ -19,7 +19,7 @@
 
 use super::SlideError;
 use super::tiff::{LevelData, MAX_TILE_SIDE, SlideFormat, SlideHeader, SlideLevel};
-use crate::dicom::header::{float_in, int, items, multi_text, read_object, text};
+use crate::dicom::header::{float_in, header_of, int, items, multi_text, read_object, text};
 use crate::dicom::{DicomError, check_pixel_data_file, read_header_file, read_prefix, sniff_dicom, sop_class};
 use crate::limits::Limits;
 use dicom_dictionary_std::tags;
@@ -140,7 +140,7 @@ pub fn is_dicom_wsi(file: &File) -> bool {
 
 /// Read one instance of a slide series: header checks and the frame table (no pixels).
 pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiInstance, SlideError> {
-    let (obj, ts_uid, _) = read_object(file, limits).map_err(from_dicom)?;
+    let (obj, ts_uid, layout) = read_object(file, limits).map_err(from_dicom)?;
     if text(&obj, tags::SOP_CLASS_UID).as_deref() != Some(sop_class::VL_WHOLE_SLIDE_MICROSCOPY) {
         return Err(bad("not a DICOM whole-slide image (SOP Class is not VL Whole Slide Microscopy)"));
     }
@@ -258,8 +258,8 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
         .or_else(|| bytes(&obj, tags::ICC_PROFILE));
     let concatenation = text(&obj, tags::CONCATENATION_UID)
         .map(|uid| (uid, int::<u64>(&obj, tags::CONCATENATION_FRAME_OFFSET_NUMBER).unwrap_or(0)));
-    // Where the frames are: the header again (its layout), then the pixel data's items.
-    let header = read_header_file(file, limits).map_err(from_dicom)?;
+    // Where the frames are: the header of the object read above, then the pixel data's items.
+    let header = header_of(&obj, ts_uid.clone(), layout, limits).map_err(from_dicom)?;
     let extent = check_pixel_data_file(file, &header, limits).map_err(from_dicom)?;
     let frames = match codec {
         FrameCodec::Native => {

@@ -530,7 +530,7 @@ mod jpeg_extended_12bit {
     use super::*;
     use std::process::Command;
 
-    fn dcmtk(tool: &str) -> bool {
+    pub(super) fn dcmtk(tool: &str) -> bool {
         let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
         if !ok {
             eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
@@ -538,7 +538,7 @@ mod jpeg_extended_12bit {
         ok
     }
 
-    fn run(tool: &str, args: &[&std::ffi::OsStr]) {
+    pub(super) fn run(tool: &str, args: &[&std::ffi::OsStr]) {
         let out = Command::new(tool).args(args).output().unwrap();
         assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -629,21 +629,8 @@ mod jpeg_extended_12bit {
 /// JPEG-LS (CharLS, in every build) against DCMTK's own JPEG-LS codec (dcmcjpls/dcmdjpls): the
 /// NEMA files and a series of the project's writer transcoded lossless and near-lossless.
 mod jpeg_ls {
+    use super::jpeg_extended_12bit::{dcmtk, run};
     use super::*;
-    use std::process::Command;
-
-    fn dcmtk(tool: &str) -> bool {
-        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-        if !ok {
-            eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
-        }
-        ok
-    }
-
-    fn run(tool: &str, args: &[&std::ffi::OsStr]) {
-        let out = Command::new(tool).args(args).output().unwrap();
-        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
-    }
 
     #[test]
     fn nema_jpeg_ls_files_decode_exactly_as_dcmdjpls_does() {

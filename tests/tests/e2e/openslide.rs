@@ -18,13 +18,21 @@ fn openslide_available() -> bool {
 }
 
 fn compare(slide: &Path, tolerance: u8, regions: &[&str]) {
+    compare_with(PYTHON, slide, tolerance, &[], regions, &[]);
+}
+
+/// tools/compare_openslide.py under `python` (whose OpenSlide is the reference), with `extra`
+/// options and `envs` for crlm; fails the test on any region over `tolerance`.
+fn compare_with(python: &str, slide: &Path, tolerance: u8, extra: &[&str], regions: &[&str], envs: &[(&str, &str)]) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/compare_openslide.py");
-    let out = Command::new(PYTHON)
+    let out = Command::new(python)
         .arg(script)
         .arg(crlm_bin())
         .arg(slide)
         .args(regions)
+        .args(extra)
         .args(["--tolerance", &tolerance.to_string()])
+        .envs(envs.iter().copied())
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -91,20 +99,9 @@ fn openslide4_available() -> bool {
     ok
 }
 
+/// As [`compare`], with OpenSlide 4 (the `python3` on PATH) and the script's `extra` options.
 fn compare4(slide: &Path, extra: &[&str], regions: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/compare_openslide.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(crlm_bin())
-        .arg(slide)
-        .args(regions)
-        .args(extra)
-        .args(["--tolerance", "0"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{}: {text}", slide.display());
+    compare_with("python3", slide, 0, extra, regions, &[]);
 }
 
 /// DICOM slides: identical to OpenSlide 4 at level 0 (a grid of regions across tile edges) and
@@ -169,21 +166,8 @@ fn slides_read_through_the_loaded_openslide_match_and_its_absence_falls_back_to_
     let absent = info(&[("OPENSLIDE_READS_ALL", "1"), ("OPENSLIDE_LIBRARY_PATH", "/nonexistent/libopenslide.so.1")]);
     assert!(absent.contains("reader: native TIFF reader"), "{absent}");
     // Regions through the FFI (OpenSlide 4 from openslide-bin) against Debian's OpenSlide 3.4.1.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/compare_openslide.py");
-    for (slide, regions) in [
-        (cmu.clone(), vec![]),
-        (data.join("wsi/svs/TCGA-CR-7395-01A-01-TS1.svs"), vec!["0:1500:1200:600:400", "1:0:0:500:400"]),
-    ] {
-        let out = Command::new(PYTHON)
-            .arg(&script)
-            .arg(crlm_bin())
-            .arg(&slide)
-            .args(&regions)
-            .args(["--tolerance", "0"])
-            .env("OPENSLIDE_READS_ALL", "1")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}: {text}{}", slide.display(), String::from_utf8_lossy(&out.stderr));
-    }
+    let through = [("OPENSLIDE_READS_ALL", "1")];
+    compare_with(PYTHON, &cmu, 0, &[], &[], &through);
+    let tcga = data.join("wsi/svs/TCGA-CR-7395-01A-01-TS1.svs");
+    compare_with(PYTHON, &tcga, 0, &[], &["0:1500:1200:600:400", "1:0:0:500:400"], &through);
 }
