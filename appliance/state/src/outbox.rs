@@ -25,9 +25,20 @@ fn enqueue(
         .query_row("SELECT next_seq FROM mqtt_streams WHERE stream=?1", [stream], |r| r.get(0))
         .optional()?
         .unwrap_or(0);
+    // Row ids only ever grow: the publisher sends what lies after the last id it sent, so an id
+    // SQLite reused once the outbox had drained (a plain INTEGER PRIMARY KEY takes max + 1, and 1
+    // in an empty table) would wait for the 30 s resend. The next id is kept in `meta`.
+    let kept: Option<String> =
+        conn.query_row("SELECT value FROM meta WHERE key='outbox_next_id'", [], |r| r.get(0)).optional()?;
+    let floor: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM mqtt_outbox", [], |r| r.get(0))?;
+    let id = kept.and_then(|k| k.parse::<i64>().ok()).map_or(floor, |k| k.max(floor));
     conn.execute(
-        "INSERT INTO mqtt_outbox(stream, seq, topic, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![stream, seq, topic, payload(seq), crate::now_ms()],
+        "INSERT INTO mqtt_outbox(id, stream, seq, topic, payload, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, stream, seq, topic, payload(seq), crate::now_ms()],
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES('outbox_next_id', ?1)",
+        params![id.saturating_add(1).to_string()],
     )?;
     conn.execute(
         "INSERT INTO mqtt_streams(stream, next_seq) VALUES (?1, ?2)
@@ -131,5 +142,29 @@ mod tests {
         assert_eq!(other.join().unwrap().unwrap(), 1);
         let seqs: Vec<i64> = a.outbox_after(0, 10).unwrap().iter().map(|q| q.seq).collect();
         assert_eq!(seqs, [0, 1]);
+    }
+
+    /// Found by the HIL harness (disk-full scenario): once the collector had acknowledged
+    /// everything, the next message took row id 1 again, at or below what the publisher had
+    /// already sent through, and so left the box only at the 30 s resend.
+    #[test]
+    fn row_ids_keep_growing_after_the_outbox_drains() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("crlm.sqlite");
+        let db = StateDb::open(&path).unwrap();
+        db.enqueue("result", "t", |s| format!("{{\"seq\":{s}}}")).unwrap();
+        db.enqueue("alert", "t", |s| format!("{{\"seq\":{s}}}")).unwrap();
+        let sent_through = db.outbox_after(0, 10).unwrap().iter().map(|q| q.id).max().unwrap();
+        assert_eq!(db.outbox_acknowledge("result", 0).unwrap() + db.outbox_acknowledge("alert", 0).unwrap(), 2);
+        assert_eq!(db.outbox_depth().unwrap().0, 0);
+        db.enqueue("alert", "t", |s| format!("{{\"seq\":{s}}}")).unwrap();
+        let next = db.outbox_after(sent_through, 10).unwrap();
+        assert_eq!(next.len(), 1, "the new message lies after what was sent");
+        // And across a reopen (a restart of the service).
+        drop(db);
+        let db = StateDb::open(&path).unwrap();
+        db.outbox_acknowledge("alert", 1).unwrap();
+        db.enqueue("alert", "t", |s| format!("{{\"seq\":{s}}}")).unwrap();
+        assert!(db.outbox_after(0, 10).unwrap()[0].id > next[0].id);
     }
 }
