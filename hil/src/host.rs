@@ -56,8 +56,11 @@ impl Broker {
         }
         let child = if self.kind == "mosquitto" {
             let conf = self.dir.join("mosquitto.conf");
-            std::fs::write(&conf, format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port))
-                .map_err(|e| DeviceError::io("mosquitto.conf", e))?;
+            std::fs::write(
+                &conf,
+                format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port),
+            )
+            .map_err(|e| DeviceError::io("mosquitto.conf", e))?;
             Command::new("mosquitto").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
         } else {
             Command::new(&self.crlm)

@@ -47,7 +47,7 @@ impl LocalOptions {
             collector_key: None,
             trusted_keys: Vec::new(),
             state_disk_mib: None,
-            watchdog: Duration::from_secs(4),
+            watchdog: Duration::from_secs(8),
             restart_after: Duration::from_millis(500),
             incomplete_timeout_s: 20.0,
         }
@@ -160,7 +160,9 @@ impl LocalDevice {
         let quit = Arc::new(AtomicBool::new(false));
         let socket_path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).map_err(|e| DeviceError::io("the notify socket", e))?;
-        socket.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| DeviceError::io("the notify socket", e))?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| DeviceError::io("the notify socket", e))?;
         let mut dev = LocalDevice {
             dir,
             share,
@@ -366,7 +368,12 @@ impl Device for LocalDevice {
     }
 
     fn abilities(&self) -> Abilities {
-        Abilities { power_cut_loses_cache: false, small_state_disk: self.mounted, clock_step: false, real_systemd: false }
+        Abilities {
+            power_cut_loses_cache: false,
+            small_state_disk: self.mounted,
+            clock_step: false,
+            real_systemd: false,
+        }
     }
 
     fn share(&self) -> &Path {
@@ -571,5 +578,5 @@ pub fn free_bytes(path: &Path) -> Result<u64, DeviceError> {
     if rc != 0 {
         return Err(DeviceError::io("statvfs of the state", std::io::Error::last_os_error()));
     }
-    Ok(u64::from(st.f_bavail).saturating_mul(u64::from(st.f_frsize)))
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

@@ -59,9 +59,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("the crlm binary {} (build it: cargo build -p crlm)", args.crlm.display()))?;
     let chosen: Vec<_> = ALL
         .iter()
-        .filter(|s| {
-            args.scenario.is_empty() || args.scenario.iter().any(|w| w == s.name || w == &s.number.to_string())
-        })
+        .filter(|s| args.scenario.is_empty() || args.scenario.iter().any(|w| w == s.name || w == &s.number.to_string()))
         .collect();
     if chosen.is_empty() {
         bail!("no scenario matches {:?} (hil/run --list)", args.scenario);
@@ -153,7 +151,12 @@ fn main() -> anyhow::Result<()> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mem = std::fs::read_to_string("/proc/meminfo")

@@ -104,8 +104,7 @@ impl RunReport {
                 Outcome::Fail(_) => "**FAIL**".to_string(),
                 Outcome::Skip(_) => "skipped".to_string(),
             };
-            let timings: Vec<String> =
-                s.timings.iter().map(|(k, v)| format!("{k} {:.1} s", v.as_secs_f64())).collect();
+            let timings: Vec<String> = s.timings.iter().map(|(k, v)| format!("{k} {:.1} s", v.as_secs_f64())).collect();
             let _ = writeln!(
                 m,
                 "| {} | {} | {result} | {:.0} s | {} | {} |",

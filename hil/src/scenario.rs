@@ -235,6 +235,13 @@ impl Site {
         Ok(last)
     }
 
+    /// A new export into the share, then wait until the box holds `n` cases, all locked.
+    fn lock_next(&mut self, env: &Env, n: usize, what: &str) -> Result<Vec<Case>, Stop> {
+        let e = self.export(env)?;
+        self.put(&e)?;
+        self.wait_cases(env, what, 120.0, |c| c.len() == n && c.iter().all(locked))
+    }
+
     /// Wait until the collector holds every pseudonym in `cases`, each verified.
     fn wait_collected(&self, env: &Env, cases: &BTreeSet<String>, limit: f64) -> Result<Vec<LockedRow>, Stop> {
         let mut rows = Vec::new();
@@ -353,7 +360,12 @@ fn golden(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     rec.time("copied -> locked", t.elapsed());
     let case = cases.first().map(|c| c.case.clone()).unwrap_or_default();
     if cases.first().map(|c| c.files) != Some(export.files.len() as u64) {
-        return Err(Stop::Fail(format!("{} files of {} taken: {}", cases[0].files, export.files.len(), summary(&cases))));
+        return Err(Stop::Fail(format!(
+            "{} files of {} taken: {}",
+            cases[0].files,
+            export.files.len(),
+            summary(&cases)
+        )));
     }
     site.wait_collected(env, &BTreeSet::from([case.clone()]), 60.0)?;
     rec.time("copied -> countersigned at the collector", t.elapsed());
@@ -365,7 +377,10 @@ fn golden(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     rec.lost = 1u64.saturating_sub(rows.len() as u64);
     sent_once_each(&site.sub)?;
     no_identifiers(&site, &[&export])?;
-    rec.note(format!("case {case}: {} files, locked, verified at the collector, panel \"Prediction locked\"", export.files.len()));
+    rec.note(format!(
+        "case {case}: {} files, locked, verified at the collector, panel \"Prediction locked\"",
+        export.files.len()
+    ));
     rec.note(format!("broker: {}", site.broker.kind));
     Ok(())
 }
@@ -443,9 +458,7 @@ fn power_cut(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
 fn watchdog(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     let mut site = Site::new(env, BoxSpec::default(), "3-watchdog")?;
     site.start()?;
-    let first = site.export(env)?;
-    site.put(&first)?;
-    site.wait_cases(env, "the first case locked", 120.0, |c| c.len() == 1 && c.iter().all(locked))?;
+    site.lock_next(env, 1, "the first case locked")?;
 
     // kill -9: restarted (Restart=on-failure).
     let before = site.dev.supervision()?;
@@ -462,19 +475,22 @@ fn watchdog(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     let pid = site.dev.service_pid()?;
     site.dev.freeze()?;
     let t = wait(env, "the watchdog restarting a hung service", 120.0, || {
-        site.dev.supervision().is_ok_and(|s| s.watchdog_timeouts > before.watchdog_timeouts && s.restarts > before.restarts)
+        site.dev
+            .supervision()
+            .is_ok_and(|s| s.watchdog_timeouts > before.watchdog_timeouts && s.restarts > before.restarts)
             && site.dev.service_pid().is_ok_and(|p| p.is_some() && p != pid)
     })?;
     rec.time("SIGSTOP -> watchdog restart", t);
 
     // And it works afterwards.
-    let second = site.export(env)?;
-    site.put(&second)?;
-    site.wait_cases(env, "a case locked after the restarts", 120.0, |c| c.len() == 2 && c.iter().all(locked))?;
+    site.lock_next(env, 2, "a case locked after the restarts")?;
     let rows = ledger_once_each(site.dev.as_ref())?;
     rec.lost = 2u64.saturating_sub(rows.len() as u64);
     let s = site.dev.supervision()?;
-    rec.note(format!("restarts {}, of which by the watchdog {}; a case locked after both", s.restarts, s.watchdog_timeouts));
+    rec.note(format!(
+        "restarts {}, of which by the watchdog {}; a case locked after both",
+        s.restarts, s.watchdog_timeouts
+    ));
     if !site.dev.abilities().real_systemd {
         rec.note("no systemd on this target: the harness keeps the unit's contract (Type=notify, WatchdogSec, SIGABRT then SIGKILL, Restart=on-failure); qemu and ssh run the real unit");
     }
@@ -486,9 +502,7 @@ fn watchdog(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
 fn broker_outage(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     let mut site = Site::new(env, BoxSpec::default(), "4-broker-outage")?;
     site.start()?;
-    let a = site.export(env)?;
-    site.put(&a)?;
-    let cases = site.wait_cases(env, "the first case locked", 120.0, |c| c.len() == 1 && c.iter().all(locked))?;
+    let cases = site.lock_next(env, 1, "the first case locked")?;
     site.wait_collected(env, &cases.iter().map(|c| c.case.clone()).collect(), 60.0)?;
 
     site.broker.down();
@@ -497,7 +511,8 @@ fn broker_outage(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         let e = site.export(env)?;
         site.put(&e)?;
     }
-    let cases = site.wait_cases(env, "cases locked while the broker is away", 120.0, |c| c.len() == 3 && c.iter().all(locked))?;
+    let cases =
+        site.wait_cases(env, "cases locked while the broker is away", 120.0, |c| c.len() == 3 && c.iter().all(locked))?;
     rec.time("broker down -> both locked offline", down.elapsed());
     if let Some(rest) = env.outage.checked_sub(down.elapsed()) {
         std::thread::sleep(rest);
@@ -557,7 +572,8 @@ fn share_outage(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         site.put_file(&e, f, None)?;
     }
     let t = Instant::now();
-    let cases = site.wait_cases(env, "the case locked once the copy finished", 120.0, |c| c.len() == 1 && c.iter().all(locked))?;
+    let cases = site
+        .wait_cases(env, "the case locked once the copy finished", 120.0, |c| c.len() == 1 && c.iter().all(locked))?;
     rec.time("copy finished -> locked", t.elapsed());
     if cases.first().map(|c| c.files) != Some(e.files.len() as u64) {
         rec.lost += 1;
@@ -613,7 +629,9 @@ fn malformed(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     }
     corpus.push(("bad-ifd.svs".into(), tiff));
     if let Some(shared) = &env.shared_data {
-        for rel in ["wsi/svs/broken.svs", "dicom/pydicom_test_files/rtplan_truncated.dcm", "dicom/pydicom_test_files/zipMR.gz"] {
+        for rel in
+            ["wsi/svs/broken.svs", "dicom/pydicom_test_files/rtplan_truncated.dcm", "dicom/pydicom_test_files/zipMR.gz"]
+        {
             if let Ok(b) = std::fs::read(shared.join(rel)) {
                 let name = rel.rsplit('/').next().unwrap_or(rel);
                 corpus.push((format!("shared-{name}"), b));
@@ -663,13 +681,13 @@ fn disk_full(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         return Err(Stop::Skip("this target cannot give the state a small disk of its own".into()));
     }
     site.start()?;
-    let a = site.export(env)?;
-    site.put(&a)?;
-    site.wait_cases(env, "the first case locked", 120.0, |c| c.len() == 1 && c.iter().all(locked))?;
+    site.lock_next(env, 1, "the first case locked")?;
     site.dev.fill_state_disk(Some(8 << 20))?;
     let t = Instant::now();
     wait(env, "the disk_full condition in a heartbeat", 60.0, || {
-        site.sub.last_heartbeat().is_some_and(|h| h.conditions.iter().any(|c| c.code == "disk_full") && h.last_error.is_some())
+        site.sub
+            .last_heartbeat()
+            .is_some_and(|h| h.conditions.iter().any(|c| c.code == "disk_full") && h.last_error.is_some())
     })?;
     rec.time("filled -> heartbeat condition", t.elapsed());
     wait(env, "the disk_full alert", 60.0, || site.sub.alerts().iter().any(|a| a == "disk_full"))?;
@@ -716,13 +734,9 @@ fn clock_step(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         site.dev.step_clock(0)?;
     }
     site.start()?;
-    let a = site.export(env)?;
-    site.put(&a)?;
-    site.wait_cases(env, "the first case locked", 120.0, |c| c.len() == 1 && c.iter().all(locked))?;
+    site.lock_next(env, 1, "the first case locked")?;
     site.dev.step_clock(-3600)?;
-    let b = site.export(env)?;
-    site.put(&b)?;
-    site.wait_cases(env, "a case locked after the clock went back", 120.0, |c| c.len() == 2 && c.iter().all(locked))?;
+    site.lock_next(env, 2, "a case locked after the clock went back")?;
     site.dev.step_clock(3600)?;
     let rows = ledger_once_each(site.dev.as_ref())?;
     rec.lost = 2u64.saturating_sub(rows.len() as u64);
@@ -755,7 +769,8 @@ fn model_update(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     host(&["model", "keygen", &s(&office)], None)?;
     let office_pub = office.with_extension("pub");
     let cfg = k.join("crlm.toml");
-    std::fs::write(&cfg, format!("[model]\ntrusted_keys = [{:?}]\n", s(&office_pub))).map_err(|e| Stop::Fail(e.to_string()))?;
+    std::fs::write(&cfg, format!("[model]\ntrusted_keys = [{:?}]\n", s(&office_pub)))
+        .map_err(|e| Stop::Fail(e.to_string()))?;
     // 1.0.0: the demo package as shipped; 1.1.0: the same network re-versioned and signed.
     let v1 = k.join("v1.tar");
     host(&["model", "pack", "--out", &s(&v1), &s(&demo)], Some(&cfg))?;
@@ -786,11 +801,8 @@ fn model_update(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     let mut expect: Vec<&str> = Vec::new();
     let lock_one = |site: &mut Site, version: &'static str, expect: &mut Vec<&str>| -> Result<(), Stop> {
         expect.push(version);
-        let e = site.export(env)?;
-        site.put(&e)?;
         let n = expect.len();
-        site.wait_cases(env, &format!("case {n} locked"), 120.0, |c| c.len() == n && c.iter().all(locked))?;
-        Ok(())
+        site.lock_next(env, n, &format!("case {n} locked")).map(|_| ())
     };
     lock_one(&mut site, "1.0.0", &mut expect)?;
     let t = Instant::now();
@@ -800,7 +812,9 @@ fn model_update(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     for (what, tar) in [("one weight byte changed", &altered_tar), ("signed by an untrusted key", &stranger_tar)] {
         match site.dev.install_model(tar)? {
             Ok(()) => return Err(Stop::Fail(format!("a package {what} was installed"))),
-            Err(why) => rec.note(format!("refused, the installed package stays: {what}: {}", why.lines().last().unwrap_or(""))),
+            Err(why) => {
+                rec.note(format!("refused, the installed package stays: {what}: {}", why.lines().last().unwrap_or("")))
+            }
         }
     }
     lock_one(&mut site, "1.1.0", &mut expect)?;

@@ -24,11 +24,14 @@ pub struct SshConfig {
 impl SshConfig {
     /// The target from the environment, or why it is not configured.
     pub fn from_env() -> Result<SshConfig, String> {
-        let host = std::env::var("HIL_SSH_HOST")
-            .map_err(|_| "no real box configured: set HIL_SSH_HOST (user@host) and HIL_SSH_SHARE (docs/HIL.md)".to_string())?;
-        let share = std::env::var("HIL_SSH_SHARE")
-            .map_err(|_| "HIL_SSH_SHARE (this machine's mount of the box's share) is not set (docs/HIL.md)".to_string())?;
-        let options = std::env::var("HIL_SSH_OPTIONS").unwrap_or_default().split_whitespace().map(String::from).collect();
+        let host = std::env::var("HIL_SSH_HOST").map_err(|_| {
+            "no real box configured: set HIL_SSH_HOST (user@host) and HIL_SSH_SHARE (docs/HIL.md)".to_string()
+        })?;
+        let share = std::env::var("HIL_SSH_SHARE").map_err(|_| {
+            "HIL_SSH_SHARE (this machine's mount of the box's share) is not set (docs/HIL.md)".to_string()
+        })?;
+        let options =
+            std::env::var("HIL_SSH_OPTIONS").unwrap_or_default().split_whitespace().map(String::from).collect();
         Ok(SshConfig { host, share: PathBuf::from(share), options })
     }
 }
@@ -152,7 +155,10 @@ impl Device for SshDevice {
     fn supervision(&mut self) -> Result<Supervision, DeviceError> {
         let restarts = self.text("systemctl show --property=NRestarts --value crlm.service")?.parse().unwrap_or(0);
         let watchdog_timeouts = self
-            .text(&format!("journalctl -u crlm.service --since {} --no-pager | grep -c 'Watchdog timeout' || true", self.since))?
+            .text(&format!(
+                "journalctl -u crlm.service --since {} --no-pager | grep -c 'Watchdog timeout' || true",
+                self.since
+            ))?
             .parse()
             .unwrap_or(0);
         Ok(Supervision { restarts, watchdog_timeouts })
@@ -174,7 +180,8 @@ impl Device for SshDevice {
 
     fn state_files(&self, rel: &str) -> Result<Vec<(String, Vec<u8>)>, DeviceError> {
         let dir = format!("{STATE}/{rel}");
-        let names = self.text(&format!("[ -d {d} ] && find {d} -maxdepth 1 -type f -printf '%f\\n' || true", d = quote(&dir)))?;
+        let names =
+            self.text(&format!("[ -d {d} ] && find {d} -maxdepth 1 -type f -printf '%f\\n' || true", d = quote(&dir)))?;
         let mut out = Vec::new();
         for n in names.lines().filter(|n| !n.is_empty()) {
             out.push((n.to_string(), self.read_state(&format!("{rel}/{n}"))?));
