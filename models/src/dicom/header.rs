@@ -320,12 +320,23 @@ fn read_dataset_at(file: &File, offset: u64, ts_uid: &str, limits: &Limits) -> R
     Ok(obj)
 }
 
-/// Walk the (explicit VR little endian) file meta group from `start`; returns the transfer
-/// syntax UID and the offset where the data set begins.
-fn walk_meta_group(file: &File, start: u64) -> Option<(String, u64)> {
+/// What the file meta group says that the readers need before parsing the data set.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MetaGroup {
+    /// Transfer Syntax UID (0002,0010).
+    pub ts_uid: Option<String>,
+    /// Media Storage SOP Class UID (0002,0002).
+    pub sop_class: Option<String>,
+    /// Where the data set begins.
+    pub data_start: u64,
+}
+
+/// Walk the (explicit VR little endian) file meta group from `start` (132 after a preamble, 0
+/// without). None where an element cannot be read or is not plausibly a meta element.
+pub(crate) fn read_meta_group(file: &File, start: u64) -> Option<MetaGroup> {
     use std::os::unix::fs::FileExt;
+    let mut meta = MetaGroup { data_start: start, ..MetaGroup::default() };
     let mut pos = start;
-    let mut ts_uid = None;
     for _ in 0..64 {
         let mut h = [0u8; 8];
         file.read_exact_at(&mut h, pos).ok()?;
@@ -346,14 +357,22 @@ fn walk_meta_group(file: &File, start: u64) -> Option<(String, u64)> {
         if len > 1024 {
             return None;
         }
-        if element == 0x0010 {
+        if element == 0x0010 || element == 0x0002 {
             let mut v = vec![0u8; len as usize];
             file.read_exact_at(&mut v, pos + hdr).ok()?;
-            ts_uid = Some(String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string());
+            let v = Some(String::from_utf8_lossy(&v).trim_end_matches(['\0', ' ']).to_string());
+            if element == 0x0010 { meta.ts_uid = v } else { meta.sop_class = v }
         }
         pos += hdr + len;
     }
-    Some((ts_uid?, pos))
+    meta.data_start = pos;
+    Some(meta)
+}
+
+/// The transfer syntax UID and the offset where the data set begins.
+fn walk_meta_group(file: &File, start: u64) -> Option<(String, u64)> {
+    let meta = read_meta_group(file, start)?;
+    Some((meta.ts_uid?, meta.data_start))
 }
 
 /// Read the first bytes of a file without moving its cursor.

@@ -19,8 +19,10 @@
 
 use super::SlideError;
 use super::tiff::{LevelData, MAX_TILE_SIDE, SlideFormat, SlideHeader, SlideLevel};
-use crate::dicom::header::{float_in, header_of, int, items, multi_text, read_object, text};
-use crate::dicom::{DicomError, check_pixel_data_file, read_header_file, read_prefix, sniff_dicom, sop_class};
+use crate::dicom::header::{float_in, header_of, int, items, multi_text, read_meta_group, read_object, text};
+use crate::dicom::{
+    DicomError, DicomLayout, check_pixel_data_file, read_header_file, read_prefix, sniff_dicom, sop_class,
+};
 use crate::limits::Limits;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
@@ -104,38 +106,18 @@ fn from_dicom(e: DicomError) -> SlideError {
     }
 }
 
-/// Whether the file is a DICOM whole-slide image: its file meta group (the first KB) names the
-/// VL Whole Slide Microscopy SOP Class. Nothing past the meta group is parsed, so a level file
+/// Whether the file is a DICOM whole-slide image: its file meta group names the VL Whole Slide
+/// Microscopy SOP Class. Nothing past the meta group is parsed, so a level file
 /// still being copied is still seen as one (and then refused as incomplete, not left out).
 pub fn is_dicom_wsi(file: &File) -> bool {
-    let mut head = [0u8; 1024];
+    let mut head = [0u8; 132];
     let Ok(n) = read_prefix(file, &mut head) else { return false };
-    let head = head.get(..n).unwrap_or(&[]);
-    if sniff_dicom(head).is_none() {
-        return false;
-    }
-    // Media Storage SOP Class UID (0002,0002), explicit VR little endian, in the meta group.
-    let mut i = if head.get(128..132) == Some(b"DICM".as_slice()) { 132 } else { 0 };
-    while let Some(h) = head.get(i..i + 8) {
-        let (group, element) = (u16::from_le_bytes([h[0], h[1]]), u16::from_le_bytes([h[2], h[3]]));
-        if group != 0x0002 {
-            return false;
-        }
-        let (value_at, len) = match &h[4..6] {
-            b"OB" | b"OW" | b"OF" | b"SQ" | b"UT" | b"UN" => match head.get(i + 8..i + 12) {
-                Some(l) => (i + 12, u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize),
-                None => return false,
-            },
-            _ => (i + 8, usize::from(u16::from_le_bytes([h[6], h[7]]))),
-        };
-        if element == 0x0002 {
-            let v = head.get(value_at..value_at + len).unwrap_or(&[]);
-            let v = v.strip_suffix(b"\0").unwrap_or(v);
-            return v == sop_class::VL_WHOLE_SLIDE_MICROSCOPY.as_bytes();
-        }
-        i = value_at + len;
-    }
-    false
+    let start = match sniff_dicom(head.get(..n).unwrap_or(&[])) {
+        Some(DicomLayout::Part10) => 132,
+        Some(DicomLayout::MetaWithoutPreamble) => 0,
+        _ => return false,
+    };
+    read_meta_group(file, start).and_then(|m| m.sop_class).as_deref() == Some(sop_class::VL_WHOLE_SLIDE_MICROSCOPY)
 }
 
 /// Read one instance of a slide series: header checks and the frame table (no pixels).
