@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use crlm_hil::device::{Device, DeviceError};
 use crlm_hil::local::{LocalDevice, LocalOptions};
+use crlm_hil::qemu::{QemuDevice, QemuOptions};
 use crlm_hil::report::{Outcome, RunReport, ScenarioReport};
 use crlm_hil::scenario::{ALL, BoxSpec, Env};
 use crlm_hil::ssh::{SshConfig, SshDevice};
@@ -15,7 +16,7 @@ use std::time::Duration;
 enum Target {
     /// The service as a process on this machine.
     Local,
-    /// A virtual aarch64 box under qemu-system-aarch64 (not built yet: issue 20).
+    /// A virtual aarch64 box under qemu-system-aarch64 (image: hil/qemu/build-image).
     Qemu,
     /// A real box over SSH (HIL_SSH_HOST, HIL_SSH_SHARE).
     Ssh,
@@ -41,6 +42,9 @@ struct Args {
     /// Scenario 2: power cuts.
     #[arg(long, default_value_t = 20)]
     power_cycles: u32,
+    /// The qemu target's deadlines are this many times the local ones.
+    #[arg(long, default_value_t = 5.0)]
+    qemu_slowdown: f64,
     /// List the scenarios and exit.
     #[arg(long)]
     list: bool,
@@ -79,13 +83,11 @@ fn main() -> anyhow::Result<()> {
     // Why the whole target cannot run here, if it cannot.
     let unavailable: Option<String> = match args.target {
         Target::Local => None,
-        Target::Qemu => Some(
-            "the qemu target (a debootstrapped arm64 Debian under qemu-system-aarch64) is not built yet: issue 20 stays open"
-                .into(),
-        ),
+        Target::Qemu => None,
         Target::Ssh => SshConfig::from_env().err(),
     };
     let local_crlm = crlm.clone();
+    let image = repo.join("target/hil-qemu");
     let factory = move |spec: &BoxSpec| -> Result<Box<dyn Device>, DeviceError> {
         match args.target {
             Target::Local => {
@@ -99,7 +101,16 @@ fn main() -> anyhow::Result<()> {
                 let cfg = SshConfig::from_env().map_err(DeviceError::NotOnThisTarget)?;
                 Ok(Box::new(SshDevice::new(cfg)?))
             }
-            Target::Qemu => Err(DeviceError::NotOnThisTarget("the qemu target is not built yet".into())),
+            Target::Qemu => {
+                let port = spec.broker_url.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(1883);
+                Ok(Box::new(QemuDevice::new(QemuOptions {
+                    image: image.clone(),
+                    broker_port: port,
+                    collector_key: spec.collector_key.clone(),
+                    trusted_keys: spec.trusted_keys.clone(),
+                    state_disk_mib: spec.state_disk_mib,
+                })?))
+            }
         }
     };
     let env = Env {
@@ -108,7 +119,8 @@ fn main() -> anyhow::Result<()> {
         evidence: args.report.join(&target_name),
         repo,
         factory: &factory,
-        slow: 1.0,
+        // Software emulation of an aarch64 box on this machine's cores.
+        slow: if args.target == Target::Qemu { args.qemu_slowdown } else { 1.0 },
         outage: Duration::from_secs(args.outage_seconds),
         power_cycles: args.power_cycles,
         shared_data,

@@ -404,7 +404,8 @@ fn power_cut(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     let mut acknowledged: BTreeMap<String, String> = BTreeMap::new();
     let mut recovery = Duration::ZERO;
     let cycles = env.power_cycles;
-    for _ in 0..cycles {
+    let mut landed: BTreeMap<&str, u32> = BTreeMap::new();
+    for i in 0..cycles as usize {
         let export = site.export(env)?;
         site.put(&export)?;
         // Anywhere from ingest to prediction to the ledger's append and the outputs.
@@ -412,6 +413,17 @@ fn power_cut(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         for r in site.dev.ledger().map(|e| e.rows).unwrap_or_default() {
             acknowledged.insert(r.pseudonym, r.record_hash);
         }
+        // Where this cut lands: before the case was assembled, mid-case (ingest, prediction,
+        // the ledger's append, the outputs) or after it was locked.
+        let cases = site.dev.cases().unwrap_or_default();
+        let at = if cases.len() < i + 1 {
+            "before the case was assembled"
+        } else if cases.iter().filter(|c| locked(c)).count() < i + 1 {
+            "mid-case"
+        } else {
+            "after the lock"
+        };
+        *landed.entry(at).or_default() += 1;
         site.dev.power_cut()?;
         let t = Instant::now();
         site.dev.start()?;
@@ -447,6 +459,8 @@ fn power_cut(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         acknowledged.len(),
         rows.len()
     ));
+    let landed: Vec<String> = landed.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    rec.note(format!("where the cuts landed: {}", landed.join(", ")));
     if !site.dev.abilities().power_cut_loses_cache {
         rec.note("this target's power cut kills the process: the kernel keeps its page cache, so unflushed writes survive (the qemu target's cut loses them)");
     }

@@ -51,13 +51,20 @@ impl SshDevice {
     /// The box, its service stopped and its state wiped, ready for a scenario.
     pub fn new(cfg: SshConfig) -> Result<SshDevice, DeviceError> {
         let dev = SshDevice { cfg, since: String::new(), cut: false };
-        dev.sh(&format!("systemctl stop crlm.service && rm -rf {STATE}/* && date +@%s"))?;
+        dev.sh(&format!("systemctl stop crlm.service && rm -rf {STATE}/*"))?;
         let since = String::from_utf8_lossy(&dev.sh("date +@%s")?.stdout).trim().to_string();
         Ok(SshDevice { since, ..dev })
     }
 
+    /// The box as it is (after a power cut: its state is the evidence).
+    pub fn attach(cfg: SshConfig) -> Result<SshDevice, DeviceError> {
+        let dev = SshDevice { cfg, since: String::new(), cut: false };
+        let since = dev.text("date +@%s")?;
+        Ok(SshDevice { since, ..dev })
+    }
+
     /// Run a shell command on the box as root.
-    fn sh(&self, script: &str) -> Result<Output, DeviceError> {
+    pub(crate) fn sh(&self, script: &str) -> Result<Output, DeviceError> {
         let out = Command::new("ssh")
             .args(&self.cfg.options)
             .args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", &self.cfg.host])
@@ -74,7 +81,34 @@ impl SshDevice {
         Ok(out)
     }
 
-    fn text(&self, script: &str) -> Result<String, DeviceError> {
+    /// Copy a local file onto the box.
+    pub(crate) fn put(&self, local: &Path, remote: &str) -> Result<(), DeviceError> {
+        let bytes = std::fs::read(local).map_err(|e| DeviceError::io(format!("reading {}", local.display()), e))?;
+        let mut child = Command::new("ssh")
+            .args(&self.cfg.options)
+            .args(["-o", "BatchMode=yes", &self.cfg.host])
+            .arg(format!("sudo sh -c {}", quote(&format!("cat > {}", quote(remote)))))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| DeviceError::io("running ssh", e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            stdin.write_all(&bytes).map_err(|e| DeviceError::io("copying over ssh", e))?;
+        }
+        let out = child.wait_with_output().map_err(|e| DeviceError::io("copying over ssh", e))?;
+        if !out.status.success() {
+            return Err(DeviceError::Command {
+                command: format!("copy to {remote}"),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn text(&self, script: &str) -> Result<String, DeviceError> {
         Ok(String::from_utf8_lossy(&self.sh(script)?.stdout).trim().to_string())
     }
 }
@@ -190,14 +224,25 @@ impl Device for SshDevice {
     }
 
     fn panel_text(&self) -> Result<String, DeviceError> {
-        // The words beside the frame are written with the PNG display only; a hardware panel's
-        // frame is saved (save_panel) for a person to read.
-        Err(DeviceError::NotOnThisTarget(
-            "a hardware panel's words are not read back; its frame is saved from /dev/fb0".into(),
-        ))
+        // The words beside the frame are written with the PNG display only (the virtual box); a
+        // hardware panel's frame is saved (save_panel) for a person to read.
+        let words = self.text(&format!("cat {STATE}/display.txt 2>/dev/null || echo '<no display.txt>'"))?;
+        if words == "<no display.txt>" {
+            return Err(DeviceError::NotOnThisTarget(
+                "a hardware panel's words are not read back; its frame is saved from /dev/fb0".into(),
+            ));
+        }
+        Ok(words)
     }
 
     fn save_panel(&self, dir: &Path) -> Result<Option<PathBuf>, DeviceError> {
+        let png = self.sh(&format!("cat {STATE}/display.png 2>/dev/null || true"))?.stdout;
+        if !png.is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| DeviceError::io("the report folder", e))?;
+            let to = dir.join("panel.png");
+            std::fs::write(&to, png).map_err(|e| DeviceError::io("saving the frame", e))?;
+            return Ok(Some(to));
+        }
         let raw = self.sh("cat /dev/fb0")?.stdout;
         std::fs::create_dir_all(dir).map_err(|e| DeviceError::io("the report folder", e))?;
         let to = dir.join("panel.fb0.raw");
