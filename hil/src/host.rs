@@ -1,7 +1,8 @@
 //! The site around the box, on the harness's machine: the central MQTT broker (Debian's
 //! mosquitto, or crlm's embedded broker where mosquitto is absent), the study office's collector
-//! (`crlm fleet collect`, which verifies and countersigns) and a subscriber of our own (rumqttc,
-//! not crlm's code) that records every result message the box sent.
+//! (`crlm fleet collect`, which verifies and countersigns), a subscriber of our own (rumqttc, not
+//! crlm's code) that records every result message the box sent, and the relay through which the
+//! box reaches the broker, which can cut that path silently (a partition).
 
 use crate::device::{DeviceError, parsed};
 use crate::wire::{Alert, Export, Heartbeat, LockedRow, ResultMessage};
@@ -94,6 +95,99 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// A TCP relay between the box and the broker that can cut the path silently: while partitioned
+/// every byte either way is dropped and nothing is closed, as when a link between two sites goes
+/// down (no RST, no FIN: each side notices only by its own timeouts). Healing drops the
+/// connections that were stuck, as their peers have given up on them; new ones go through. The
+/// box reaches the broker only through it; the collector is not behind it.
+pub struct Relay {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    quit: Arc<AtomicBool>,
+}
+
+impl Relay {
+    pub fn start(upstream: u16) -> Result<Relay, DeviceError> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| DeviceError::io("the relay", e))?;
+        let port = listener.local_addr().map_err(|e| DeviceError::io("the relay", e))?.port();
+        listener.set_nonblocking(true).map_err(|e| DeviceError::io("the relay", e))?;
+        let relay = Relay { port, cut: Arc::default(), epoch: Arc::default(), quit: Arc::default() };
+        let (cut, epoch, quit) = (relay.cut.clone(), relay.epoch.clone(), relay.quit.clone());
+        std::thread::spawn(move || {
+            while !quit.load(Ordering::Relaxed) {
+                let Ok((down, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = down.set_nonblocking(false);
+                let Ok(up) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                let mine = epoch.load(Ordering::Relaxed);
+                for (from, to) in [(down.try_clone(), up.try_clone()), (up.try_clone(), down.try_clone())] {
+                    if let (Ok(from), Ok(to)) = (from, to) {
+                        let (cut, epoch, quit) = (cut.clone(), epoch.clone(), quit.clone());
+                        std::thread::spawn(move || pump(from, to, mine, &cut, &epoch, &quit));
+                    }
+                }
+            }
+        });
+        Ok(relay)
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Cut the path (true) or heal it (false).
+    pub fn partition(&self, cut: bool) {
+        if !cut {
+            self.epoch.fetch_add(1, Ordering::Relaxed);
+        }
+        self.cut.store(cut, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.quit.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copy `from` to `to` until either closes, dropping what arrives while the path is cut; give up
+/// on the connection once the path has healed after a cut (its epoch passed).
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    mine: u64,
+    cut: &AtomicBool,
+    epoch: &std::sync::atomic::AtomicU64,
+    quit: &AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if quit.load(Ordering::Relaxed) || epoch.load(Ordering::Relaxed) != mine {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if cut.load(Ordering::Relaxed) {
+                    continue; // lost on the way
+                }
+                if to.write_all(buf.get(..n).unwrap_or_default()).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 /// The study office's collector, its key made in `dir`.

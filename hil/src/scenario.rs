@@ -3,7 +3,7 @@
 //! timings, and what was lost (must be 0).
 
 use crate::device::{Device, DeviceError};
-use crate::host::{Broker, Collector, Subscriber};
+use crate::host::{Broker, Collector, Relay, Subscriber};
 use crate::report::{Outcome, ScenarioReport};
 use crate::wire::{Case, LockedRow};
 use std::collections::{BTreeMap, BTreeSet};
@@ -132,6 +132,8 @@ impl Scenario {
 struct Site {
     dev: Box<dyn Device>,
     broker: Broker,
+    /// The box's only path to the broker.
+    relay: Relay,
     collector: Collector,
     sub: Subscriber,
     dir: tempfile::TempDir,
@@ -159,10 +161,11 @@ impl Site {
         let broker = Broker::start(dir.path(), &env.crlm)?;
         let collector = Collector::start(dir.path(), &env.crlm, &broker.url())?;
         let sub = Subscriber::start(broker.port);
-        spec.broker_url = broker.url();
+        let relay = Relay::start(broker.port)?;
+        spec.broker_url = relay.url();
         spec.collector_key = Some(collector.key_pub.clone());
         let dev = (env.factory)(&spec)?;
-        Ok(Site { dev, broker, collector, sub, dir, exports: 0, evidence: env.evidence.join(name) })
+        Ok(Site { dev, broker, relay, collector, sub, dir, exports: 0, evidence: env.evidence.join(name) })
     }
 
     /// Start the box and enrol it with the collector (its key exists once it has started).
@@ -540,15 +543,30 @@ fn broker_outage(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         site.dev.panel_text().is_ok_and(|p| p.contains("Outbox 0"))
     })?;
     rec.time("broker back -> outbox empty", t.elapsed().max(t2));
+
+    // A partition: the path between box and broker drops everything, silently.
+    site.relay.partition(true);
+    let cut = Instant::now();
+    let cases = site.lock_next(env, 4, "a case locked during the partition")?;
+    rec.time("partition -> case locked offline", cut.elapsed());
+    if let Some(rest) = env.outage.checked_sub(cut.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    site.relay.partition(false);
+    let t = Instant::now();
+    let all: BTreeSet<String> = cases.iter().map(|c| c.case.clone()).collect();
+    site.wait_collected(env, &all, 180.0)?;
+    rec.time("healed -> all at the collector", t.elapsed());
+
     let rows = ledger_once_each(site.dev.as_ref())?;
     let collected: BTreeSet<String> = site.collector.results()?.into_iter().map(|r| r.pseudonym).collect();
     rec.lost = rows.iter().filter(|r| !collected.contains(&r.pseudonym)).count() as u64;
     sent_once_each(&site.sub)?;
     rec.note(format!(
-        "broker away {:.0} s (the issue's 10 minutes: --outage-seconds 600); 2 cases locked meanwhile, all 3 at the collector after",
+        "broker away {:.0} s (the issue's 10 minutes: --outage-seconds 600), 2 cases locked meanwhile; then the path between box and broker cut for as long, 1 case locked meanwhile; all 4 at the collector after",
         env.outage.max(Duration::from_secs(1)).as_secs_f64()
     ));
-    rec.note("the broker's process stopped (its host gone); a network partition between box and broker (netns) is the qemu target's");
+    rec.note("the outage stops the broker's process (its host gone: connections refused); the partition is a relay that drops every byte both ways without closing anything (a link down: each side notices by its own timeouts)");
     Ok(())
 }
 
