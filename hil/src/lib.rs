@@ -5,8 +5,10 @@
 //! - Owns: the [`Device`] trait (put files in the share, start, stop, kill, freeze or power-cut the
 //!   box, read its panel, journal and state), its targets ([`local`]: `crlm run` as a process on
 //!   this machine under a supervisor that keeps systemd's notify and watchdog contract; [`qemu`]:
-//!   a virtual aarch64 box under real systemd; [`ssh`]: a real box reached over SSH), the host side of a site ([`host`]: an MQTT broker, the study
-//!   office's collector, an independent subscriber and the relay that can partition box and broker), the [`scenario`]s and their [`report`]s.
+//!   a virtual aarch64 box under real systemd; [`ssh`]: a real box reached over SSH), the host
+//!   side of a site ([`host`]: an MQTT broker, the study office's collector, an independent
+//!   subscriber and the relay that can partition box and broker), the [`scenario`]s and their
+//!   [`report`]s.
 //! - Inputs: a `crlm` binary (or a box running one), the project's own writers (`crlm synth`) for
 //!   the exports, and the reliability corpus of malformed files the scenarios write.
 //! - Outputs: per scenario a pass, a failure with what went wrong, or a skip with the reason, its
