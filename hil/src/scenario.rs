@@ -5,7 +5,7 @@
 use crate::device::{Device, DeviceError};
 use crate::host::{Broker, Collector, Relay, Subscriber};
 use crate::report::{Outcome, ScenarioReport};
-use crate::wire::{Case, LockedRow};
+use crate::wire::{Case, LedgerRecord, LockedRow};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -767,12 +767,35 @@ fn clock_step(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     }
     site.start()?;
     site.lock_next(env, 1, "the first case locked")?;
-    site.dev.step_clock(-3600)?;
-    site.lock_next(env, 2, "a case locked after the clock went back")?;
-    site.dev.step_clock(3600)?;
+    let mut steps = Vec::new();
+    for (n, step) in [(2, -3600i64), (3, 3600)] {
+        site.dev.step_clock(step)?;
+        site.lock_next(env, n, &format!("case {n} locked after a step of {step} s"))?;
+        steps.push(step);
+    }
+    // Each step is in the ledger as its own record, before the lock that followed it.
+    let mut jumps = Vec::new();
+    let mut records = Vec::new();
+    for seq in 0.. {
+        let out = site.dev.crlm(&["ledger", "show", &seq.to_string()])?;
+        if !out.status.success() {
+            break;
+        }
+        let r: LedgerRecord = crate::device::parsed(out, "crlm ledger show")?;
+        if r.kind == "clock_jump" {
+            jumps.push(r.body.wall_clock_step_seconds.unwrap_or(0.0));
+        }
+        records.push(format!("{} {} {}", r.seq, r.kind, r.wall_time));
+    }
+    rec.note(format!("ledger: {}", records.join("; ")));
+    for (want, got) in steps.iter().zip(jumps.iter().chain(std::iter::repeat(&0.0))) {
+        if (*want as f64 - got).abs() > 120.0 {
+            return Err(Stop::Fail(format!("a step of {want} s was recorded as {jumps:?}")));
+        }
+    }
     let rows = ledger_once_each(site.dev.as_ref())?;
-    rec.lost = 2u64.saturating_sub(rows.len() as u64);
-    rec.note(format!("lock times: {:?}", rows.iter().map(|r| r.locked_at.clone()).collect::<Vec<_>>()));
+    rec.lost = 3u64.saturating_sub(rows.len() as u64);
+    rec.note(format!("steps of {steps:?} s recorded as clock-jump records of {jumps:?} s; the chain verifies"));
     Ok(())
 }
 

@@ -35,6 +35,22 @@ pub struct LockedRow {
     pub signature_ok: Option<bool>,
 }
 
+/// One ledger record (`crlm ledger show N`): its kind and time, and a clock jump's step.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LedgerRecord {
+    pub seq: u64,
+    pub kind: String,
+    pub wall_time: String,
+    pub body: RecordBody,
+}
+
+/// The part of a record's body the scenarios read (other kinds leave it empty).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordBody {
+    #[serde(default)]
+    pub wall_clock_step_seconds: Option<f64>,
+}
+
 /// A quarantine record (`<state>/quarantine/*.json`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Quarantined {
