@@ -55,6 +55,8 @@ pub struct Abilities {
     pub clock_step: bool,
     /// systemd itself supervises the service (not the harness playing its part).
     pub real_systemd: bool,
+    /// How this target takes the share away (for the report).
+    pub share_outage: &'static str,
 }
 
 /// One box. Share paths are as the lab's machine sees the share (the harness writes there as a

@@ -373,6 +373,7 @@ impl Device for LocalDevice {
             small_state_disk: self.mounted,
             clock_step: false,
             real_systemd: false,
+            share_outage: "the share's folder moved away and back (an unmounted share leaves no path behind)",
         }
     }
 

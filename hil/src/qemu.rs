@@ -295,7 +295,13 @@ impl Device for QemuDevice {
     }
 
     fn abilities(&self) -> Abilities {
-        Abilities { power_cut_loses_cache: true, small_state_disk: true, clock_step: true, real_systemd: true }
+        Abilities {
+            power_cut_loses_cache: true,
+            small_state_disk: true,
+            clock_step: true,
+            real_systemd: true,
+            share_outage: "the SMB server (this machine's smbd) stopped and started again under the guest's CIFS mount",
+        }
     }
 
     fn share(&self) -> &Path {
@@ -400,8 +406,8 @@ impl Device for QemuDevice {
              CRLM_CONFIG=/etc/crlm/crlm.toml /usr/lib/crlm/crlm-model-hook install-check 2>&1 || echo \"REFUSED-BY-HOOK $?\"",
         )?;
         let said = String::from_utf8_lossy(&check.stdout).trim().to_string();
-        if said.contains("REFUSED-BY-HOOK") {
-            return Ok(Err(said));
+        if let Some((why, code)) = said.rsplit_once("REFUSED-BY-HOOK") {
+            return Ok(Err(format!("{} (exit{code})", why.trim())));
         }
         // The slot written while the service is stopped (slot-pre-install, slot-post-install).
         ssh.sh("systemctl stop crlm.service && rm -rf /usr/share/crlm/model/* && \

@@ -625,7 +625,7 @@ fn share_outage(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
         half_files.len() + 1,
         e.files.len()
     ));
-    rec.note("local: the share's folder moves away and back (an unmounted share leaves no path); NFS and SMB servers going away are the qemu target's");
+    rec.note(format!("how the share went: {}", site.dev.abilities().share_outage));
     Ok(())
 }
 

@@ -130,7 +130,13 @@ impl Device for SshDevice {
     }
 
     fn abilities(&self) -> Abilities {
-        Abilities { power_cut_loses_cache: true, small_state_disk: false, clock_step: true, real_systemd: true }
+        Abilities {
+            power_cut_loses_cache: true,
+            small_state_disk: false,
+            clock_step: true,
+            real_systemd: true,
+            share_outage: "not done on a real box",
+        }
     }
 
     fn share(&self) -> &Path {
