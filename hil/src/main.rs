@@ -83,7 +83,8 @@ fn main() -> anyhow::Result<()> {
     // Why the whole target cannot run here, if it cannot.
     let unavailable: Option<String> = match args.target {
         Target::Local => None,
-        Target::Qemu => None,
+        // The virtual box's image is made (and cached) on first use.
+        Target::Qemu => qemu_image(&repo.join("target/hil-qemu"), &repo).err(),
         Target::Ssh => SshConfig::from_env().err(),
     };
     let local_crlm = crlm.clone();
@@ -157,6 +158,30 @@ fn main() -> anyhow::Result<()> {
         bail!("{} of {} scenarios failed", report.failed(), report.scenarios.len());
     }
     Ok(())
+}
+
+/// Make the virtual box's image with hil/qemu/build-image when it is missing, or older than the
+/// aarch64 crlm it installs.
+fn qemu_image(image: &Path, repo: &Path) -> Result<(), String> {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let crlm = repo.join("target/cross/aarch64-unknown-linux-gnu/release/crlm");
+    let fresh = match (modified(&image.join("root.img")), modified(&crlm)) {
+        (Some(img), Some(bin)) => img >= bin,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if fresh {
+        return Ok(());
+    }
+    eprintln!("== the virtual box's image (hil/qemu/build-image)");
+    let status = std::process::Command::new(repo.join("hil/qemu/build-image"))
+        .status()
+        .map_err(|e| format!("hil/qemu/build-image could not run: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("hil/qemu/build-image failed ({status}); docs/HIL.md says what it needs"))
+    }
 }
 
 /// This machine, for the report: CPU model, cores, memory, kernel.
