@@ -363,12 +363,7 @@ fn golden(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     rec.time("copied -> locked", t.elapsed());
     let case = cases.first().map(|c| c.case.clone()).unwrap_or_default();
     if cases.first().map(|c| c.files) != Some(export.files.len() as u64) {
-        return Err(Stop::Fail(format!(
-            "{} files of {} taken: {}",
-            cases[0].files,
-            export.files.len(),
-            summary(&cases)
-        )));
+        return Err(Stop::Fail(format!("not all {} files were taken: {}", export.files.len(), summary(&cases))));
     }
     site.wait_collected(env, &BTreeSet::from([case.clone()]), 60.0)?;
     rec.time("copied -> countersigned at the collector", t.elapsed());
