@@ -20,6 +20,18 @@ pub fn free_port() -> Result<u16, DeviceError> {
         .map_err(|e| DeviceError::io("a free port", e))
 }
 
+/// Wait until something accepts connections on loopback `port`; false after `limit`.
+pub fn listening(port: u16, limit: Duration) -> bool {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 pub fn have(bin: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {bin}")]).output().is_ok_and(|o| o.status.success())
 }
@@ -73,12 +85,8 @@ impl Broker {
         }
         .map_err(|e| DeviceError::io("starting the broker", e))?;
         self.child = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if start.elapsed() > Duration::from_secs(15) {
-                return Err(DeviceError::Failed(format!("the broker ({}) did not start", self.kind)));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !listening(self.port, Duration::from_secs(15)) {
+            return Err(DeviceError::Failed(format!("the broker ({}) did not start", self.kind)));
         }
         Ok(())
     }

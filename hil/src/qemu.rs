@@ -129,12 +129,8 @@ impl QemuDevice {
             .spawn()
             .map_err(|e| DeviceError::io("starting smbd", e))?;
         self.smbd = Some(child);
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.smb_port)).is_err() {
-            if start.elapsed() > Duration::from_secs(20) {
-                return Err(DeviceError::Failed(format!("smbd did not listen; see {}", d.join("smbd.log").display())));
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if !crate::host::listening(self.smb_port, Duration::from_secs(20)) {
+            return Err(DeviceError::Failed(format!("smbd did not listen; see {}", d.join("smbd.log").display())));
         }
         Ok(())
     }
