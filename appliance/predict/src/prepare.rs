@@ -231,11 +231,14 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
                     Err(e) => ModalityInput::Refused(format!("CT series unusable: {e}")),
                     Ok(vol) => {
                         let plane = vol.columns * vol.rows;
+                        // Each slice's hash is of its HU as little-endian f32, whatever the
+                        // volume holds them as, so that it does not change with the loader.
                         let images = vol
                             .sop_instance_uids
                             .iter()
-                            .zip(vol.hu.chunks(plane.max(1)))
-                            .map(|(uid, slice)| {
+                            .enumerate()
+                            .map(|(z, uid)| {
+                                let slice = vol.hu.range_f32(z * plane, plane);
                                 let bytes: Vec<u8> = slice.iter().flat_map(|v| v.to_le_bytes()).collect();
                                 (uid.clone(), crlm_models::sha256_hex(&bytes))
                             })

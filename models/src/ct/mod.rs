@@ -1,7 +1,7 @@
 //! CT series to a Hounsfield-unit volume in patient coordinates (LPS), and NIfTI-1 output.
 //!
 //! [`volume::load_series`] decodes every slice or frame (single-frame CT and Enhanced multi-frame
-//! CT). Codecs: dicom-pixeldata for uncompressed data in every byte order, deflated, RLE, 8-bit
+//! CT), straight into whole-HU `i16` voxels when the rescale is integral ([`Voxels`]). Codecs: dicom-pixeldata for uncompressed data in every byte order, deflated, RLE, 8-bit
 //! JPEG, JPEG lossless and JPEG 2000 (pure-Rust openjp2); our own decoder for 12-bit JPEG
 //! Extended ([`crate::dicom::jpeg12`]); CharLS for JPEG-LS. It applies
 //! Rescale Slope/Intercept per slice and sorts slices by their position along the slice normal
@@ -17,7 +17,7 @@ pub mod roi;
 pub mod volume;
 
 pub use nifti::write_nifti;
-pub use volume::{CtVolume, GeometryReport, load_series};
+pub use volume::{CtVolume, GeometryReport, Voxels, load_series};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtError {

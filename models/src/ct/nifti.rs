@@ -1,10 +1,10 @@
 //! NIfTI-1 output (`.nii`, or `.nii.gz` by name) with qform and sform in RAS, as 3D Slicer,
 //! ITK-SNAP, nibabel and SimpleITK read it. DICOM's LPS becomes RAS by negating x and y.
 //! The sform holds the exact voxel-to-world affine (including the shear of a tilted gantry);
-//! the qform holds its rigid part. Voxels are INT16 when every HU value is an integer in range,
-//! else FLOAT32.
+//! the qform holds its rigid part. Voxels are INT16 when every HU value is an integer in range
+//! (an i16 volume is written as it is), else FLOAT32.
 
-use super::{CtError, CtVolume};
+use super::{CtError, CtVolume, volume::Voxels};
 use std::io::Write;
 use std::path::Path;
 
@@ -25,18 +25,39 @@ pub fn write_nifti(vol: &CtVolume, path: &Path) -> Result<(), CtError> {
     Ok(())
 }
 
-/// Header then voxels, streamed in chunks (no second copy of the volume).
+/// Header then voxels, streamed in blocks (no second copy of the volume).
 fn write_body(vol: &CtVolume, w: &mut impl Write) -> std::io::Result<()> {
+    const BLOCK: usize = 1 << 18;
+    match &vol.hu {
+        // Whole HU as loaded: the bytes are the voxels, little-endian.
+        Voxels::Int16(hu) => {
+            w.write_all(&header(vol, true))?;
+            let mut buf = vec![0u8; BLOCK * 2];
+            for block in hu.chunks(BLOCK) {
+                let out = &mut buf[..block.len() * 2];
+                for (o, v) in out.chunks_exact_mut(2).zip(block) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+                w.write_all(out)?;
+            }
+            Ok(())
+        }
+        Voxels::Float32(hu) => write_f32_body(vol, hu, w),
+    }
+}
+
+/// An f32 volume: INT16 when every value is a whole HU in range after all, else FLOAT32.
+fn write_f32_body(vol: &CtVolume, hu: &[f32], w: &mut impl Write) -> std::io::Result<()> {
     // A cast round trip instead of f32::fract (a libm call per voxel: 300 ms here), folded
     // without short-circuit inside each block so that it vectorises.
-    let as_int16 = vol.hu.chunks(4096).all(|c| c.iter().fold(true, |all, v| all & (f32::from(*v as i16) == *v)));
+    let as_int16 = hu.chunks(4096).all(|c| c.iter().fold(true, |all, v| all & (f32::from(*v as i16) == *v)));
     w.write_all(&header(vol, as_int16))?;
     let width = if as_int16 { 2 } else { 4 };
     // Blocks are converted on all cores, one block per core at a time, and written in order.
     const BLOCK: usize = 1 << 18;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut bufs = vec![vec![0u8; BLOCK * width]; threads];
-    for group in vol.hu.chunks(BLOCK * threads) {
+    for group in hu.chunks(BLOCK * threads) {
         let blocks: Vec<&[f32]> = group.chunks(BLOCK).collect();
         std::thread::scope(|s| {
             for (buf, block) in bufs.iter_mut().zip(&blocks) {

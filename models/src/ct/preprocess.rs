@@ -6,7 +6,7 @@
 //! slice normal) in patient space. Samples outside the scan are air (-1024 HU). Parameters come
 //! from the model package.
 
-use super::CtVolume;
+use super::{CtVolume, Voxels};
 use serde::{Deserialize, Serialize};
 
 /// What the model package asks for.
@@ -61,18 +61,23 @@ const AIR_HU: f32 = -1024.0;
 
 /// The body's bounding box: voxels above -500 HU (soft tissue and denser). `None` if none.
 pub fn body_box(vol: &CtVolume) -> Option<IndexBox> {
-    let (nx, ny, nz) = (vol.columns, vol.rows, vol.slices);
+    match &vol.hu {
+        Voxels::Int16(hu) => body_box_of(vol, hu, |v| v > -500),
+        Voxels::Float32(hu) => body_box_of(vol, hu, |v| v > -500.0),
+    }
+}
+
+fn body_box_of<T: Copy>(vol: &CtVolume, hu: &[T], body: impl Fn(T) -> bool) -> Option<IndexBox> {
+    let (nx, ny) = (vol.columns, vol.rows);
     let mut min = [usize::MAX; 3];
     let mut max = [0usize; 3];
-    for z in 0..nz {
-        for y in 0..ny {
-            let row = &vol.hu[(z * ny + y) * nx..][..nx];
-            for (x, v) in row.iter().enumerate() {
-                if *v > -500.0 {
-                    for (a, i) in [x, y, z].into_iter().enumerate() {
-                        min[a] = min[a].min(i);
-                        max[a] = max[a].max(i);
-                    }
+    for (r, row) in hu.chunks_exact(nx.max(1)).enumerate() {
+        let (y, z) = (r % ny.max(1), r / ny.max(1));
+        for (x, v) in row.iter().enumerate() {
+            if body(*v) {
+                for (a, i) in [x, y, z].into_iter().enumerate() {
+                    min[a] = min[a].min(i);
+                    max[a] = max[a].max(i);
                 }
             }
         }

@@ -40,6 +40,57 @@ pub struct GeometryReport {
     pub warnings: Vec<String>,
 }
 
+/// A volume's voxels in Hounsfield units, x fastest, then y, then z.
+///
+/// Whole HU are held as `i16` (half the memory of `f32`, and the NIfTI file's own type) when
+/// every plane's rescale slope and intercept are integers and every value lands in range, which
+/// is nearly every CT; the loader decodes straight into them. Anything else is `f32`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Voxels {
+    Int16(Vec<i16>),
+    Float32(Vec<f32>),
+}
+
+impl Default for Voxels {
+    fn default() -> Self {
+        Voxels::Float32(Vec::new())
+    }
+}
+
+impl Voxels {
+    pub fn len(&self) -> usize {
+        match self {
+            Voxels::Int16(v) => v.len(),
+            Voxels::Float32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Voxel `i` in HU; `None` past the end.
+    pub fn get(&self, i: usize) -> Option<f32> {
+        match self {
+            Voxels::Int16(v) => v.get(i).map(|x| f32::from(*x)),
+            Voxels::Float32(v) => v.get(i).copied(),
+        }
+    }
+
+    /// `len` voxels from `start` as `f32` (fewer at the end of the volume).
+    pub fn range_f32(&self, start: usize, len: usize) -> Vec<f32> {
+        match self {
+            Voxels::Int16(v) => v.get(start..).unwrap_or_default().iter().take(len).map(|x| f32::from(*x)).collect(),
+            Voxels::Float32(v) => v.get(start..).unwrap_or_default().iter().take(len).copied().collect(),
+        }
+    }
+
+    /// Every voxel as `f32` (a copy).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.range_f32(0, self.len())
+    }
+}
+
 /// A CT volume in Hounsfield units. Voxel (x, y, z) is at `hu[(z * rows + y) * columns + x]`;
 /// x runs along the row direction, y along the column direction, z along the slice normal.
 #[derive(Debug, Clone)]
@@ -55,7 +106,7 @@ pub struct CtVolume {
     pub direction: [[f64; 3]; 3],
     /// Mean step between slice origins (LPS, mm): along the normal unless the gantry was tilted.
     pub slice_step: [f64; 3],
-    pub hu: Vec<f32>,
+    pub hu: Voxels,
     /// SOPInstanceUID of each slice in sorted order (empty strings where the export blanked
     /// them; a multi-frame image repeats its UID, see `frames`).
     pub sop_instance_uids: Vec<String>,
@@ -285,39 +336,26 @@ pub fn load_series_with_headers(
             report.gantry_tilt_degrees
         ));
     }
-    // Allocate once; decode every plane into its place, in parallel. Work is handed out in
-    // file and frame order so that a multi-frame file is opened once per worker.
-    let plane_len = rows * columns;
-    let mut hu = vec![0f32; plane_len * kept.len()];
-    let mut slots: Vec<Slot> = kept.iter().copied().zip(hu.chunks_mut(plane_len)).collect();
-    slots.sort_by_key(|(p, _)| (planes[*p].file, planes[*p].frame));
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(slots.len()).max(1);
-    let per = slots.len().div_ceil(threads);
-    let mut work: Vec<Vec<Slot>> = Vec::with_capacity(threads);
-    let mut rest = slots.into_iter();
-    loop {
-        let chunk: Vec<Slot> = rest.by_ref().take(per).collect();
-        if chunk.is_empty() {
-            break;
-        }
-        work.push(chunk);
-    }
-    let planes_ref = &planes;
-    let results: Vec<Result<Vec<Padding>, CtError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = work
-            .into_iter()
-            .map(|mut chunk| s.spawn(move || decode_chunk(files, headers, planes_ref, &mut chunk, limits)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(CtError::Geometry("decoder thread panicked".into()))))
-            .collect()
+    // Whole HU when every plane's rescale is integral (and small enough that no sum overflows);
+    // a value out of i16's range sends the series to f32 after all.
+    let whole = kept.iter().all(|&p| {
+        let (s, i) = (planes[p].slope, planes[p].intercept);
+        s.fract() == 0.0 && i.fract() == 0.0 && s.abs() <= 1024.0 && i.abs() <= 1_048_576.0
     });
-    for r in results {
-        for (padding_voxels, padding_hu) in r? {
-            report.padding_voxels += padding_voxels;
-            report.padding_hu = report.padding_hu.or(padding_hu);
-        }
+    let decoded = if whole {
+        decode_all::<i16>(files, headers, &planes, &kept, rows * columns, limits)?.map(|(v, p)| (Voxels::Int16(v), p))
+    } else {
+        None
+    };
+    let (hu, paddings) = match decoded {
+        Some(d) => d,
+        None => decode_all::<f32>(files, headers, &planes, &kept, rows * columns, limits)?
+            .map(|(v, p)| (Voxels::Float32(v), p))
+            .ok_or_else(|| geo("a decoded value does not fit in f32".into()))?,
+    };
+    for (padding_voxels, padding_hu) in paddings {
+        report.padding_voxels += padding_voxels;
+        report.padding_hu = report.padding_hu.or(padding_hu);
     }
     Ok(CtVolume {
         columns,
@@ -339,36 +377,165 @@ pub fn load_series_with_headers(
 }
 
 /// A plane to decode (index into the planes) and its place in the volume.
-type Slot<'a> = (usize, &'a mut [f32]);
+type Slot<'a, T> = (usize, &'a mut [T]);
 
-/// Decode a worker's planes, opening each file once for its run of frames.
-fn decode_chunk(
+/// What a decoder writes a voxel as.
+trait HuVoxel: Copy + Default + Send + Sync + 'static {
+    /// `stored * slope + intercept` for an integer stored sample; `None` when it does not fit.
+    fn from_stored(stored: i32, slope: f64, intercept: f64) -> Option<Self>;
+    /// A HU value computed in f64 by a codec's path; `None` when it does not fit.
+    fn from_hu(hu: f64) -> Option<Self>;
+    fn to_f32(self) -> f32;
+    /// Native little-endian 16-bit samples into `dst`; false when one does not fit.
+    fn from_le16(dst: &mut [Self], bytes: &[u8], stored: StoredBits, slope: f64, intercept: f64) -> bool;
+}
+
+impl HuVoxel for f32 {
+    #[inline]
+    fn from_stored(stored: i32, slope: f64, intercept: f64) -> Option<f32> {
+        Some(stored as f32 * slope as f32 + intercept as f32)
+    }
+    fn from_hu(hu: f64) -> Option<f32> {
+        Some(hu as f32)
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_le16(dst: &mut [f32], bytes: &[u8], stored: StoredBits, slope: f64, intercept: f64) -> bool {
+        let (s, i) = (slope as f32, intercept as f32);
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+            *d = stored.value(u16::from_le_bytes([b[0], b[1]])) as f32 * s + i;
+        }
+        true
+    }
+}
+
+/// Only for integral slope and intercept (the loader checks before choosing i16).
+impl HuVoxel for i16 {
+    #[inline]
+    fn from_stored(stored: i32, slope: f64, intercept: f64) -> Option<i16> {
+        i16::try_from(i64::from(stored) * slope as i64 + intercept as i64).ok()
+    }
+    fn from_hu(hu: f64) -> Option<i16> {
+        (hu.fract() == 0.0 && (-32768.0..=32767.0).contains(&hu)).then_some(hu as i16)
+    }
+    fn to_f32(self) -> f32 {
+        f32::from(self)
+    }
+    fn from_le16(dst: &mut [i16], bytes: &[u8], stored: StoredBits, slope: f64, intercept: f64) -> bool {
+        // |stored| < 2^16, |slope| <= 1024, |intercept| <= 2^20: no i32 overflow. The fit is
+        // folded without a branch so that the loop vectorises.
+        let (s, i) = (slope as i32, intercept as i32);
+        let mut fits = true;
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+            let v = stored.value(u16::from_le_bytes([b[0], b[1]])) * s + i;
+            fits &= i32::from(v as i16) == v;
+            *d = v as i16;
+        }
+        fits
+    }
+}
+
+/// Ask the kernel for transparent huge pages under `v` (Linux; advice only, ignored where
+/// unsupported or disabled).
+fn advise_huge_pages<T>(v: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = v.as_mut_ptr() as usize;
+        let end = start + std::mem::size_of_val(v);
+        // Whole pages inside the allocation only.
+        let (first, last) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if last > first {
+            // SAFETY: [first, last) lies within `v`'s own allocation, which lives across this call;
+            // MADV_HUGEPAGE changes how its pages are backed, never their contents, and its
+            // result is advice (an error leaves the memory as it was).
+            let _ = unsafe { libc::madvise(first as *mut libc::c_void, last - first, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+/// Allocate the volume once and decode every kept plane into its place, in parallel. Work is
+/// handed out in file and frame order so that a multi-frame file is opened once per worker.
+/// `None` when a value does not fit in `T`.
+#[allow(clippy::type_complexity)]
+fn decode_all<T: HuVoxel>(
     files: &[PathBuf],
     headers: &[DicomHeader],
     planes: &[Plane],
-    chunk: &mut [Slot],
+    kept: &[usize],
+    plane_len: usize,
     limits: &Limits,
-) -> Result<Vec<Padding>, CtError> {
+) -> Result<Option<(Vec<T>, Vec<Padding>)>, CtError> {
+    // Zeroed by the allocator (untouched pages cost nothing until written); huge pages asked for
+    // so that the decoders fault in 2 MiB at a time, not 4 KiB (40,000 faults for 300 slices).
+    let mut hu = vec![T::default(); plane_len * kept.len()];
+    advise_huge_pages(&mut hu);
+    let mut slots: Vec<Slot<T>> = kept.iter().copied().zip(hu.chunks_mut(plane_len)).collect();
+    slots.sort_by_key(|(p, _)| (planes[*p].file, planes[*p].frame));
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(slots.len()).max(1);
+    let per = slots.len().div_ceil(threads);
+    let mut work: Vec<Vec<Slot<T>>> = Vec::with_capacity(threads);
+    let mut rest = slots.into_iter();
+    loop {
+        let chunk: Vec<Slot<T>> = rest.by_ref().take(per).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        work.push(chunk);
+    }
+    let results: Vec<Result<Option<Vec<Padding>>, CtError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = work
+            .into_iter()
+            .map(|mut chunk| s.spawn(move || decode_chunk(files, headers, planes, &mut chunk, limits)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(CtError::Geometry("decoder thread panicked".into()))))
+            .collect()
+    });
+    let mut paddings = Vec::with_capacity(kept.len());
+    for r in results {
+        match r? {
+            Some(p) => paddings.extend(p),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((hu, paddings)))
+}
+
+/// Decode a worker's planes, opening each file once for its run of frames. `None` when a value
+/// does not fit in `T`.
+fn decode_chunk<T: HuVoxel>(
+    files: &[PathBuf],
+    headers: &[DicomHeader],
+    planes: &[Plane],
+    chunk: &mut [Slot<T>],
+    limits: &Limits,
+) -> Result<Option<Vec<Padding>>, CtError> {
     let mut out = Vec::with_capacity(chunk.len());
     let mut start = 0;
     while start < chunk.len() {
         let file = planes[chunk[start].0].file;
         let end = start + chunk[start..].iter().take_while(|(p, _)| planes[*p].file == file).count();
-        out.extend(decode_file(&files[file], &headers[file], planes, &mut chunk[start..end], limits)?);
+        match decode_file(&files[file], &headers[file], planes, &mut chunk[start..end], limits)? {
+            Some(p) => out.extend(p),
+            None => return Ok(None),
+        }
         start = end;
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Decode frames of one file into their slots (rows x columns HU each). Returns, per frame,
-/// (padding voxels, padding HU).
-fn decode_file(
+/// (padding voxels, padding HU); `None` when a value does not fit in `T`.
+fn decode_file<T: HuVoxel>(
     path: &Path,
     h: &DicomHeader,
     planes: &[Plane],
-    slots: &mut [Slot],
+    slots: &mut [Slot<T>],
     limits: &Limits,
-) -> Result<Vec<Padding>, CtError> {
+) -> Result<Option<Vec<Padding>>, CtError> {
     let file_s = path.display().to_string();
     let derr = |m: String| CtError::Decode { file: file_s.clone(), message: m };
     let native_le = matches!(h.transfer_syntax_uid.as_str(), ts::EXPLICIT_VR_LE | ts::IMPLICIT_VR_LE);
@@ -385,13 +552,12 @@ fn decode_file(
             let frame_bytes = dst.len() * 2;
             bytes.resize(frame_bytes, 0);
             f.read_exact_at(&mut bytes, ext.value_offset + u64::from(plane.frame) * frame_bytes as u64)?;
-            let (s, i) = (plane.slope as f32, plane.intercept as f32);
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                *d = stored.value(u16::from_le_bytes([b[0], b[1]])) * s + i;
+            if !T::from_le16(dst, &bytes, stored, plane.slope, plane.intercept) {
+                return Ok(None);
             }
             out.push(padding_of(h, dst, plane.slope, plane.intercept));
         }
-        return Ok(out);
+        return Ok(Some(out));
     }
     let obj = open_object(path, h).map_err(derr)?;
     let multi_frame = h.number_of_frames.unwrap_or(1) > 1;
@@ -430,11 +596,14 @@ fn decode_file(
             return Err(derr(format!("decoded {} samples, expected {}", stored.len(), dst.len())));
         }
         for (d, v) in dst.iter_mut().zip(&stored) {
-            *d = (v * plane.slope + plane.intercept) as f32;
+            match T::from_hu(v * plane.slope + plane.intercept) {
+                Some(x) => *d = x,
+                None => return Ok(None),
+            }
         }
         out.push(padding_of(h, dst, plane.slope, plane.intercept));
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// How a 16-bit stored sample becomes a value: only the stored bits count, sign-extended from
@@ -453,19 +622,30 @@ impl StoredBits {
     }
 
     #[inline]
-    fn value(self, raw: u16) -> f32 {
+    fn value(self, raw: u16) -> i32 {
         let shift = self.shift;
-        if self.signed { (((raw << shift) as i16) >> shift) as f32 } else { ((raw << shift) >> shift) as f32 }
+        if self.signed { i32::from(((raw << shift) as i16) >> shift) } else { i32::from((raw << shift) >> shift) }
     }
 }
 
+/// Stored samples of a frame into its slot; false when one does not fit in `T`.
+fn put_stored<T: HuVoxel>(dst: &mut [T], raw: &[u16], stored: StoredBits, plane: &Plane) -> bool {
+    for (d, r) in dst.iter_mut().zip(raw) {
+        match T::from_stored(stored.value(*r), plane.slope, plane.intercept) {
+            Some(v) => *d = v,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// RLE Lossless grey frames through our own bounds-checked decoder (one fragment per frame).
-fn decode_rle_frames(
+fn decode_rle_frames<T: HuVoxel>(
     obj: &dicom_object::DefaultDicomObject,
     h: &DicomHeader,
     planes: &[Plane],
-    slots: &mut [Slot],
-) -> Result<Vec<Padding>, String> {
+    slots: &mut [Slot<T>],
+) -> Result<Option<Vec<Padding>>, String> {
     let element = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).map_err(|e| e.to_string())?;
     let fragments = element.value().fragments().ok_or("RLE transfer syntax but pixel data not encapsulated")?;
     let bits = h.bits_allocated.unwrap_or(16);
@@ -478,22 +658,21 @@ fn decode_rle_frames(
             .ok_or_else(|| format!("RLE: no fragment for frame {}", plane.frame + 1))?;
         let raw = crate::dicom::rle::decode_frame(fragment, dst.len(), usize::from(bits / 8))
             .map_err(|e| format!("{e} (frame {})", plane.frame + 1))?;
-        let (s, i) = (plane.slope as f32, plane.intercept as f32);
-        for (d, r) in dst.iter_mut().zip(&raw) {
-            *d = stored.value(*r) * s + i;
+        if !put_stored(dst, &raw, stored, plane) {
+            return Ok(None);
         }
         out.push(padding_of(h, dst, plane.slope, plane.intercept));
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// 12-bit JPEG Extended frames through our own decoder (no Rust crate decodes 12-bit DCT JPEG).
-fn decode_jpeg12_frames(
+fn decode_jpeg12_frames<T: HuVoxel>(
     obj: &dicom_object::DefaultDicomObject,
     h: &DicomHeader,
     planes: &[Plane],
-    slots: &mut [Slot],
-) -> Result<Vec<Padding>, String> {
+    slots: &mut [Slot<T>],
+) -> Result<Option<Vec<Padding>>, String> {
     let element = obj.element(dicom_dictionary_std::tags::PIXEL_DATA).map_err(|e| e.to_string())?;
     let fragments = element.value().fragments().ok_or("JPEG transfer syntax but pixel data not encapsulated")?;
     let frames = h.number_of_frames.unwrap_or(1).max(1) as usize;
@@ -516,13 +695,12 @@ fn decode_jpeg12_frames(
         if img.width * img.height != dst.len() || img.width != usize::from(h.columns.unwrap_or(0)) {
             return Err(format!("JPEG image {}x{} does not match Rows/Columns", img.width, img.height));
         }
-        let (s, i) = (plane.slope as f32, plane.intercept as f32);
-        for (d, raw) in dst.iter_mut().zip(&img.samples) {
-            *d = stored.value(*raw) * s + i;
+        if !put_stored(dst, &img.samples, stored, plane) {
+            return Ok(None);
         }
         out.push(padding_of(h, dst, plane.slope, plane.intercept));
     }
-    Ok(out)
+    Ok(Some(out))
 }
 
 /// Open a whole DICOM object (pixel data included) in the layout its header was read with.
@@ -562,15 +740,20 @@ fn open_object_uncapped(path: &Path, h: &DicomHeader) -> Result<dicom_object::De
 
 /// Padding (PixelPaddingValue: outside the scan field) keeps its rescaled value, as ITK and
 /// SimpleITK do; it is counted so the report says it is there. The model's HU window clips it.
-fn padding_of(h: &DicomHeader, dst: &[f32], slope: f64, intercept: f64) -> Padding {
+fn padding_of<T: HuVoxel>(h: &DicomHeader, dst: &[T], slope: f64, intercept: f64) -> Padding {
     let Some(p) = h.pixel_padding_value else { return (0, None) };
     let phu = (p as f64 * slope + intercept) as f32;
-    (dst.iter().filter(|v| **v == phu).count(), Some(phu))
+    (dst.iter().filter(|v| v.to_f32() == phu).count(), Some(phu))
 }
 
 impl CtVolume {
+    /// HU at voxel (x, y, z); the caller keeps the indices inside the volume.
     pub fn at(&self, x: usize, y: usize, z: usize) -> f32 {
-        self.hu[(z * self.rows + y) * self.columns + x]
+        let i = (z * self.rows + y) * self.columns + x;
+        match &self.hu {
+            Voxels::Int16(v) => f32::from(v[i]),
+            Voxels::Float32(v) => v[i],
+        }
     }
 
     /// Voxel-to-patient (LPS) affine: columns are the x, y, z steps, then the origin.

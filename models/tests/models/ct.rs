@@ -1,7 +1,7 @@
 //! CT series to HU volume and NIfTI, on series written by the project's own writer, and on the
 //! real public files where ../shared/data exists.
 
-use crlm_models::ct::{load_series, write_nifti};
+use crlm_models::ct::{Voxels, load_series, write_nifti};
 use crlm_models::dicom::{CtSeriesSpec, ts, write_ct_series};
 use crlm_models::limits::Limits;
 use std::path::{Path, PathBuf};
@@ -196,6 +196,92 @@ fn nifti_has_ras_affine_int16_voxels_and_survives_gzip() {
     }
 }
 
+/// Change each written file with dicom-object (the test's own edit of a series the project's
+/// writer made).
+fn edit(files: &[PathBuf], f: impl Fn(&mut dicom_object::DefaultDicomObject)) {
+    for p in files {
+        let mut o = dicom_object::open_file(p).unwrap();
+        f(&mut o);
+        o.write_to_file(p).unwrap();
+    }
+}
+
+fn put_str(o: &mut dicom_object::DefaultDicomObject, tag: dicom_core::Tag, vr: dicom_core::VR, v: &str) {
+    o.put(dicom_core::DataElement::new(tag, vr, dicom_core::PrimitiveValue::from(v)));
+}
+
+#[test]
+fn whole_hu_load_as_i16_and_a_fractional_rescale_as_f32() {
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let files = series(dir.path(), 3, |_| {});
+    let whole = load_series(&files, &Limits::default()).unwrap();
+    assert!(matches!(whole.hu, Voxels::Int16(_)), "slope 1, intercept -1024: whole HU");
+    // Stored = HU + 1024 as written; now read with slope 0.5 and intercept -512.25.
+    edit(&files, |o| {
+        put_str(o, tags::RESCALE_SLOPE, dicom_core::VR::DS, "0.5");
+        put_str(o, tags::RESCALE_INTERCEPT, dicom_core::VR::DS, "-512.25");
+    });
+    let half = load_series(&files, &Limits::default()).unwrap();
+    assert!(matches!(half.hu, Voxels::Float32(_)), "a fractional rescale is not whole HU");
+    for z in 0..3 {
+        for y in 0..16 {
+            for x in 0..20 {
+                let stored = f32::from(hu_of(x as u32, y as u32, z as u32)) + 1024.0;
+                assert_eq!(half.at(x, y, z), stored * 0.5 - 512.25, "voxel {x},{y},{z}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_value_beyond_i16_sends_the_series_to_f32_unchanged() {
+    use dicom_dictionary_std::tags;
+    let dir = tempfile::tempdir().unwrap();
+    let files = series(dir.path(), 2, |_| {});
+    // All 16 bits stored, and the last file's first sample 65535: 64511 HU after the intercept.
+    let last = files.last().unwrap().clone();
+    edit(&files, |o| {
+        o.put(dicom_core::DataElement::new(
+            tags::BITS_STORED,
+            dicom_core::VR::US,
+            dicom_core::PrimitiveValue::from(16u16),
+        ));
+        o.put(dicom_core::DataElement::new(
+            tags::HIGH_BIT,
+            dicom_core::VR::US,
+            dicom_core::PrimitiveValue::from(15u16),
+        ));
+    });
+    edit(std::slice::from_ref(&last), |o| {
+        let mut px = o.element(tags::PIXEL_DATA).unwrap().to_bytes().unwrap().to_vec();
+        px[0] = 0xff;
+        px[1] = 0xff;
+        o.put(dicom_core::DataElement::new(tags::PIXEL_DATA, dicom_core::VR::OW, dicom_core::PrimitiveValue::from(px)));
+    });
+    let v = load_series(&files, &Limits::default()).unwrap();
+    assert!(matches!(v.hu, Voxels::Float32(_)), "64511 HU does not fit in i16");
+    let z = v.files.iter().position(|f| *f == last).unwrap();
+    assert_eq!(v.at(0, 0, z), 64511.0);
+    assert_eq!(v.at(1, 0, z), f32::from(hu_of(1, 0, z as u32)));
+    assert_eq!(v.at(0, 0, 1 - z), f32::from(hu_of(0, 0, (1 - z) as u32)));
+}
+
+#[test]
+fn an_i16_volume_writes_the_same_nifti_as_its_f32_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = load_series(&series(&dir.path().join("s"), 5, |_| {}), &Limits::default()).unwrap();
+    assert!(matches!(v.hu, Voxels::Int16(_)));
+    let mut f = v.clone();
+    f.hu = Voxels::Float32(v.hu.to_f32());
+    write_nifti(&v, &dir.path().join("i16.nii")).unwrap();
+    write_nifti(&f, &dir.path().join("f32.nii")).unwrap();
+    let (a, b) =
+        (std::fs::read(dir.path().join("i16.nii")).unwrap(), std::fs::read(dir.path().join("f32.nii")).unwrap());
+    assert_eq!(a.len(), 352 + 20 * 16 * 5 * 2);
+    assert!(a == b, "the two NIfTI files differ");
+}
+
 fn shared() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/dicom");
     if p.exists() {
@@ -217,8 +303,8 @@ fn real_jpeg2000_abdomen_series_decodes_to_plausible_hu() {
     assert!(v.report.uniform_spacing, "{:?}", v.report);
     assert!((v.spacing[2] - 2.0).abs() < 1e-6);
     // Air outside the body, soft tissue and contrast-enhanced vessels inside.
-    let min = v.hu.iter().copied().fold(f32::MAX, f32::min);
-    let max = v.hu.iter().copied().fold(f32::MIN, f32::max);
+    let min = v.hu.to_f32().iter().copied().fold(f32::MAX, f32::min);
+    let max = v.hu.to_f32().iter().copied().fold(f32::MIN, f32::max);
     assert!(min <= -1000.0 && max > 300.0, "HU range {min}..{max}");
     let centre = v.at(256, 256, 10);
     assert!((-200.0..400.0).contains(&centre), "centre voxel {centre}");
@@ -236,8 +322,9 @@ fn nema_ct_lossless_syntaxes_decode_to_the_uncompressed_reference() {
         }
         // Lossy JPEG 2000 stays close.
         let lossy = one(&format!("{ct}_J2KI")).unwrap();
-        let mean_abs: f64 = lossy.hu.iter().zip(&reference.hu).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>()
-            / reference.hu.len() as f64;
+        let mean_abs: f64 =
+            lossy.hu.to_f32().iter().zip(&reference.hu.to_f32()).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>()
+                / reference.hu.len() as f64;
         // Irreversible JPEG 2000 (SimpleITK decodes it to the same values, see tests/simpleitk.rs).
         assert!(mean_abs > 0.0 && mean_abs < 40.0, "{ct}_J2KI mean abs diff {mean_abs}");
         // JPEG-LS lossless (CharLS, in every build): identical (near-lossless: see mod jpeg_ls).
@@ -372,7 +459,7 @@ mod enhanced_ct {
         assert_eq!(v.origin, [99.5, -301.5, -149.0]);
         // Values checked with pydicom (pixel_array - 1024, the shared Pixel Value Transformation).
         let mean =
-            |z: usize| v.hu[z * 512 * 512..(z + 1) * 512 * 512].iter().map(|x| f64::from(*x)).sum::<f64>() / 262144.0;
+            |z: usize| v.hu.range_f32(z * 512 * 512, 512 * 512).iter().map(|x| f64::from(*x)).sum::<f64>() / 262144.0;
         assert!((mean(0) - -648.544506072998).abs() < 1e-6, "{}", mean(0));
         assert!((mean(1) - -639.379322052002).abs() < 1e-6, "{}", mean(1));
         assert_eq!(v.at(256, 256, 1), 81.0);
@@ -570,14 +657,15 @@ mod jpeg_extended_12bit {
         let ours = load_series(&jpeg, &Limits::default()).unwrap();
         let theirs = load_series(&back, &Limits::default()).unwrap();
         let original = load_series(&originals, &Limits::default()).unwrap();
-        let max_diff = ours.hu.iter().zip(&theirs.hu).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let max_diff = ours.hu.to_f32().iter().zip(&theirs.hu.to_f32()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(max_diff <= 1.0, "ours vs dcmdjpeg: max |diff| {max_diff} HU");
-        let equal = ours.hu.iter().zip(&theirs.hu).filter(|(a, b)| a == b).count();
+        let equal = ours.hu.to_f32().iter().zip(&theirs.hu.to_f32()).filter(|(a, b)| a == b).count();
         eprintln!("12-bit JPEG: max |ours - dcmdjpeg| {max_diff} HU, {equal} of {} voxels identical", ours.hu.len());
         assert!(equal * 10 >= ours.hu.len() * 9, "only {equal} of {} voxels identical", ours.hu.len());
         // Lossy, but close to what was compressed.
         let mean_loss =
-            ours.hu.iter().zip(&original.hu).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>() / ours.hu.len() as f64;
+            ours.hu.to_f32().iter().zip(&original.hu.to_f32()).map(|(a, b)| f64::from((a - b).abs())).sum::<f64>()
+                / ours.hu.len() as f64;
         assert!(mean_loss > 0.0 && mean_loss < 30.0, "mean loss {mean_loss} HU");
 
         // Damaged codestreams give an error or an image, never a panic.
@@ -675,7 +763,8 @@ mod jpeg_ls {
             let ours = load_series(&jls, &Limits::default()).unwrap();
             let theirs = load_series(&back, &Limits::default()).unwrap();
             assert_eq!(ours.hu, theirs.hu, "{mode}: ours differs from dcmdjpls");
-            let worst = ours.hu.iter().zip(&original.hu).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let worst =
+                ours.hu.to_f32().iter().zip(&original.hu.to_f32()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
             // Lossless is lossless; near-lossless stays within DCMTK's default NEAR of 2.
             let allowed = if mode == "+el" { 0.0 } else { 2.0 };
             assert!(worst <= allowed, "{mode}: worst |decoded - original| {worst}");

@@ -3,7 +3,7 @@
 //! cube around the scanner's origin at 2 mm, so regions in typical patient coordinates land in
 //! it. `read_roi` uses the volume's geometry only, so its voxels are left empty.
 #![no_main]
-use crlm_models::ct::{CtVolume, GeometryReport, roi::read_roi};
+use crlm_models::ct::{CtVolume, GeometryReport, Voxels, roi::read_roi};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 
@@ -17,7 +17,7 @@ fn grid() -> &'static CtVolume {
         origin: [-250.0, -250.0, -500.0],
         direction: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
         slice_step: [0.0, 0.0, 2.0],
-        hu: Vec::new(),
+        hu: Voxels::default(),
         sop_instance_uids: Vec::new(),
         frames: Vec::new(),
         files: Vec::new(),
