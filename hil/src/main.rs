@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use crlm_hil::device::{Device, DeviceError};
 use crlm_hil::local::{LocalDevice, LocalOptions};
-use crlm_hil::qemu::{QemuDevice, QemuOptions};
+use crlm_hil::qemu::{QemuDevice, QemuOptions, ShareProtocol};
 use crlm_hil::report::{Outcome, RunReport, ScenarioReport};
 use crlm_hil::scenario::{ALL, BoxSpec, Env};
 use crlm_hil::ssh::{SshConfig, SshDevice};
@@ -20,6 +20,14 @@ enum Target {
     Qemu,
     /// A real box over SSH (HIL_SSH_HOST, HIL_SSH_SHARE).
     Ssh,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+enum Share {
+    /// NFSv4.1 served by nfs-ganesha on this machine.
+    Nfs,
+    /// SMB served by Samba's smbd on this machine, mounted with CIFS.
+    Smb,
 }
 
 #[derive(Debug, Parser)]
@@ -42,6 +50,9 @@ struct Args {
     /// Scenario 2: power cuts.
     #[arg(long, default_value_t = 20)]
     power_cycles: u32,
+    /// How the qemu target's box mounts the share from this machine.
+    #[arg(long, value_enum, default_value = "nfs")]
+    share: Share,
     /// The qemu target's deadlines are this many times the local ones.
     #[arg(long, default_value_t = 5.0)]
     qemu_slowdown: f64,
@@ -74,8 +85,15 @@ fn main() -> anyhow::Result<()> {
     let shared_data = shared.join("MANIFEST.tsv").exists().then_some(shared);
 
     let target_name = format!("{:?}", args.target).to_lowercase();
+    let share_protocol = match args.share {
+        Share::Nfs => ShareProtocol::Nfs,
+        Share::Smb => ShareProtocol::Smb,
+    };
     let mut report = RunReport {
-        target: target_name.clone(),
+        target: match args.target {
+            Target::Qemu => format!("qemu, share over {:?}", args.share).to_lowercase(),
+            _ => target_name.clone(),
+        },
         machine: machine(),
         started: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         scenarios: Vec::new(),
@@ -110,6 +128,7 @@ fn main() -> anyhow::Result<()> {
                     collector_key: spec.collector_key.clone(),
                     trusted_keys: spec.trusted_keys.clone(),
                     state_disk_mib: spec.state_disk_mib,
+                    share_protocol,
                 })?))
             }
         }

@@ -2,9 +2,11 @@
 //! booted from the image `hil/qemu/build-image` makes: Debian 12 arm64 with systemd as init, the
 //! project's unit and the aarch64 `crlm`. Each box gets a copy-on-write overlay of that image and
 //! a state disk of its own (`/var/lib/crlm`, `/dev/vdb`), so a power cut (the VM killed) loses
-//! exactly what the guest had not written to its disks. The share is an SMB share served by this
-//! machine's Samba (`smbd`, a process of the harness's) and mounted by the guest with CIFS; the
-//! share disappearing is that server stopping. The broker and the collector run on this machine;
+//! exactly what the guest had not written to its disks. The share is served by a process of the
+//! harness's on this machine: NFSv4.1 from nfs-ganesha (`ganesha.nfsd`, userspace, so no kernel
+//! NFS server is needed here), mounted by the guest's kernel NFS client, or SMB from Samba
+//! (`smbd`), mounted with CIFS ([`ShareProtocol`]). Both mounts are `soft`, as a lab's share is
+//! mounted on the box; the share disappearing is that server killed. The broker and the collector run on this machine;
 //! the guest reaches them at 10.0.2.2 (qemu's user network). Everything else goes over SSH as for
 //! a real box ([`crate::ssh`]).
 
@@ -15,6 +17,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// How the virtual box mounts the share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareProtocol {
+    /// NFSv4.1 from nfs-ganesha, mounted by the guest's kernel client.
+    Nfs,
+    /// SMB 3 from Samba's smbd, mounted with CIFS.
+    Smb,
+}
+
+impl ShareProtocol {
+    fn server(self) -> &'static str {
+        match self {
+            ShareProtocol::Nfs => "ganesha.nfsd",
+            ShareProtocol::Smb => "smbd",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QemuOptions {
     /// target/hil-qemu: root.img, vmlinuz, initrd.img, id_ed25519.
@@ -24,16 +44,19 @@ pub struct QemuOptions {
     pub collector_key: Option<PathBuf>,
     pub trusted_keys: Vec<PathBuf>,
     pub state_disk_mib: Option<u64>,
+    pub share_protocol: ShareProtocol,
 }
 
 pub struct QemuDevice {
     dir: tempfile::TempDir,
     opts: QemuOptions,
     ssh_port: u16,
-    smb_port: u16,
+    /// The share server's port on this machine (the guest reaches it at 10.0.2.2).
+    share_port: u16,
     share: PathBuf,
     vm: Option<Child>,
-    smbd: Option<Child>,
+    /// The share's server (smbd or ganesha.nfsd) while the share is up.
+    server: Option<Child>,
     ssh: Option<SshDevice>,
 }
 
@@ -55,7 +78,7 @@ impl QemuDevice {
                 )));
             }
         }
-        for tool in ["qemu-system-aarch64", "qemu-img", "smbd", "mkfs.ext4"] {
+        for tool in ["qemu-system-aarch64", "qemu-img", opts.share_protocol.server(), "mkfs.ext4"] {
             if !crate::host::have(tool) {
                 return Err(DeviceError::NotOnThisTarget(format!("{tool} is not installed (docs/HIL.md)")));
             }
@@ -84,10 +107,10 @@ impl QemuDevice {
             dir,
             opts,
             ssh_port: free_port()?,
-            smb_port: free_port()?,
+            share_port: free_port()?,
             share,
             vm: None,
-            smbd: None,
+            server: None,
             ssh: None,
         };
         Ok(dev)
@@ -101,10 +124,31 @@ impl QemuDevice {
         self.ssh.as_mut().ok_or_else(|| DeviceError::Failed("the virtual box is not running".into()))
     }
 
-    fn smbd_up(&mut self) -> Result<(), DeviceError> {
-        if self.smbd.is_some() {
+    /// Start the share's server (smbd or ganesha.nfsd) unless it is running.
+    fn share_up(&mut self) -> Result<(), DeviceError> {
+        if self.server.is_some() {
             return Ok(());
         }
+        let d = self.dir.path();
+        let (mut cmd, log) = match self.opts.share_protocol {
+            ShareProtocol::Smb => (self.smbd_command()?, d.join("smbd.log")),
+            ShareProtocol::Nfs => (self.ganesha_command()?, d.join("ganesha.log")),
+        };
+        let server = self.opts.share_protocol.server();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| DeviceError::io(format!("starting {server}"), e))?;
+        self.server = Some(child);
+        if !crate::host::listening(self.share_port, Duration::from_secs(20)) {
+            return Err(DeviceError::Failed(format!("{server} did not listen; see {}", log.display())));
+        }
+        Ok(())
+    }
+
+    /// Samba for this box alone: its own port, folders and log, the share open to guests.
+    fn smbd_command(&self) -> Result<Command, DeviceError> {
         let d = self.dir.path();
         let conf = d.join("smb.conf");
         let text = format!(
@@ -113,7 +157,7 @@ impl QemuDevice {
              private dir = {d}/smb-private\n  ncalrpc dir = {d}/smb-ncalrpc\n  log file = {d}/smbd.log\n  \
              map to guest = Bad User\n  disable spoolss = yes\n  load printers = no\n\
              [share]\n  path = {share}\n  guest ok = yes\n  read only = no\n  force user = root\n",
-            port = self.smb_port,
+            port = self.share_port,
             d = d.display(),
             share = self.share.display()
         );
@@ -121,22 +165,48 @@ impl QemuDevice {
             std::fs::create_dir_all(d.join(sub)).map_err(|e| DeviceError::io("samba's folders", e))?;
         }
         std::fs::write(&conf, text).map_err(|e| DeviceError::io("smb.conf", e))?;
-        let child = Command::new("smbd")
-            .args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| DeviceError::io("starting smbd", e))?;
-        self.smbd = Some(child);
-        if !crate::host::listening(self.smb_port, Duration::from_secs(20)) {
-            return Err(DeviceError::Failed(format!("smbd did not listen; see {}", d.join("smbd.log").display())));
-        }
-        Ok(())
+        let mut cmd = Command::new("smbd");
+        cmd.args(["--foreground", "--no-process-group", "--debug-stdout", "-s"]).arg(&conf);
+        Ok(cmd)
     }
 
-    fn smbd_down(&mut self) {
-        if let Some(mut c) = self.smbd.take() {
+    /// nfs-ganesha for this box alone: NFSv4 only (no rpcbind, no lock manager), on its own port,
+    /// owners as numbers (no idmapd on either side), no grace period after a restart (the box
+    /// only reads), and no attribute or directory caching in the server, because the harness
+    /// writes the exports into the folder underneath it, as a lab's other clients would.
+    fn ganesha_command(&self) -> Result<Command, DeviceError> {
+        let d = self.dir.path();
+        let conf = d.join("ganesha.conf");
+        let text = format!(
+            "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; Enable_RQUOTA = false; \
+             Enable_NLM = false; }}\n\
+             NFSV4 {{ Graceless = true; RecoveryBackend = fs; RecoveryRoot = \"{d}/ganesha-recovery\"; \
+             Allow_Numeric_Owners = true; Only_Numeric_Owners = true; }}\n\
+             NFS_KRB5 {{ Active_krb5 = false; }}\n\
+             MDCACHE {{ Dir_Chunk = 0; }}\n\
+             EXPORT {{ Export_Id = 1; Path = \"{share}\"; Pseudo = /share; Access_Type = RW; Squash = No_Root_Squash; \
+             SecType = sys; Protocols = 4; Transports = TCP; Attr_Expiration_Time = 0; FSAL {{ Name = VFS; }} }}\n",
+            port = self.share_port,
+            d = d.display(),
+            share = self.share.display()
+        );
+        std::fs::create_dir_all(d.join("ganesha-recovery")).map_err(|e| DeviceError::io("ganesha's folders", e))?;
+        std::fs::write(&conf, text).map_err(|e| DeviceError::io("ganesha.conf", e))?;
+        let mut cmd = Command::new("ganesha.nfsd");
+        cmd.arg("-F")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-L")
+            .arg(d.join("ganesha.log"))
+            .arg("-p")
+            .arg(d.join("ganesha.pid"))
+            .args(["-N", "NIV_EVENT"]);
+        Ok(cmd)
+    }
+
+    /// The share's server killed: the share is gone under the guest's mount.
+    fn share_down(&mut self) {
+        if let Some(mut c) = self.server.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -228,7 +298,7 @@ impl QemuDevice {
 
     /// The box's configuration for this site, its keys, and the share mounted.
     fn configure(&mut self) -> Result<(), DeviceError> {
-        self.smbd_up()?;
+        self.share_up()?;
         let ssh = self.ssh()?;
         let mut keys = Vec::new();
         for (i, k) in self.opts.trusted_keys.iter().enumerate() {
@@ -257,11 +327,22 @@ impl QemuDevice {
         let local = self.dir.path().join("crlm.toml");
         std::fs::write(&local, toml).map_err(|e| DeviceError::io("crlm.toml", e))?;
         ssh.put(&local, "/etc/crlm/crlm.toml")?;
+        let mount = match self.opts.share_protocol {
+            // The kernel's own NFS client takes these options without mount.nfs (nfs-common).
+            ShareProtocol::Nfs => format!(
+                "modprobe nfsv4 2>/dev/null; mount -t nfs4 10.0.2.2:/share /srv/crlm/share \
+                 -o vers=4.1,port={},addr=10.0.2.2,soft,timeo=50,retrans=2,actimeo=1",
+                self.share_port
+            ),
+            ShareProtocol::Smb => format!(
+                "mount -t cifs //10.0.2.2/share /srv/crlm/share \
+                 -o port={},guest,soft,uid=crlm,gid=crlm,file_mode=0640,dir_mode=0750,actimeo=1",
+                self.share_port
+            ),
+        };
         ssh.sh(&format!(
             "chown -R root:crlm /etc/crlm && chmod 0750 /etc/crlm && chmod 0640 /etc/crlm/* && \
-             (mountpoint -q /srv/crlm/share || mount -t cifs //10.0.2.2/share /srv/crlm/share \
-              -o port={},guest,soft,uid=crlm,gid=crlm,file_mode=0640,dir_mode=0750,actimeo=1)",
-            self.smb_port
+             (mountpoint -q /srv/crlm/share || {mount})"
         ))?;
         Ok(())
     }
@@ -277,13 +358,17 @@ impl QemuDevice {
 impl Drop for QemuDevice {
     fn drop(&mut self) {
         self.kill_vm();
-        self.smbd_down();
+        self.share_down();
     }
 }
 
 impl Device for QemuDevice {
     fn describe(&self) -> String {
-        "qemu: Debian 12 arm64 under qemu-system-aarch64 (TCG), systemd, the project's unit".into()
+        let share = match self.opts.share_protocol {
+            ShareProtocol::Nfs => "the share over NFSv4.1",
+            ShareProtocol::Smb => "the share over SMB (CIFS)",
+        };
+        format!("qemu: Debian 12 arm64 under qemu-system-aarch64 (TCG), systemd, the project's unit, {share}")
     }
 
     fn ids(&self) -> (String, String) {
@@ -296,7 +381,14 @@ impl Device for QemuDevice {
             small_state_disk: true,
             clock_step: true,
             real_systemd: true,
-            share_outage: "the SMB server (this machine's smbd) stopped and started again under the guest's CIFS mount",
+            share_outage: match self.opts.share_protocol {
+                ShareProtocol::Nfs => {
+                    "the NFS server (this machine's nfs-ganesha) killed and started again under the guest's NFSv4.1 soft mount"
+                }
+                ShareProtocol::Smb => {
+                    "the SMB server (this machine's smbd) killed and started again under the guest's CIFS soft mount"
+                }
+            },
         }
     }
 
@@ -306,9 +398,9 @@ impl Device for QemuDevice {
 
     fn share_available(&mut self, available: bool) -> Result<(), DeviceError> {
         if available {
-            self.smbd_up()
+            self.share_up()
         } else {
-            self.smbd_down();
+            self.share_down();
             Ok(())
         }
     }
