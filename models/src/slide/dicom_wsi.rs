@@ -10,8 +10,8 @@
 //! per-frame functional groups). Tiles no frame covers are white, as OpenSlide draws them.
 //!
 //! Frames: JPEG baseline (libjpeg-turbo, colour space from the stream as OpenSlide 4 does),
-//! JPEG 2000 (openjp2) and uncompressed interleaved RGB. Refused with the reason: JPEG-LS and
-//! other frame encodings, more than one optical path, illumination other than brightfield,
+//! JPEG 2000 (openjp2), JPEG-LS lossless and near-lossless RGB (CharLS, as DCMTK decodes it) and
+//! uncompressed interleaved RGB. Refused with the reason: other frame encodings, more than one optical path, illumination other than brightfield,
 //! more than one focal plane, monochrome (fluorescence) images, frames not on the tile grid,
 //! and frames split over several fragments. The ICC profile is carried ([`WsiInstance::icc_profile`]).
 //! Label and overview instances are listed as associated images and never decoded: they show
@@ -61,6 +61,7 @@ impl Flavor {
 enum FrameCodec {
     Jpeg,
     Jpeg2000 { ycbcr: bool },
+    JpegLs,
     Native,
 }
 
@@ -209,6 +210,7 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
         "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => {
             FrameCodec::Jpeg2000 { ycbcr: photometric == "YBR_FULL" || photometric == "YBR_FULL_422" }
         }
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" if photometric == "RGB" => FrameCodec::JpegLs,
         "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2" if photometric == "RGB" => {
             if int::<u16>(&obj, tags::PLANAR_CONFIGURATION).unwrap_or(0) != 0 {
                 return Err(bad("uncompressed frames by colour plane (Planar Configuration 1) are not read"));
@@ -217,8 +219,8 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
         }
         other => {
             return Err(bad(format!(
-                "whole-slide frames in transfer syntax {other} ({photometric}) are not read: JPEG baseline, JPEG 2000 \
-                 and uncompressed RGB are"
+                "whole-slide frames in transfer syntax {other} ({photometric}) are not read: JPEG baseline, JPEG 2000, \
+                 JPEG-LS RGB and uncompressed RGB are"
             )));
         }
     };
@@ -400,6 +402,7 @@ impl WsiInstance {
                         FrameCodec::Jpeg => 7,
                         FrameCodec::Jpeg2000 { ycbcr: true } => 33003,
                         FrameCodec::Jpeg2000 { ycbcr: false } => 33005,
+                        FrameCodec::JpegLs => super::tiff::COMPRESSION_JPEG_LS,
                         FrameCodec::Native => 1,
                     },
                     downsample: 1.0,
@@ -558,6 +561,7 @@ pub fn assemble(instances: Vec<WsiInstance>, limits: &Limits) -> Result<WsiSerie
             FrameCodec::Jpeg => (7, 0),
             FrameCodec::Jpeg2000 { ycbcr: true } => (33003, 6),
             FrameCodec::Jpeg2000 { ycbcr: false } => (33005, 2),
+            FrameCodec::JpegLs => (super::tiff::COMPRESSION_JPEG_LS, 2),
             FrameCodec::Native => (1, 2),
         };
         icc_profile = icc_profile.or_else(|| v0.icc_profile.clone());

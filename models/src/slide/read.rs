@@ -2,6 +2,7 @@
 //! OpenSlide's `read_region`, from TIFF/SVS files and DICOM slides (a series of files:
 //! [`super::dicom_wsi`]). JPEG tiles (libjpeg-turbo; with the level's shared JPEGTables spliced
 //! in; YCbCr or RGB as the photometric tag says, or as the stream says for DICOM), JPEG 2000,
+//! JPEG-LS (DICOM frames, CharLS),
 //! uncompressed, LZW and Deflate (with the horizontal predictor). Associated images are never
 //! read here.
 
@@ -273,6 +274,7 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
             v
         }
         33003 | 33005 | 34712 => decode_j2k_tile(raw, w, h, l.compression == 33003)?,
+        super::tiff::COMPRESSION_JPEG_LS => decode_jpeg_ls_tile(raw, w, h)?,
         c => return Err(SlideError::UnsupportedCompression(c)),
     };
     let spp = usize::from(l.samples_per_pixel.max(1));
@@ -399,6 +401,67 @@ fn ycc_to_rgb_libjpeg(px: &mut [u8]) {
         p[1] = g.clamp(0, 255) as u8;
         p[2] = b.clamp(0, 255) as u8;
     }
+}
+
+/// What a JPEG-LS stream's frame header (SOF55) and first scan header (SOS) say: width, height,
+/// bits per sample, components, and the components in the first scan (1: one scan per
+/// component, "interleave mode none"). Read here, bounds-checked, so that the tile's size is
+/// known before CharLS allocates for it. `None` for anything that is not such a stream.
+fn jpeg_ls_frame(s: &[u8]) -> Option<(u32, u32, u8, u8, u8)> {
+    if s.get(..2)? != [0xFF, 0xD8] {
+        return None;
+    }
+    let be16 = |at: usize| Some(u16::from_be_bytes([*s.get(at)?, *s.get(at + 1)?]));
+    let mut at = 2;
+    let mut frame = None;
+    loop {
+        if *s.get(at)? != 0xFF {
+            return None;
+        }
+        let marker = *s.get(at + 1)?;
+        if marker == 0xFF {
+            at += 1; // fill byte
+            continue;
+        }
+        let len = usize::from(be16(at + 2)?);
+        match marker {
+            0xF7 => {
+                let (bits, h, w, n) = (*s.get(at + 4)?, be16(at + 5)?, be16(at + 7)?, *s.get(at + 9)?);
+                frame = Some((u32::from(w), u32::from(h), bits, n));
+            }
+            0xDA => {
+                let (w, h, bits, n) = frame?;
+                return Some((w, h, bits, n, *s.get(at + 4)?));
+            }
+            _ => {}
+        }
+        at += 2 + len;
+    }
+}
+
+/// JPEG-LS frames of a DICOM slide (8-bit RGB): CharLS, the reference implementation and the
+/// codec DCMTK's `dcmdjpls` uses. The frame header must match the level's tile before anything
+/// is decoded (a frame that claims a larger image is refused, not allocated).
+fn decode_jpeg_ls_tile(raw: &[u8], w: u32, h: u32) -> Result<Vec<u8>, SlideError> {
+    let bad = |m: String| SlideError::Broken(format!("JPEG-LS tile: {m}"));
+    let Some((fw, fh, bits, components, first_scan)) = jpeg_ls_frame(raw) else {
+        return Err(bad("no JPEG-LS frame and scan header".into()));
+    };
+    if (fw, fh, bits, components) != (w, h, 8, 3) {
+        return Err(bad(format!(
+            "{fw}x{fh}, {components} component(s) of {bits} bits; the level's tiles are {w}x{h} RGB of 8 bits"
+        )));
+    }
+    let px = charls::CharLS::default().decode(raw).map_err(|e| bad(e.to_string()))?;
+    let n = w as usize * h as usize;
+    let planes = px.get(..n * 3).ok_or_else(|| bad(format!("decoded {} bytes, {} expected", px.len(), n * 3)))?;
+    if first_scan == 1 {
+        // One scan per component: CharLS gives the planes one after another.
+        let (r, rest) = planes.split_at(n);
+        let (g, b) = rest.split_at(n);
+        return Ok(r.iter().zip(g).zip(b).flat_map(|((r, g), b)| [*r, *g, *b]).collect());
+    }
+    Ok(px)
 }
 
 /// JPEG 2000 tiles (Aperio 33003 YCbCr / 33005 RGB, and 34712): the pure-Rust openjp2 decoder

@@ -361,6 +361,26 @@ fn check_data_inside(ifd: &Ifd, len: u64, ifd_off: u64) -> Result<(), SlideError
     Ok(())
 }
 
+/// JPEG-LS frames of a DICOM slide. Not a TIFF code (TIFF has none for JPEG-LS): a value of
+/// our own, in the private range, that no TIFF file is read with (it is not in
+/// `SUPPORTED_COMPRESSION`).
+pub const COMPRESSION_JPEG_LS: u16 = 65_080;
+
+/// A tile compression code's name, for people (`crlm wsi info`).
+pub fn compression_name(code: u16) -> &'static str {
+    match code {
+        1 => "none",
+        5 => "LZW",
+        7 => "JPEG",
+        8 | 32946 => "Deflate",
+        33003 => "JPEG 2000 (Aperio YCbCr)",
+        33005 => "JPEG 2000 (Aperio RGB)",
+        34712 => "JPEG 2000",
+        COMPRESSION_JPEG_LS => "JPEG-LS",
+        _ => "unknown",
+    }
+}
+
 /// None, LZW, JPEG, Adobe Deflate, Deflate, Aperio JPEG 2000 (YCbCr, RGB), JPEG 2000.
 const SUPPORTED_COMPRESSION: [u16; 8] = [1, 5, 7, 8, 32946, 33003, 33005, 34712];
 

@@ -180,6 +180,87 @@ mod dicom_slides {
         assert_exact(&r, 1, 100, 60, 250, 200);
     }
 
+    fn dcmtk(tool: &str) -> bool {
+        let ok = std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+        if !ok {
+            eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
+        }
+        ok
+    }
+
+    fn run(tool: &str, args: &[&std::ffi::OsStr]) {
+        let out = std::process::Command::new(tool).args(args).output().unwrap();
+        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The series (sparse, level 0 concatenated) transcoded by DCMTK's JPEG-LS codec, file by file,
+    /// in each of its interleave modes: lossless frames read exactly; near-lossless ones exactly
+    /// as DCMTK's own decode (`dcmdjpls`) of the same files, and within its NEAR of 2.
+    #[test]
+    fn jpeg_ls_frames_transcoded_by_dcmtk_read_as_dcmtk_decodes_them() {
+        if !dcmtk("dcmcjpls") || !dcmtk("dcmdjpls") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(&dir.path().join("native"), |s| {
+            s.sparse = true;
+            s.split_level0 = true;
+        });
+        let source = SlideReader::open(&files[0], &Limits::default()).unwrap();
+        for mode in [["+el", "+il"], ["+el", "+is"], ["+el", "+in"], ["+en", "+il"]] {
+            let (jls, back) = (dir.path().join(mode.concat()), dir.path().join(format!("{}-back", mode.concat())));
+            std::fs::create_dir_all(&jls).unwrap();
+            std::fs::create_dir_all(&back).unwrap();
+            for f in &files {
+                let (j, b) = (jls.join(f.file_name().unwrap()), back.join(f.file_name().unwrap()));
+                run("dcmcjpls", &[mode[0].as_ref(), mode[1].as_ref(), f.as_os_str(), j.as_os_str()]);
+                run("dcmdjpls", &[j.as_os_str(), b.as_os_str()]);
+            }
+            let r = SlideReader::open(&jls.join(files[0].file_name().unwrap()), &Limits::default())
+                .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+            let theirs = SlideReader::open(&back.join(files[0].file_name().unwrap()), &Limits::default()).unwrap();
+            assert_eq!(r.file_count(), 4, "{mode:?}");
+            for level in 0..3 {
+                let l = &r.header.levels[level];
+                let (w, h) = (l.width as u32, l.height as u32);
+                let ours = r.read_region(level, 0, 0, w, h).unwrap().pixels;
+                assert!(
+                    ours == theirs.read_region(level, 0, 0, w, h).unwrap().pixels,
+                    "{mode:?} level {level}: not as dcmdjpls"
+                );
+                let original = source.read_region(level, 0, 0, w, h).unwrap().pixels;
+                let worst = ours.iter().zip(&original).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+                let allowed = if mode[0] == "+el" { 0 } else { 2 };
+                assert!(worst <= allowed, "{mode:?} level {level}: worst |decoded - original| {worst}");
+            }
+            if mode == ["+el", "+il"] {
+                assert_exact(&r, 0, 230, 240, 60, 50);
+            }
+        }
+    }
+
+    #[test]
+    fn a_jpeg_ls_frame_claiming_a_larger_image_is_refused_before_decoding() {
+        if !dcmtk("dcmcjpls") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(&dir.path().join("native"), |_| {});
+        let jls = dir.path().join("jls.dcm");
+        run("dcmcjpls", &[files[0].as_os_str(), jls.as_os_str()]);
+        let mut bytes = std::fs::read(&jls).unwrap();
+        // The first frame's SOF55 (after the Pixel Data tag): its height (Y) raised to 65535.
+        let pixel_data = bytes.windows(4).rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00]).expect("Pixel Data");
+        let at = pixel_data
+            + bytes[pixel_data..].windows(2).position(|w| w == [0xFF, 0xF7]).expect("a JPEG-LS frame header");
+        bytes[at + 5] = 0xFF;
+        bytes[at + 6] = 0xFF;
+        std::fs::write(&jls, &bytes).unwrap();
+        let r = SlideReader::open(&jls, &Limits::default()).unwrap();
+        let err = r.read_region(0, 0, 0, 64, 64).unwrap_err().to_string();
+        assert!(err.contains("JPEG-LS tile") && err.contains("65535"), "{err}");
+    }
+
     #[test]
     fn jpeg_frames_decode_close_to_the_source() {
         let dir = tempfile::tempdir().unwrap();

@@ -95,8 +95,15 @@ pub fn run(action: WsiAction, limits: &Limits) -> anyhow::Result<ExitCode> {
                 }
                 for (i, l) in h.levels.iter().enumerate() {
                     println!(
-                        "  level {i}: {}x{} px, downsample {:.3}, tiles {}x{} ({}), compression {}",
-                        l.width, l.height, l.downsample, l.tile_width, l.tile_height, l.tiles, l.compression
+                        "  level {i}: {}x{} px, downsample {:.3}, tiles {}x{} ({}), compression {} ({})",
+                        l.width,
+                        l.height,
+                        l.downsample,
+                        l.tile_width,
+                        l.tile_height,
+                        l.tiles,
+                        l.compression,
+                        crlm_models::slide::tiff::compression_name(l.compression)
                     );
                 }
                 println!(
