@@ -57,6 +57,9 @@ pub struct Abilities {
     pub real_systemd: bool,
     /// How this target takes the share away (for the report).
     pub share_outage: &'static str,
+    /// The execution provider every prediction must have run on (a real box: TensorRT); the
+    /// golden case fails otherwise. `None`: whatever the box's configuration chose.
+    pub required_provider: Option<&'static str>,
 }
 
 /// One box. Share paths are as the lab's machine sees the share (the harness writes there as a

@@ -374,6 +374,7 @@ impl Device for LocalDevice {
             clock_step: false,
             real_systemd: false,
             share_outage: "the share's folder moved away and back (an unmounted share leaves no path behind)",
+            required_provider: None,
         }
     }
 

@@ -389,6 +389,8 @@ impl Device for QemuDevice {
                     "the SMB server (this machine's smbd) killed and started again under the guest's CIFS soft mount"
                 }
             },
+            // No GPU under emulation: the box's configuration chooses (candle on its CPU).
+            required_provider: None,
         }
     }
 

@@ -375,6 +375,19 @@ fn golden(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     rec.lost = 1u64.saturating_sub(rows.len() as u64);
     sent_once_each(&site.sub)?;
     no_identifiers(&site, &[&export])?;
+    // What ran the model, from the lock itself; a real box must have used its TensorRT provider.
+    let seq = cases.first().and_then(|c| c.ledger_seq).unwrap_or(0);
+    let out = site.dev.crlm(&["ledger", "show", &seq.to_string()])?;
+    let record: LedgerRecord = crate::device::parsed(out, "crlm ledger show")?;
+    let (backend, provider) = record.body.model.map(|m| (m.backend, m.device)).unwrap_or_default();
+    rec.note(format!("the model ran on {backend}, execution provider {provider}"));
+    if let Some(want) = site.dev.abilities().required_provider
+        && provider != want
+    {
+        return Err(Stop::Fail(format!(
+            "the prediction ran on {backend}/{provider}; this target requires the {want} provider (docs/HIL.md)"
+        )));
+    }
     rec.note(format!(
         "case {case}: {} files, locked, verified at the collector, panel \"Prediction locked\"",
         export.files.len()

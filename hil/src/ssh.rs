@@ -136,6 +136,8 @@ impl Device for SshDevice {
             clock_step: true,
             real_systemd: true,
             share_outage: "not done on a real box",
+            // A Jetson runs the study's model through ONNX Runtime's TensorRT provider.
+            required_provider: Some("tensorrt"),
         }
     }
 

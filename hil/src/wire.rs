@@ -49,6 +49,17 @@ pub struct LedgerRecord {
 pub struct RecordBody {
     #[serde(default)]
     pub wall_clock_step_seconds: Option<f64>,
+    /// A prediction's model: what ran it.
+    #[serde(default)]
+    pub model: Option<ModelUsed>,
+}
+
+/// What ran a prediction: `candle` or `onnx`, and the execution provider (`cpu`, `cuda`,
+/// `tensorrt`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelUsed {
+    pub backend: String,
+    pub device: String,
 }
 
 /// A quarantine record (`<state>/quarantine/*.json`).
