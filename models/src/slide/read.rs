@@ -209,6 +209,10 @@ impl SlideReader {
     /// Read square regions (level-0 `(x, y)`, `size` pixels, at `level`) on `threads` threads and
     /// hand them to `sink` in input order. At most `threads x 4` regions are decoded ahead of the
     /// sink, so memory stays bounded whatever the slide's size.
+    ///
+    /// One thread reads on the caller's thread. More start once per call and stay busy while the
+    /// sink works: no barrier between batches, and each keeps its JPEG decompressor for the
+    /// whole call (creating one costs more than a small tile).
     pub fn read_regions_parallel(
         &self,
         level: usize,
@@ -217,26 +221,71 @@ impl SlideReader {
         threads: usize,
         mut sink: impl FnMut(usize, Rgb) -> Result<(), SlideError>,
     ) -> Result<(), SlideError> {
+        use std::sync::{Mutex, mpsc};
         let threads = threads.max(1);
-        let batch = threads * 4;
-        for (b, chunk) in origins.chunks(batch).enumerate() {
-            let mut out: Vec<Option<Result<Rgb, SlideError>>> = (0..chunk.len()).map(|_| None).collect();
-            std::thread::scope(|s| {
-                let per = chunk.len().div_ceil(threads);
-                for (slots, part) in out.chunks_mut(per).zip(chunk.chunks(per)) {
-                    s.spawn(move || {
-                        for (slot, (x, y)) in slots.iter_mut().zip(part) {
-                            *slot = Some(self.read_region(level, *x, *y, size, size));
-                        }
-                    });
-                }
-            });
-            for (i, r) in out.into_iter().enumerate() {
-                let r = r.unwrap_or_else(|| Err(SlideError::Broken("tile reader thread failed".into())))?;
-                sink(b * batch + i, r)?;
+        if threads == 1 || origins.len() < 2 {
+            for (i, (x, y)) in origins.iter().enumerate() {
+                sink(i, self.read_region(level, *x, *y, size, size)?)?;
             }
+            return Ok(());
         }
-        Ok(())
+        let ahead = threads * 4;
+        let stopped = || SlideError::Broken("tile reader threads stopped".into());
+        let (job_tx, job_rx) = mpsc::sync_channel::<usize>(ahead);
+        let job_rx = Mutex::new(job_rx);
+        let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Rgb, SlideError>)>();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let (job_rx, done_tx) = (&job_rx, done_tx.clone());
+                s.spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next index.
+                        let next = match job_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        let Some((i, &(x, y))) = next.ok().and_then(|i| origins.get(i).map(|o| (i, o))) else {
+                            return;
+                        };
+                        if done_tx.send((i, self.read_region(level, x, y, size, size))).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(done_tx);
+            // Regions decoded out of order wait here until their turn (at most `ahead`).
+            let mut waiting: std::collections::BTreeMap<usize, Result<Rgb, SlideError>> = Default::default();
+            let (mut sent, mut next) = (0usize, 0usize);
+            let result = loop {
+                while sent < origins.len() && sent < next + ahead {
+                    if job_tx.send(sent).is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                if let Some(r) = waiting.remove(&next) {
+                    let delivered = r.and_then(|rgb| sink(next, rgb));
+                    if delivered.is_err() {
+                        break delivered;
+                    }
+                    next += 1;
+                    if next == origins.len() {
+                        break Ok(());
+                    }
+                    continue;
+                }
+                match done_rx.recv() {
+                    Ok((i, r)) => {
+                        waiting.insert(i, r);
+                    }
+                    Err(_) => break Err(stopped()),
+                }
+            };
+            // The workers finish what they hold and stop.
+            drop(job_tx);
+            result
+        })
     }
 }
 

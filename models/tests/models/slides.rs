@@ -116,6 +116,35 @@ fn parallel_region_reading_delivers_in_order_and_matches_sequential_reads() {
     }
 }
 
+#[test]
+fn parallel_reading_stops_at_the_first_error_from_the_sink_or_a_region() {
+    let (_d, p) = slide(false);
+    let r = SlideReader::open(&p, &Limits::default()).unwrap();
+    let origins: Vec<(i64, i64)> = (0..40).map(|i| ((i * 29) % 500, (i * 17) % 300)).collect();
+    for threads in [1, 2, 3] {
+        // The sink refuses the sixth region: nothing after it is delivered, and the error returns.
+        let mut seen = Vec::new();
+        let err = r
+            .read_regions_parallel(0, &origins, 96, threads, |i, _| {
+                seen.push(i);
+                if i == 5 { Err(crlm_models::slide::SlideError::Broken("sink full".into())) } else { Ok(()) }
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("sink full"), "{threads} threads: {err}");
+        assert_eq!(seen, (0..=5).collect::<Vec<_>>(), "{threads} threads");
+        // A region over the size limit fails where it stands in the order.
+        let mut seen = 0;
+        let err = r
+            .read_regions_parallel(0, &origins, 100_000, threads, |_, _| {
+                seen += 1;
+                Ok(())
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("region pixels"), "{threads} threads: {err}");
+        assert_eq!(seen, 0, "{threads} threads");
+    }
+}
+
 /// DICOM whole-slide series written by the project's own writer: the pyramid assembled from the
 /// level files, every layout read to the exact pixels they were written from.
 mod dicom_slides {
