@@ -342,7 +342,7 @@ impl QemuDevice {
         };
         ssh.sh(&format!(
             "chown -R root:crlm /etc/crlm && chmod 0750 /etc/crlm && chmod 0640 /etc/crlm/* && \
-             (mountpoint -q /srv/crlm/share || {mount})"
+             (mountpoint -q /srv/crlm/share || ({mount}))"
         ))?;
         Ok(())
     }
