@@ -615,20 +615,7 @@ mod region_of_interest {
 
 mod jpeg_extended_12bit {
     use super::*;
-    use std::process::Command;
-
-    pub(super) fn dcmtk(tool: &str) -> bool {
-        let ok = Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-        if !ok {
-            eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
-        }
-        ok
-    }
-
-    pub(super) fn run(tool: &str, args: &[&std::ffi::OsStr]) {
-        let out = Command::new(tool).args(args).output().unwrap();
-        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    use crate::dcmtk::{dcmtk, run};
 
     /// A CT series written by the project, compressed by DCMTK to 12-bit JPEG Extended (lossy),
     /// loads to the same HU as DCMTK's own decompression of those files, within one HU (IJG's
@@ -717,8 +704,8 @@ mod jpeg_extended_12bit {
 /// JPEG-LS (CharLS, in every build) against DCMTK's own JPEG-LS codec (dcmcjpls/dcmdjpls): the
 /// NEMA files and a series of the project's writer transcoded lossless and near-lossless.
 mod jpeg_ls {
-    use super::jpeg_extended_12bit::{dcmtk, run};
     use super::*;
+    use crate::dcmtk::{dcmtk, run};
 
     #[test]
     fn nema_jpeg_ls_files_decode_exactly_as_dcmdjpls_does() {

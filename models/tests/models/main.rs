@@ -2,6 +2,7 @@
 
 mod alloc_probe;
 mod ct;
+mod dcmtk;
 mod headers;
 mod onnx;
 mod package;

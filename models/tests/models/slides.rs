@@ -149,6 +149,7 @@ fn parallel_reading_stops_at_the_first_error_from_the_sink_or_a_region() {
 /// level files, every layout read to the exact pixels they were written from.
 mod dicom_slides {
     use super::*;
+    use crate::dcmtk::{dcmtk, run};
     use crlm_models::slide::{DicomSlideSpec, SlideError, SlideFormat, write_dicom_slide};
     use std::path::{Path, PathBuf};
 
@@ -207,19 +208,6 @@ mod dicom_slides {
         assert_eq!(r.file_count(), 4, "level 0 in two files, levels 1 and 2");
         assert_exact(&r, 0, 0, 0, 700, 520);
         assert_exact(&r, 1, 100, 60, 250, 200);
-    }
-
-    fn dcmtk(tool: &str) -> bool {
-        let ok = std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
-        if !ok {
-            eprintln!("SKIPPED: DCMTK's {tool} is not installed (Debian package dcmtk)");
-        }
-        ok
-    }
-
-    fn run(tool: &str, args: &[&std::ffi::OsStr]) {
-        let out = std::process::Command::new(tool).args(args).output().unwrap();
-        assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The series (sparse, level 0 concatenated) transcoded by DCMTK's JPEG-LS codec, file by file,
