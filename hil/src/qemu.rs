@@ -6,9 +6,9 @@
 //! harness's on this machine: NFSv4.1 from nfs-ganesha (`ganesha.nfsd`, userspace, so no kernel
 //! NFS server is needed here), mounted by the guest's kernel NFS client, or SMB from Samba
 //! (`smbd`), mounted with CIFS ([`ShareProtocol`]). Both mounts are `soft`, as a lab's share is
-//! mounted on the box; the share disappearing is that server killed. The broker and the collector run on this machine;
-//! the guest reaches them at 10.0.2.2 (qemu's user network). Everything else goes over SSH as for
-//! a real box ([`crate::ssh`]).
+//! mounted on the box; the share disappearing is that server killed. The broker and the
+//! collector run on this machine; the guest reaches them at 10.0.2.2 (qemu's user network).
+//! Everything else goes over SSH as for a real box ([`crate::ssh`]).
 
 use crate::device::{Abilities, Device, DeviceError, Supervision};
 use crate::host::free_port;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 pub enum ShareProtocol {
     /// NFSv4.1 from nfs-ganesha, mounted by the guest's kernel client.
     Nfs,
-    /// SMB 3 from Samba's smbd, mounted with CIFS.
+    /// SMB from Samba's smbd (the dialect the guest's kernel negotiates), mounted with CIFS.
     Smb,
 }
 
