@@ -1,7 +1,7 @@
 //! The box as the scenarios see it, whatever runs it: a process here, a virtual aarch64 box or a
 //! Jetson over SSH.
 
-use crate::wire::{Case, Export, Quarantined};
+use crate::wire::{Case, Export, LedgerRecord, Quarantined};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -119,6 +119,15 @@ pub trait Device {
 
     fn ledger(&self) -> Result<Export, DeviceError> {
         parsed(self.crlm(&["ledger", "export", "--format", "json"])?, "crlm ledger export")
+    }
+
+    /// `crlm ledger show SEQ`: the record, or `None` past the end of the ledger.
+    fn ledger_record(&self, seq: u64) -> Result<Option<LedgerRecord>, DeviceError> {
+        let out = self.crlm(&["ledger", "show", &seq.to_string()])?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        parsed(out, "crlm ledger show").map(Some)
     }
 
     /// `crlm ledger verify`: Ok(report) when the chain and signatures verify.

@@ -5,7 +5,7 @@
 use crate::device::{Device, DeviceError};
 use crate::host::{Broker, Collector, Relay, Subscriber};
 use crate::report::{Outcome, ScenarioReport};
-use crate::wire::{Case, LedgerRecord, LockedRow};
+use crate::wire::{Case, LockedRow};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -377,8 +377,7 @@ fn golden(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     no_identifiers(&site, &[&export])?;
     // What ran the model, from the lock itself; a real box must have used its TensorRT provider.
     let seq = cases.first().and_then(|c| c.ledger_seq).unwrap_or(0);
-    let out = site.dev.crlm(&["ledger", "show", &seq.to_string()])?;
-    let record: LedgerRecord = crate::device::parsed(out, "crlm ledger show")?;
+    let record = site.dev.ledger_record(seq)?.ok_or_else(|| Stop::Fail(format!("no ledger record {seq}")))?;
     let (backend, provider) = record.body.model.map(|m| (m.backend, m.device)).unwrap_or_default();
     rec.note(format!("the model ran on {backend}, execution provider {provider}"));
     if let Some(want) = site.dev.abilities().required_provider
@@ -785,11 +784,7 @@ fn clock_step(env: &Env, rec: &mut Rec) -> Result<(), Stop> {
     let mut jumps = Vec::new();
     let mut records = Vec::new();
     for seq in 0.. {
-        let out = site.dev.crlm(&["ledger", "show", &seq.to_string()])?;
-        if !out.status.success() {
-            break;
-        }
-        let r: LedgerRecord = crate::device::parsed(out, "crlm ledger show")?;
+        let Some(r) = site.dev.ledger_record(seq)? else { break };
         if r.kind == "clock_jump" {
             jumps.push(r.body.wall_clock_step_seconds.unwrap_or(0.0));
         }
