@@ -92,7 +92,7 @@ pub(super) fn accept_file(
                     return ing.refuse(rel, size, mtime_ns, Some(sha.to_string()), p, report);
                 }
             },
-            Recognised::Slide(_) => {
+            Recognised::Slide(_) | Recognised::SlidePart { .. } => {
                 let p = Problem {
                     kind: rec.kind(),
                     check: "case.grouping",

@@ -57,7 +57,7 @@ pub fn inspect(path: &Path, limits: &Limits) -> Result<Vec<InspectItem>, Inspect
             }
             ShareEntry::File { .. } => match share::open_beneath(&dir, &rel) {
                 Err(e) => refused(shown, &format!("cannot open: {e}")),
-                Ok(f) => match recognise::recognise(&f, limits) {
+                Ok(f) => match recognise::recognise(&f, &dir_path.join(&rel), limits) {
                     Outcome::Usable(r) => InspectItem {
                         path: shown,
                         kind: r.kind(),

@@ -29,7 +29,7 @@ use crlm_config::Config;
 use crlm_state::{StateDb, StateError, now_ms};
 use pseudonym::SiteSecret;
 use quarantine::{Quarantine, QuarantineRecord};
-use recognise::{FileKind, Outcome, Problem};
+use recognise::{FileKind, Outcome, Problem, Recognised};
 use serde::Serialize;
 use share::ShareEntry;
 use stability::{Observation, StabilityTracker, Verdict};
@@ -210,8 +210,35 @@ impl Ingestor {
         if !same_version(&file, obs) {
             return Ok(()); // changed since the walk: the next pass sees the new version
         }
-        match recognise::recognise(&file, &self.cfg.limits) {
+        match recognise::recognise(&file, &self.share_root.join(rel), &self.cfg.limits) {
             Outcome::Usable(rec) => {
+                // A multi-file slide's index is taken in after every file it names, so that the
+                // case holds the whole slide when it closes and no part is still being copied.
+                if let Recognised::Slide(h) = &rec
+                    && !self.parts_taken_in(rel, &h.members, scan)?
+                {
+                    let for_s = self.tracker.incomplete_for(rel, now);
+                    if marked || for_s >= self.cfg.share.incomplete_timeout_seconds {
+                        let p = Problem {
+                            kind: FileKind::Slide,
+                            check: "slide.parts",
+                            reason: format!(
+                                "the files this slide index names were not all taken in ({})",
+                                if marked {
+                                    "its folder is marked READY".to_string()
+                                } else {
+                                    format!("after {for_s:.0} s")
+                                }
+                            ),
+                            action: "Copy the slide's index and every file it names into the same case folder.",
+                        };
+                        let sha = self.hash_file(&file);
+                        self.refuse(rel, size, mtime_ns, sha, p, report)?;
+                    } else {
+                        report.waiting += 1;
+                    }
+                    return Ok(());
+                }
                 let Some(sha) = self.hash_file(&file) else { return Ok(()) };
                 if !same_version(&file, obs) {
                     return Ok(());
@@ -242,6 +269,24 @@ impl Ingestor {
             }
         }
         Ok(())
+    }
+
+    /// Has every file `members` names beside `rel` been taken in (accepted or refused) as the
+    /// version this scan saw? Files not in the scan count as not taken in.
+    fn parts_taken_in(&self, rel: &Path, members: &[String], scan: &share::ShareScan) -> Result<bool, IngestError> {
+        let dir = rel.parent().unwrap_or(Path::new(""));
+        for m in members {
+            let part = dir.join(m);
+            let seen = scan.entries.iter().find_map(|e| match e {
+                ShareEntry::File { rel, size, mtime_ns, .. } if *rel == part => Some((*size, *mtime_ns)),
+                _ => None,
+            });
+            match seen {
+                Some((size, mtime_ns)) if self.db.file_known(&part.to_string_lossy(), size, mtime_ns)? => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// SHA-256 of the whole file, streamed; `None` if reading fails (looked at again later).

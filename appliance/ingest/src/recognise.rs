@@ -1,15 +1,22 @@
-//! Recognition by content, never by extension: DICOM (Part 10 or raw), TIFF/BigTIFF/SVS, and
-//! the schema-v1 clinical file. Only headers are read. The outcome says whether the file is
-//! usable, not complete yet (wait and look again), or bad (quarantine, with the failed check and
-//! what staff should do).
+//! Recognition by content, never by extension: DICOM (Part 10 or raw), TIFF/BigTIFF/SVS, the
+//! schema-v1 clinical file, and multi-file slides (a Hamamatsu VMS index and the JPEG files it
+//! names beside it). Only headers are read. The outcome says whether the file is usable, not
+//! complete yet (wait and look again), or bad (quarantine, with the failed check and what staff
+//! should do).
+//!
+//! A multi-file slide is recognised by its index; the files it names are accepted as its parts
+//! ([`Recognised::SlidePart`]) only while an index beside them names them. A bare JPEG that no
+//! index names yet waits (the index may still be on its way) and is quarantined if none comes.
 
 use crlm_models::clinical::{self, ClinicalFormat, ClinicalRecord};
 use crlm_models::dicom::{self, DicomError, DicomHeader, sop_class};
 use crlm_models::limits::Limits;
+use crlm_models::slide::vms::{self, VmsIndex};
 use crlm_models::slide::{self, SlideError, SlideHeader};
 use serde::Serialize;
 use std::fs::File;
 use std::io::Read;
+use std::path::Path;
 
 /// Content kinds, as `crlm inspect` reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -17,6 +24,9 @@ use std::io::Read;
 pub enum FileKind {
     Dicom,
     Slide,
+    /// A file of a multi-file slide other than its index (a VMS slide's JPEG files).
+    #[serde(rename = "slide_part")]
+    SlidePart,
     Clinical,
     Unknown,
 }
@@ -26,6 +36,7 @@ impl FileKind {
         match self {
             FileKind::Dicom => "dicom",
             FileKind::Slide => "slide",
+            FileKind::SlidePart => "slide_part",
             FileKind::Clinical => "clinical",
             FileKind::Unknown => "unknown",
         }
@@ -46,9 +57,19 @@ pub enum DicomRole {
 
 #[derive(Debug, Clone)]
 pub enum Recognised {
-    Dicom { header: Box<DicomHeader>, role: DicomRole },
+    Dicom {
+        header: Box<DicomHeader>,
+        role: DicomRole,
+    },
     Slide(Box<SlideHeader>),
-    Clinical { format: ClinicalFormat, records: Vec<ClinicalRecord> },
+    /// A file of a multi-file slide, named by the index `index` (a file name) beside it.
+    SlidePart {
+        index: String,
+    },
+    Clinical {
+        format: ClinicalFormat,
+        records: Vec<ClinicalRecord>,
+    },
 }
 
 impl Recognised {
@@ -56,6 +77,7 @@ impl Recognised {
         match self {
             Recognised::Dicom { .. } => FileKind::Dicom,
             Recognised::Slide(_) => FileKind::Slide,
+            Recognised::SlidePart { .. } => FileKind::SlidePart,
             Recognised::Clinical { .. } => FileKind::Clinical,
         }
     }
@@ -71,6 +93,7 @@ impl Recognised {
                 v
             }
             Recognised::Slide(h) => serde_json::to_value(h.as_ref()).unwrap_or_default(),
+            Recognised::SlidePart { index } => serde_json::json!({ "index": index }),
             Recognised::Clinical { format, records } => serde_json::json!({
                 "format": format,
                 "records": records.len(),
@@ -104,14 +127,19 @@ const ACTION_CLINICAL: &str =
 const ACTION_SLIDE: &str = "Export the slide as Aperio SVS or tiled pyramidal TIFF into the case folder.";
 const ACTION_DICOM_SLIDE: &str = "Export the slide again as DICOM (brightfield, one focal plane; JPEG, JPEG 2000 or \
      uncompressed frames) or as Aperio SVS / tiled pyramidal TIFF into the case folder.";
+const ACTION_VMS: &str = "Copy the slide's index (.vms) and every file it names into the same case folder, or \
+     export the slide as Aperio SVS, tiled pyramidal TIFF or DICOM.";
+const ACTION_NO_OPENSLIDE: &str = "Export the slide as Aperio SVS, tiled pyramidal TIFF or DICOM (read natively), or \
+     install OpenSlide on the box (docs/IMAGING.md).";
 const ACTION_SUPPORT: &str = "Call support with the quarantine record; the file exceeds the appliance's limits.";
 
 fn problem(kind: FileKind, check: &'static str, reason: impl Into<String>, action: &'static str) -> Problem {
     Problem { kind, check, reason: reason.into(), action }
 }
 
-/// Recognise an open file by its content.
-pub fn recognise(file: &File, limits: &Limits) -> Outcome {
+/// Recognise an open file by its content. `path` is where the file lies: a multi-file slide's
+/// index and parts are checked against the files beside them.
+pub fn recognise(file: &File, path: &Path, limits: &Limits) -> Outcome {
     let len = match file.metadata() {
         Ok(m) => m.len(),
         Err(e) => {
@@ -161,6 +189,21 @@ pub fn recognise(file: &File, limits: &Limits) -> Outcome {
     }
     if clinical::sniff_clinical(head).is_some() {
         return recognise_clinical(file, len, limits);
+    }
+    if vms::sniff_vms(head) {
+        return recognise_vms(file, path, limits);
+    }
+    if let Some(index) = naming_index(path) {
+        return Outcome::Usable(Recognised::SlidePart { index });
+    }
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        return Outcome::NotYet(problem(
+            FileKind::Unknown,
+            "slide.index",
+            "a bare JPEG image that no slide index (.vms) beside it names: only a multi-file slide's own \
+             image files belong in the share",
+            ACTION_VMS,
+        ));
     }
     Outcome::Bad(problem(
         FileKind::Unknown,
@@ -288,4 +331,85 @@ fn recognise_clinical(file: &File, len: u64, limits: &Limits) -> Outcome {
             if truncated_json { Outcome::NotYet(p) } else { Outcome::Bad(p) }
         }
     }
+}
+
+/// A VMS index: its parts must all lie beside it as plain files before OpenSlide reads it by
+/// its path; without OpenSlide the slide is refused naming the format.
+fn recognise_vms(file: &File, path: &Path, limits: &Limits) -> Outcome {
+    let k = FileKind::Slide;
+    let index = match vms::read_index(file) {
+        Ok(i) => i,
+        Err(e @ SlideError::OverLimit { .. }) => {
+            return Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT));
+        }
+        Err(e @ SlideError::Io(_)) => {
+            return Outcome::NotYet(problem(k, "file.readable", e.to_string(), ACTION_REEXPORT));
+        }
+        Err(e) => return Outcome::Bad(problem(k, "slide.index", e.to_string(), ACTION_VMS)),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut missing = 0;
+    for name in &index.required {
+        match std::fs::symlink_metadata(dir.join(name)) {
+            Err(_) => missing += 1,
+            Ok(m) if !m.file_type().is_file() => {
+                return Outcome::Bad(problem(
+                    k,
+                    "slide.parts",
+                    "a file the VMS index names is a link, folder or special file, not a plain file",
+                    ACTION_VMS,
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    if missing > 0 {
+        return Outcome::NotYet(problem(
+            k,
+            "slide.parts",
+            format!("{missing} of the {} files the VMS index names are not beside it", index.required.len()),
+            ACTION_VMS,
+        ));
+    }
+    match slide::index_header(path, &index, limits) {
+        Ok(h) => Outcome::Usable(Recognised::Slide(Box::new(h))),
+        Err(e @ SlideError::OverLimit { .. }) => {
+            Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT))
+        }
+        Err(e @ SlideError::Unsupported(_)) => {
+            Outcome::Bad(problem(k, "slide.format", e.to_string(), ACTION_NO_OPENSLIDE))
+        }
+        // OpenSlide's errors do not tell a damaged part from one still arriving: look again.
+        Err(e) => Outcome::NotYet(problem(k, "slide.openslide", e.to_string(), ACTION_VMS)),
+    }
+}
+
+/// The VMS index beside `path` that names it, if there is one (its file name). Only plain files
+/// up to the index size limit whose first bytes read as an index are opened; at most
+/// `MAX_SIBLINGS` entries of the folder are looked at.
+fn naming_index(path: &Path) -> Option<String> {
+    const MAX_SIBLINGS: usize = 4096;
+    let name = path.file_name()?.to_str()?;
+    let dir = path.parent()?;
+    for entry in std::fs::read_dir(dir).ok()?.take(MAX_SIBLINGS).flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        let sibling = entry.file_name();
+        if !ft.is_file() || sibling.to_str() == Some(name) {
+            continue;
+        }
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.len() == 0 || meta.len() > vms::MAX_INDEX_BYTES {
+            continue;
+        }
+        let Ok(f) = File::open(entry.path()) else { continue };
+        let mut head = [0u8; 256];
+        let n = dicom::read_prefix(&f, &mut head).unwrap_or(0);
+        if !vms::sniff_vms(head.get(..n).unwrap_or_default()) {
+            continue;
+        }
+        if vms::read_index(&f).is_ok_and(|i: VmsIndex| i.names(name)) {
+            return sibling.to_str().map(str::to_string);
+        }
+    }
+    None
 }

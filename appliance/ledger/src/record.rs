@@ -254,6 +254,8 @@ impl RoiInput {
 pub struct SlideInput {
     /// The slide's neutral label (never its file name).
     pub label: String,
+    /// SHA-256 of the slide's file; for a multi-file slide (VMS), of the index's and then each
+    /// named file's hex SHA-256 concatenated.
     pub sha256: Option<String>,
     pub level: usize,
     pub tissue_tiles: usize,

@@ -98,7 +98,7 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
         };
         let p = dir.join(&rel_path);
         let file = share::open_beneath(&root, &rel_path)?;
-        match recognise(&file, &cfg.limits) {
+        match recognise(&file, &p, &cfg.limits) {
             Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => out.ct_images.push((p, *header)),
             Outcome::Usable(Recognised::Dicom { header, role: DicomRole::RegionOfInterest }) => {
                 out.roi_files.push((p, *header))
@@ -115,6 +115,8 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
                 out.slides.push((p, rel_path.display().to_string()))
             }
             Outcome::Usable(Recognised::Clinical { records, .. }) => out.clinical.extend(records),
+            // A multi-file slide's part: read through its index.
+            Outcome::Usable(Recognised::SlidePart { .. }) => {}
             Outcome::NotYet(pr) | Outcome::Bad(pr) => {
                 out.warnings.push(format!("{}: not used ({}: {})", rel(dir, &p), pr.check, pr.reason))
             }

@@ -413,6 +413,20 @@ impl Processor {
         };
         let mut shas = HashMap::new();
         let rows = self.db.accepted_file_versions(case.id)?;
+        // Every accepted version, and whether it is still the file on the share: a multi-file
+        // slide is used only if each file its index names is.
+        let mut unchanged: HashMap<String, Option<String>> = HashMap::new();
+        for r in &rows {
+            let same = share::open_beneath(&self.share, Path::new(&r.path)).is_ok_and(|f| {
+                f.metadata().is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.len() as i64 == r.size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == r.mtime_ns
+                })
+            });
+            if same {
+                unchanged.insert(r.path.clone(), r.sha256.clone());
+            }
+        }
         let mut slide_no = 0;
         for crlm_state::FileVersion { path: rel, size, mtime_ns, sha256: sha } in rows {
             let label = format!("file {}", crlm_ingest::short_hash(Path::new(&rel)));
@@ -432,13 +446,35 @@ impl Processor {
                 continue;
             }
             let path = self.cfg.share.path.join(&rel);
-            match recognise(&file, &self.cfg.limits) {
+            match recognise(&file, &path, &self.cfg.limits) {
                 Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => {
                     files.ct_images.push((path, *header))
                 }
-                Outcome::Usable(Recognised::Slide(_)) => {
+                Outcome::Usable(Recognised::Slide(h)) => {
+                    // A multi-file slide (VMS): its files as accepted, or the slide is not used.
+                    // Its hash in the record is of the index's and those files' hashes, in order.
+                    let dir = Path::new(&rel).parent().unwrap_or(Path::new(""));
+                    let mut part_shas = Vec::new();
+                    for m in &h.members {
+                        match unchanged.get(&dir.join(m).to_string_lossy().into_owned()) {
+                            Some(Some(part)) => part_shas.push(part.clone()),
+                            _ => break,
+                        }
+                    }
+                    if part_shas.len() != h.members.len() {
+                        files.warnings.push(format!(
+                            "{label}: a file of this slide was not accepted with it, or changed since; not used"
+                        ));
+                        continue;
+                    }
                     slide_no += 1;
                     if let Some(sha) = sha {
+                        let sha = if part_shas.is_empty() {
+                            sha
+                        } else {
+                            let all: String = std::iter::once(sha).chain(part_shas).collect();
+                            crlm_models::sha256_hex(all.as_bytes())
+                        };
                         shas.insert(path.clone(), sha);
                     }
                     files.slides.push((path, format!("slide {slide_no}")));

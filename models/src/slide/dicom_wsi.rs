@@ -207,7 +207,13 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
     }
     let codec = match ts_uid.as_str() {
         "1.2.840.10008.1.2.4.50" => FrameCodec::Jpeg,
-        "1.2.840.10008.1.2.4.90" | "1.2.840.10008.1.2.4.91" => {
+        // JPEG 2000, and High-Throughput JPEG 2000 (lossless, lossless RPCL, lossy): the same
+        // codestream syntax with HT code blocks, which OpenJPEG's decoder reads as well.
+        "1.2.840.10008.1.2.4.90"
+        | "1.2.840.10008.1.2.4.91"
+        | "1.2.840.10008.1.2.4.201"
+        | "1.2.840.10008.1.2.4.202"
+        | "1.2.840.10008.1.2.4.203" => {
             FrameCodec::Jpeg2000 { ycbcr: photometric == "YBR_FULL" || photometric == "YBR_FULL_422" }
         }
         "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" if photometric == "RGB" => FrameCodec::JpegLs,
@@ -219,8 +225,8 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
         }
         other => {
             return Err(bad(format!(
-                "whole-slide frames in transfer syntax {other} ({photometric}) are not read: JPEG baseline, JPEG 2000, \
-                 JPEG-LS RGB and uncompressed RGB are"
+                "whole-slide frames in transfer syntax {other} ({photometric}) are not read: JPEG baseline, JPEG 2000 \
+                 (and HTJ2K), JPEG-LS RGB and uncompressed RGB are"
             )));
         }
     };
@@ -420,6 +426,7 @@ impl WsiInstance {
             objective_power: None,
             scanner: self.manufacturer.clone(),
             dicom_series: Some(series_key(&self.series_uid)),
+            members: Vec::new(),
         }
     }
 }
@@ -603,6 +610,7 @@ pub fn assemble(instances: Vec<WsiInstance>, limits: &Limits) -> Result<WsiSerie
         objective_power: None,
         scanner: volumes[0].manufacturer.clone(),
         dicom_series: Some(series_key(&volumes[0].series_uid)),
+        members: Vec::new(),
     };
     Ok(WsiSeries { files, header, levels, icc_profile })
 }

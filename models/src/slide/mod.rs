@@ -16,6 +16,7 @@ pub mod read;
 pub mod sample;
 pub mod tiff;
 pub mod tissue;
+pub mod vms;
 #[cfg(any(test, feature = "write"))]
 pub mod writer;
 
@@ -47,13 +48,16 @@ pub enum SlideError {
     Dicom(String),
     #[error("could not encode slide: {0}")]
     Encode(String),
+    /// A multi-file slide's index (a VMS key file) that does not read or names files it may not.
+    #[error("slide index: {0}")]
+    Index(String),
 }
 
 /// Another scanner's slide that OpenSlide (feature `openslide`, library installed) reads and the
 /// native readers do not handle (a vendor other than Aperio, generic TIFF and DICOM): its header,
 /// through OpenSlide, for the open `file` (opened as `/proc/self/fd/N`, so no path is followed
 /// again). None where OpenSlide is not built in, not installed, or sees no such vendor: the native
-/// readers decide. Multi-file formats (MRXS, VMS) need their real path: see [`read::SlideReader::open`].
+/// readers decide. A multi-file slide (VMS) needs its real path: see [`index_header`].
 pub fn vendor_header(file: &std::fs::File, limits: &crate::limits::Limits) -> Option<Result<SlideHeader, SlideError>> {
     #[cfg(feature = "openslide")]
     {
@@ -69,5 +73,39 @@ pub fn vendor_header(file: &std::fs::File, limits: &crate::limits::Limits) -> Op
     {
         let _ = (file, limits);
         None
+    }
+}
+
+/// The header of a multi-file slide (a Hamamatsu VMS index, [`vms`]) at `path`, read through
+/// OpenSlide by its real path (OpenSlide opens the files the index names beside it), with the
+/// names of the files it cannot be read without in [`SlideHeader::members`]. The caller checks first that they are there.
+/// Without OpenSlide (not built in or not installed) the slide is refused naming its format.
+pub fn index_header(
+    path: &std::path::Path,
+    index: &vms::VmsIndex,
+    limits: &crate::limits::Limits,
+) -> Result<SlideHeader, SlideError> {
+    #[cfg(feature = "openslide")]
+    {
+        if let Err(why) = openslide::library_version() {
+            return Err(SlideError::Unsupported(format!("{}: only OpenSlide reads it; {why}", vms::FORMAT_NAME)));
+        }
+        if openslide::detect_vendor(path).is_none() {
+            return Err(SlideError::Unsupported(format!(
+                "{}: the installed OpenSlide does not recognise this one",
+                vms::FORMAT_NAME
+            )));
+        }
+        let (_, mut header) = openslide::OpenSlide::open(path, limits)?;
+        header.members = index.required.clone();
+        Ok(header)
+    }
+    #[cfg(not(feature = "openslide"))]
+    {
+        let _ = (path, index, limits);
+        Err(SlideError::Unsupported(format!(
+            "{}: only OpenSlide reads it, and this build of crlm has no OpenSlide support (feature `openslide`)",
+            vms::FORMAT_NAME
+        )))
     }
 }

@@ -233,6 +233,7 @@ impl OpenSlide {
             objective_power: num("openslide.objective-power"),
             scanner: Some(vendor),
             dicom_series: None,
+            members: Vec::new(),
         };
         Ok((slide, header))
     }

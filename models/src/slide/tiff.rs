@@ -68,6 +68,10 @@ pub struct SlideHeader {
     /// ([`super::dicom_wsi::series_key`]: a digest of the Series Instance UID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dicom_series: Option<String>,
+    /// A multi-file slide's other files it cannot be read without (a VMS index's image, map and
+    /// macro files), plain names beside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 impl SlideHeader {
@@ -514,6 +518,7 @@ fn build_header(ifds: Vec<Ifd>, big: bool, limits: &Limits) -> Result<(SlideHead
         objective_power,
         scanner,
         dicom_series: None,
+        members: Vec::new(),
     };
     Ok((header, level_data))
 }

@@ -2,10 +2,13 @@
 //! pixels (JPEG tiles go through libjpeg-turbo, as in OpenSlide). Runs where
 //! Debian's python3-openslide is installed (CI installs it); skips with a message elsewhere.
 
-use crlm_e2e::{crlm_bin, shared_data};
+use crlm_e2e::{Site, crlm_bin, shared_data, signal};
+use crlm_models::slide::vms::write_vms;
 use crlm_models::slide::{SlideSpec, write_pyramidal_tiff};
-use std::path::Path;
+use crlm_models::synth::{SampleCase, write_sample_case};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 const PYTHON: &str = "/usr/bin/python3";
 
@@ -170,4 +173,119 @@ fn slides_read_through_the_loaded_openslide_match_and_its_absence_falls_back_to_
     compare_with(PYTHON, &cmu, 0, &[], &[], &through);
     let tcga = data.join("wsi/svs/TCGA-CR-7395-01A-01-TS1.svs");
     compare_with(PYTHON, &tcga, 0, &[], &["0:1500:1200:600:400", "1:0:0:500:400"], &through);
+}
+
+/// A Hamamatsu VMS slide (an index and the JPEG files it names, as `crlm synth vms-slide`
+/// writes it) goes through the loaded OpenSlide: `crlm wsi` names the reader and the scanner,
+/// and its regions are OpenSlide's own (OpenSlide 4 from openslide-bin, and Debian's 3.4.1).
+#[test]
+fn vms_slides_read_through_openslide_match_it() {
+    if !openslide_available() || !openslide4_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let made = Command::new(crlm_bin())
+        .args(["synth", "vms-slide"])
+        .arg(dir.path())
+        .args(["--width", "2048", "--height", "1536"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let index = dir.path().join("slide.vms");
+    let out = Command::new(crlm_bin()).args(["wsi", "info"]).arg(&index).output().unwrap();
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(info.contains("reader: OpenSlide") && info.contains("scanner: hamamatsu"), "{info}");
+    assert!(info.contains("level 0: 2048x1536"), "{info}");
+    compare4(&index, &[], &[]);
+    compare4(&index, &[], &["1:0:0:1024:768", "3:0:0:256:192"]);
+    compare(&index, 0, &["0:700:300:500:400"]);
+}
+
+/// Write the sample case `name` into the share with a VMS slide in its `slide/` folder instead
+/// of an SVS: the index first, the files it names a second later (as a slow copy would bring
+/// them), so the index must wait for them. Returns the case folder.
+fn vms_case(site: &Site, name: &str, patient: &str) -> PathBuf {
+    let case = site.share.join(name);
+    write_sample_case(&case, &SampleCase { with_slide: false, ..SampleCase::new(patient) }).unwrap();
+    let staged = site.dir.path().join(format!("staged-{name}"));
+    let files = write_vms(&staged, "slide", &SlideSpec::small(2048, 1536)).unwrap();
+    let into = case.join("slide");
+    std::fs::create_dir_all(&into).unwrap();
+    for (i, f) in files.iter().enumerate() {
+        std::fs::copy(f, into.join(f.file_name().unwrap())).unwrap();
+        if i == 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+    }
+    case
+}
+
+/// Every quarantine record's text under the site's state.
+fn quarantine_text(site: &Site) -> String {
+    std::fs::read_dir(site.state.join("quarantine"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A format only OpenSlide reads, through the service: with OpenSlide a VMS slide's files are
+/// joined in the share into one slide and the case is locked; `crlm inspect` shows the index as
+/// the slide (OpenSlide, hamamatsu) and its JPEG files as its parts. Nothing is quarantined.
+#[test]
+fn a_vms_slide_in_the_share_is_joined_read_through_openslide_and_locked() {
+    if !openslide4_available() {
+        return;
+    }
+    let site = Site::new(0.3);
+    let service = site.start(0);
+    let case = vms_case(&site, "case-vms", "VMS-0001");
+    let cases = site.wait_cases(Duration::from_secs(180), |c| c.len() == 1 && c[0]["state"] == "predicted");
+    assert_eq!(cases[0]["modalities"]["slide"]["count"], 1, "{cases:#?}");
+    assert!(quarantine_text(&site).is_empty(), "{}", quarantine_text(&site));
+    let out = site.command(&["inspect", "--json"]).arg(case.join("slide")).output().unwrap();
+    let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let kinds: Vec<(&str, &str)> =
+        items.iter().map(|i| (i["kind"].as_str().unwrap_or(""), i["verdict"].as_str().unwrap_or(""))).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == ("slide_part", "usable")).count(), 3, "{items:#?}");
+    let index = items.iter().find(|i| i["kind"] == "slide").expect("the index as the slide");
+    assert_eq!(index["format"], "open_slide", "{index:#?}");
+    assert_eq!(index["scanner"], "hamamatsu", "{index:#?}");
+    assert_eq!(index["members"], serde_json::json!(["slide.jpg", "slide_map.jpg", "slide_macro.jpg"]), "{index:#?}");
+    signal(&service, "TERM");
+    let mut service = service;
+    assert!(service.wait().unwrap().success(), "{}", site.log(0));
+}
+
+/// Without OpenSlide the same slide is quarantined naming its format and what to do; its JPEG
+/// files are not refused as strays (the index names them). A bare JPEG that no index names, in
+/// a folder marked READY, is quarantined saying so. The service keeps running.
+#[test]
+fn without_openslide_a_vms_slide_is_quarantined_naming_its_format() {
+    let mut site = Site::new(0.3);
+    site.env.push(("OPENSLIDE_LIBRARY_PATH".into(), "/nonexistent/libopenslide.so.1".into()));
+    let mut service = site.start(0);
+    vms_case(&site, "case-vms", "VMS-0002");
+    let stray = site.share.join("case-stray");
+    std::fs::create_dir_all(&stray).unwrap();
+    std::fs::copy(site.dir.path().join("staged-case-vms/slide_map.jpg"), stray.join("photo.jpg")).unwrap();
+    std::fs::write(stray.join("READY"), b"").unwrap();
+    let start = std::time::Instant::now();
+    while !(quarantine_text(&site).contains("Hamamatsu VMS") && quarantine_text(&site).contains("slide.index")) {
+        assert!(start.elapsed() < Duration::from_secs(90), "{}\n{}", quarantine_text(&site), site.log(0));
+        assert!(service.try_wait().unwrap().is_none(), "{}", site.log(0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = quarantine_text(&site);
+    assert!(text.contains("slide.format") && text.contains("OpenSlide"), "{text}");
+    assert!(text.contains("photo.jpg") && text.contains("no slide index"), "{text}");
+    for part in ["slide/slide.jpg", "slide/slide_map.jpg", "slide/slide_macro.jpg"] {
+        assert!(!text.contains(part), "{part} was quarantined: {text}");
+    }
+    signal(&service, "TERM");
+    assert!(service.wait().unwrap().success(), "{}", site.log(0));
 }

@@ -64,6 +64,15 @@ pub enum SynthAction {
         #[arg(long, default_value_t = 5)]
         levels: u32,
     },
+    /// A Hamamatsu VMS slide in DIR (`slide.vms` and the JPEG files it names: image, map and
+    /// macro), the layout OpenSlide reads; only OpenSlide reads it, so crlm does through it.
+    VmsSlide {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        width: u32,
+        #[arg(long, default_value_t = 3072)]
+        height: u32,
+    },
     /// A DICOM whole-slide series (one file per level and a label) in DIR: `--sparse` writes
     /// TILED_SPARSE frames, `--split` level 0 as a two-file concatenation, `--uncompressed` RGB frames.
     DicomSlide {
@@ -148,6 +157,12 @@ pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
             };
             crlm_models::slide::write_pyramidal_tiff(&file, &spec)?;
             println!("{}: {width} x {height} px at {mpp} um/px, {levels} levels", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        SynthAction::VmsSlide { dir, width, height } => {
+            let spec = crlm_models::slide::SlideSpec::small(width, height);
+            let files = crlm_models::slide::vms::write_vms(&dir, "slide", &spec)?;
+            println!("{}: {width} x {height} px, {} files (index slide.vms)", dir.display(), files.len());
             Ok(ExitCode::SUCCESS)
         }
         SynthAction::DicomSlide { dir, width, height, levels, tile, sparse, split, uncompressed } => {
