@@ -36,6 +36,12 @@ pub fn inspect(path: &Path, limits: &Limits) -> Result<Vec<InspectItem>, Inspect
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         (parent.to_path_buf(), path.file_name().map(PathBuf::from))
     };
+    // A multi-file slide's parts are looked for beside its index, within the folder above the
+    // one inspected (an MRXS folder's .mrxs lies beside it).
+    let (root, root_rel) = match (dir_path.parent(), dir_path.file_name()) {
+        (Some(p), Some(n)) => (p.to_path_buf(), PathBuf::from(n)),
+        _ => (dir_path.clone(), PathBuf::new()),
+    };
     let dir = share::open_share(&dir_path).map_err(err)?;
     let scan = share::walk(&dir, &HashSet::new()).map_err(err)?;
     let mut out = Vec::new();
@@ -57,7 +63,7 @@ pub fn inspect(path: &Path, limits: &Limits) -> Result<Vec<InspectItem>, Inspect
             }
             ShareEntry::File { .. } => match share::open_beneath(&dir, &rel) {
                 Err(e) => refused(shown, &format!("cannot open: {e}")),
-                Ok(f) => match recognise::recognise(&f, &dir_path.join(&rel), limits) {
+                Ok(f) => match recognise::recognise(&f, &root, &root_rel.join(&rel), limits) {
                     Outcome::Usable(r) => InspectItem {
                         path: shown,
                         kind: r.kind(),

@@ -210,7 +210,7 @@ impl Ingestor {
         if !same_version(&file, obs) {
             return Ok(()); // changed since the walk: the next pass sees the new version
         }
-        match recognise::recognise(&file, &self.share_root.join(rel), &self.cfg.limits) {
+        match recognise::recognise(&file, &self.share_root, rel, &self.cfg.limits) {
             Outcome::Usable(rec) => {
                 // A multi-file slide's index is taken in after every file it names, so that the
                 // case holds the whole slide when it closes and no part is still being copied.
@@ -276,7 +276,7 @@ impl Ingestor {
     fn parts_taken_in(&self, rel: &Path, members: &[String], scan: &share::ShareScan) -> Result<bool, IngestError> {
         let dir = rel.parent().unwrap_or(Path::new(""));
         for m in members {
-            let part = dir.join(m);
+            let part = crlm_models::slide::index::member_path(dir, m);
             let seen = scan.entries.iter().find_map(|e| match e {
                 ShareEntry::File { rel, size, mtime_ns, .. } if *rel == part => Some((*size, *mtime_ns)),
                 _ => None,

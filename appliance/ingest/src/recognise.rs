@@ -1,17 +1,19 @@
 //! Recognition by content, never by extension: DICOM (Part 10 or raw), TIFF/BigTIFF/SVS, the
 //! schema-v1 clinical file, and multi-file slides (a Hamamatsu VMS index and the JPEG files it
-//! names beside it). Only headers are read. The outcome says whether the file is usable, not
+//! names beside it; an MRXS `Slidedat.ini`, the index and data files beside it and the `.mrxs`
+//! beside its folder). Only headers are read. The outcome says whether the file is usable, not
 //! complete yet (wait and look again), or bad (quarantine, with the failed check and what staff
 //! should do).
 //!
 //! A multi-file slide is recognised by its index; the files it names are accepted as its parts
-//! ([`Recognised::SlidePart`]) only while an index beside them names them. A bare JPEG that no
-//! index names yet waits (the index may still be on its way) and is quarantined if none comes.
+//! ([`Recognised::SlidePart`]) only while an index beside them names them. A bare JPEG, `.dat`
+//! or `.mrxs` file that no index names yet waits (the index may still be on its way) and is
+//! quarantined if none comes.
 
 use crlm_models::clinical::{self, ClinicalFormat, ClinicalRecord};
 use crlm_models::dicom::{self, DicomError, DicomHeader, sop_class};
 use crlm_models::limits::Limits;
-use crlm_models::slide::vms::{self, VmsIndex};
+use crlm_models::slide::index::{self, IndexKind, SlideIndex, member_path};
 use crlm_models::slide::{self, SlideError, SlideHeader};
 use serde::Serialize;
 use std::fs::File;
@@ -24,7 +26,8 @@ use std::path::Path;
 pub enum FileKind {
     Dicom,
     Slide,
-    /// A file of a multi-file slide other than its index (a VMS slide's JPEG files).
+    /// A file of a multi-file slide other than its index (a VMS slide's JPEG files, an MRXS
+    /// slide's index and data files and its `.mrxs`).
     #[serde(rename = "slide_part")]
     SlidePart,
     Clinical,
@@ -127,8 +130,8 @@ const ACTION_CLINICAL: &str =
 const ACTION_SLIDE: &str = "Export the slide as Aperio SVS or tiled pyramidal TIFF into the case folder.";
 const ACTION_DICOM_SLIDE: &str = "Export the slide again as DICOM (brightfield, one focal plane; JPEG, JPEG 2000 or \
      uncompressed frames) or as Aperio SVS / tiled pyramidal TIFF into the case folder.";
-const ACTION_VMS: &str = "Copy the slide's index (.vms) and every file it names into the same case folder, or \
-     export the slide as Aperio SVS, tiled pyramidal TIFF or DICOM.";
+const ACTION_VMS: &str = "Copy the whole slide (a .vms and the files it names; or a .mrxs with its folder) into \
+     the same case folder, or export the slide as Aperio SVS, tiled pyramidal TIFF or DICOM.";
 const ACTION_NO_OPENSLIDE: &str = "Export the slide as Aperio SVS, tiled pyramidal TIFF or DICOM (read natively), or \
      install OpenSlide on the box (docs/IMAGING.md).";
 const ACTION_SUPPORT: &str = "Call support with the quarantine record; the file exceeds the appliance's limits.";
@@ -137,9 +140,11 @@ fn problem(kind: FileKind, check: &'static str, reason: impl Into<String>, actio
     Problem { kind, check, reason: reason.into(), action }
 }
 
-/// Recognise an open file by its content. `path` is where the file lies: a multi-file slide's
-/// index and parts are checked against the files beside them.
-pub fn recognise(file: &File, path: &Path, limits: &Limits) -> Outcome {
+/// Recognise an open file by its content. The file lies at `rel` beneath `root` (the share, or
+/// the folder `crlm predict`/`inspect` reads): a multi-file slide's index and parts are checked
+/// against the files beside them, never outside `root`.
+pub fn recognise(file: &File, root: &Path, rel: &Path, limits: &Limits) -> Outcome {
+    let path = &root.join(rel);
     let len = match file.metadata() {
         Ok(m) => m.len(),
         Err(e) => {
@@ -190,18 +195,19 @@ pub fn recognise(file: &File, path: &Path, limits: &Limits) -> Outcome {
     if clinical::sniff_clinical(head).is_some() {
         return recognise_clinical(file, len, limits);
     }
-    if vms::sniff_vms(head) {
-        return recognise_vms(file, path, limits);
+    if let Some(kind) = index::sniff(head) {
+        return recognise_index(file, path, rel, kind, limits);
     }
     if let Some(index) = naming_index(path) {
         return Outcome::Usable(Recognised::SlidePart { index });
     }
-    if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
+    let mrxs_like = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("mrxs") || e.eq_ignore_ascii_case("dat"));
+    if head.starts_with(&[0xFF, 0xD8, 0xFF]) || mrxs_like {
         return Outcome::NotYet(problem(
             FileKind::Unknown,
             "slide.index",
-            "a bare JPEG image that no slide index (.vms) beside it names: only a multi-file slide's own \
-             image files belong in the share",
+            "a file of a multi-file slide (a bare JPEG image, or an MRXS .mrxs or .dat file) that no slide index \
+             beside it names (a .vms, or Slidedat.ini in the slide's folder)",
             ACTION_VMS,
         ));
     }
@@ -333,11 +339,22 @@ fn recognise_clinical(file: &File, len: u64, limits: &Limits) -> Outcome {
     }
 }
 
-/// A VMS index: its parts must all lie beside it as plain files before OpenSlide reads it by
-/// its path; without OpenSlide the slide is refused naming the format.
-fn recognise_vms(file: &File, path: &Path, limits: &Limits) -> Outcome {
+/// A multi-file slide's index (a VMS key file, an MRXS Slidedat.ini): its parts must all be
+/// there as plain files before OpenSlide reads the slide by its path; without OpenSlide the slide
+/// is refused naming the format.
+fn recognise_index(file: &File, path: &Path, rel: &Path, kind: IndexKind, limits: &Limits) -> Outcome {
     let k = FileKind::Slide;
-    let index = match vms::read_index(file) {
+    // An MRXS Slidedat.ini names the .mrxs beside its own folder: that folder must itself be
+    // inside the share (a case folder), or the .mrxs would lie outside it.
+    if kind == IndexKind::Mrxs && rel.components().count() < 2 {
+        return Outcome::Bad(problem(
+            k,
+            "slide.index",
+            "an MRXS Slidedat.ini must lie in the slide's folder, beside the .mrxs, inside a case folder",
+            ACTION_VMS,
+        ));
+    }
+    let index = match SlideIndex::read(kind, file, path) {
         Ok(i) => i,
         Err(e @ SlideError::OverLimit { .. }) => {
             return Outcome::Bad(problem(k, "slide.limits", e.to_string(), ACTION_SUPPORT));
@@ -348,15 +365,16 @@ fn recognise_vms(file: &File, path: &Path, limits: &Limits) -> Outcome {
         Err(e) => return Outcome::Bad(problem(k, "slide.index", e.to_string(), ACTION_VMS)),
     };
     let dir = path.parent().unwrap_or(Path::new("."));
+    let required = index.required();
     let mut missing = 0;
-    for name in &index.required {
-        match std::fs::symlink_metadata(dir.join(name)) {
+    for name in &required {
+        match std::fs::symlink_metadata(member_path(dir, name)) {
             Err(_) => missing += 1,
             Ok(m) if !m.file_type().is_file() => {
                 return Outcome::Bad(problem(
                     k,
                     "slide.parts",
-                    "a file the VMS index names is a link, folder or special file, not a plain file",
+                    "a file the slide's index names is a link, folder or special file, not a plain file",
                     ACTION_VMS,
                 ));
             }
@@ -367,7 +385,7 @@ fn recognise_vms(file: &File, path: &Path, limits: &Limits) -> Outcome {
         return Outcome::NotYet(problem(
             k,
             "slide.parts",
-            format!("{missing} of the {} files the VMS index names are not beside it", index.required.len()),
+            format!("{missing} of the {} files the slide's index names are not there yet", required.len()),
             ACTION_VMS,
         ));
     }
@@ -384,31 +402,34 @@ fn recognise_vms(file: &File, path: &Path, limits: &Limits) -> Outcome {
     }
 }
 
-/// The VMS index beside `path` that names it, if there is one (its file name). Only plain files
-/// up to the index size limit whose first bytes read as an index are opened; at most
-/// `MAX_SIBLINGS` entries of the folder are looked at.
+/// The index that names the file at `path`, if there is one, as its path relative to the file's
+/// folder: a VMS or MRXS index beside it, or for a `.mrxs` file the `Slidedat.ini` in the
+/// folder of the same name beside it. Only plain files up to the index size limit whose first
+/// bytes read as an index are opened; at most `MAX_SIBLINGS` entries of the folder are looked at.
 fn naming_index(path: &Path) -> Option<String> {
     const MAX_SIBLINGS: usize = 4096;
-    let name = path.file_name()?.to_str()?;
     let dir = path.parent()?;
-    for entry in std::fs::read_dir(dir).ok()?.take(MAX_SIBLINGS).flatten() {
-        let Ok(ft) = entry.file_type() else { continue };
-        let sibling = entry.file_name();
-        if !ft.is_file() || sibling.to_str() == Some(name) {
-            continue;
+    let names = |candidate: &Path| -> bool {
+        let Ok(meta) = std::fs::symlink_metadata(candidate) else { return false };
+        if !meta.file_type().is_file() || meta.len() == 0 || meta.len() > index::MAX_INDEX_BYTES {
+            return false;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.len() == 0 || meta.len() > vms::MAX_INDEX_BYTES {
-            continue;
-        }
-        let Ok(f) = File::open(entry.path()) else { continue };
-        let mut head = [0u8; 256];
+        let Ok(f) = File::open(candidate) else { return false };
+        let mut head = [0u8; 512];
         let n = dicom::read_prefix(&f, &mut head).unwrap_or(0);
-        if !vms::sniff_vms(head.get(..n).unwrap_or_default()) {
-            continue;
+        let Some(kind) = index::sniff(head.get(..n).unwrap_or_default()) else { return false };
+        SlideIndex::read(kind, &f, candidate).is_ok_and(|i| i.names(candidate, path))
+    };
+    if let Some(stem) = path.file_name()?.to_str()?.strip_suffix(".mrxs") {
+        let slidedat = dir.join(stem).join(crlm_models::slide::mrxs::SLIDEDAT);
+        if names(&slidedat) {
+            return Some(format!("{stem}/{}", crlm_models::slide::mrxs::SLIDEDAT));
         }
-        if vms::read_index(&f).is_ok_and(|i: VmsIndex| i.names(name)) {
-            return sibling.to_str().map(str::to_string);
+    }
+    for entry in std::fs::read_dir(dir).ok()?.take(MAX_SIBLINGS).flatten() {
+        let candidate = entry.path();
+        if candidate != path && names(&candidate) {
+            return entry.file_name().to_str().map(str::to_string);
         }
     }
     None

@@ -98,7 +98,7 @@ pub fn gather(dir: &Path, cfg: &Config) -> Result<CaseFiles, PredictError> {
         };
         let p = dir.join(&rel_path);
         let file = share::open_beneath(&root, &rel_path)?;
-        match recognise(&file, &p, &cfg.limits) {
+        match recognise(&file, dir, &rel_path, &cfg.limits) {
             Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => out.ct_images.push((p, *header)),
             Outcome::Usable(Recognised::Dicom { header, role: DicomRole::RegionOfInterest }) => {
                 out.roi_files.push((p, *header))

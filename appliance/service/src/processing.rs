@@ -446,7 +446,7 @@ impl Processor {
                 continue;
             }
             let path = self.cfg.share.path.join(&rel);
-            match recognise(&file, &path, &self.cfg.limits) {
+            match recognise(&file, &self.cfg.share.path, Path::new(&rel), &self.cfg.limits) {
                 Outcome::Usable(Recognised::Dicom { header, role: DicomRole::CtImage }) => {
                     files.ct_images.push((path, *header))
                 }
@@ -456,7 +456,9 @@ impl Processor {
                     let dir = Path::new(&rel).parent().unwrap_or(Path::new(""));
                     let mut part_shas = Vec::new();
                     for m in &h.members {
-                        match unchanged.get(&dir.join(m).to_string_lossy().into_owned()) {
+                        match unchanged
+                            .get(&crlm_models::slide::index::member_path(dir, m).to_string_lossy().into_owned())
+                        {
                             Some(Some(part)) => part_shas.push(part.clone()),
                             _ => break,
                         }

@@ -1,5 +1,6 @@
 //! Whole-slide images: TIFF/BigTIFF/Aperio SVS headers, DICOM whole-slide series
-//! ([`dicom_wsi`]), tile and region reading, and a pyramidal TIFF writer.
+//! ([`dicom_wsi`]), the indexes of multi-file slides ([`index`]: Hamamatsu VMS, 3DHISTECH MRXS;
+//! their pixels through [`openslide`]), tile and region reading, and the writers of test slides.
 //!
 //! [`tiff::read_slide_header`] walks the IFD chain by hand with every count bounded, and checks
 //! that every tile's offset and byte count lie inside the file and are non-zero: a slide still
@@ -10,6 +11,8 @@
 #[cfg(any(test, feature = "write"))]
 pub mod dicom_writer;
 pub mod dicom_wsi;
+pub mod index;
+pub mod mrxs;
 #[cfg(feature = "openslide")]
 pub mod openslide;
 pub mod read;
@@ -57,7 +60,7 @@ pub enum SlideError {
 /// native readers do not handle (a vendor other than Aperio, generic TIFF and DICOM): its header,
 /// through OpenSlide, for the open `file` (opened as `/proc/self/fd/N`, so no path is followed
 /// again). None where OpenSlide is not built in, not installed, or sees no such vendor: the native
-/// readers decide. A multi-file slide (VMS) needs its real path: see [`index_header`].
+/// readers decide. A multi-file slide (VMS, MRXS) needs its real path: see [`index_header`].
 pub fn vendor_header(file: &std::fs::File, limits: &crate::limits::Limits) -> Option<Result<SlideHeader, SlideError>> {
     #[cfg(feature = "openslide")]
     {
@@ -76,36 +79,40 @@ pub fn vendor_header(file: &std::fs::File, limits: &crate::limits::Limits) -> Op
     }
 }
 
-/// The header of a multi-file slide (a Hamamatsu VMS index, [`vms`]) at `path`, read through
-/// OpenSlide by its real path (OpenSlide opens the files the index names beside it), with the
-/// names of the files it cannot be read without in [`SlideHeader::members`]. The caller checks first that they are there.
-/// Without OpenSlide (not built in or not installed) the slide is refused naming its format.
+/// The header of a multi-file slide (a Hamamatsu VMS index or an MRXS `Slidedat.ini`,
+/// [`index`]) whose index is at `path`, read through OpenSlide by the path it opens (the index
+/// itself, or the `.mrxs` beside an MRXS folder), with the files it cannot be read without in
+/// [`SlideHeader::members`] (relative to the index's folder). The caller checks first that they
+/// are there. Without OpenSlide (not built in or not installed) the slide is refused naming its
+/// format.
 pub fn index_header(
     path: &std::path::Path,
-    index: &vms::VmsIndex,
+    index: &index::SlideIndex,
     limits: &crate::limits::Limits,
 ) -> Result<SlideHeader, SlideError> {
+    let format = index.format_name();
     #[cfg(feature = "openslide")]
     {
         if let Err(why) = openslide::library_version() {
-            return Err(SlideError::Unsupported(format!("{}: only OpenSlide reads it; {why}", vms::FORMAT_NAME)));
+            return Err(SlideError::Unsupported(format!("{format}: only OpenSlide reads it; {why}")));
         }
-        if openslide::detect_vendor(path).is_none() {
+        let open = index
+            .open_path(path)
+            .ok_or_else(|| SlideError::Index(format!("{format}: no path to open the slide by")))?;
+        if openslide::detect_vendor(&open).is_none() {
             return Err(SlideError::Unsupported(format!(
-                "{}: the installed OpenSlide does not recognise this one",
-                vms::FORMAT_NAME
+                "{format}: the installed OpenSlide does not recognise this one"
             )));
         }
-        let (_, mut header) = openslide::OpenSlide::open(path, limits)?;
-        header.members = index.required.clone();
+        let (_, mut header) = openslide::OpenSlide::open(&open, limits)?;
+        header.members = index.required();
         Ok(header)
     }
     #[cfg(not(feature = "openslide"))]
     {
         let _ = (path, index, limits);
         Err(SlideError::Unsupported(format!(
-            "{}: only OpenSlide reads it, and this build of crlm has no OpenSlide support (feature `openslide`)",
-            vms::FORMAT_NAME
+            "{format}: only OpenSlide reads it, and this build of crlm has no OpenSlide support (feature `openslide`)"
         )))
     }
 }

@@ -43,8 +43,8 @@ pub struct Rgb {
 impl SlideReader {
     /// Open a TIFF/SVS slide, the DICOM slide `path` is a file of (with its series' other files
     /// in the same folder), or, with feature `openslide` and OpenSlide installed, another
-    /// scanner's slide (NDPI, MRXS, SCN, BIF, Philips TIFF, VMS) through OpenSlide. A VMS slide
-    /// is opened by its index (`.vms`), whose files lie beside it.
+    /// scanner's slide (NDPI, MRXS, SCN, BIF, Philips TIFF, VMS) through OpenSlide. A VMS or
+    /// MRXS slide is opened by its `.vms`/`.mrxs` file or by its index (`.vms`, `Slidedat.ini`).
     pub fn open(path: &Path, limits: &Limits) -> Result<Self, SlideError> {
         let file = File::open(path)?;
         let mut head = [0u8; 256];
@@ -61,25 +61,26 @@ impl SlideReader {
             let s = super::dicom_wsi::open_series(path, limits)?;
             return Ok(reader(s.files, s.header, s.levels, s.icc_profile));
         }
-        // A VMS index: OpenSlide reads it and the files it names beside it. Those are opened
-        // here too, so the slide's hash covers every file its pixels come from.
-        if super::vms::sniff_vms(head.get(..n).unwrap_or(&[])) {
-            let index = super::vms::read_index(&file)?;
+        // A multi-file slide's index (VMS, MRXS Slidedat.ini): OpenSlide reads the slide and
+        // the files the index names. Those are opened here too, so the slide's hash covers every
+        // file its pixels come from.
+        if let Some(kind) = super::index::sniff(head.get(..n).unwrap_or(&[])) {
+            let index = super::index::SlideIndex::read(kind, &file, path)?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let mut files = vec![file];
-            for m in &index.required {
-                let f = File::open(dir.join(m)).map_err(|e| {
-                    SlideError::Index(format!("a file the VMS index names is not beside it ({})", e.kind()))
+            for m in index.required() {
+                let f = File::open(super::index::member_path(dir, &m)).map_err(|e| {
+                    SlideError::Index(format!("a file the slide's index names is not there ({})", e.kind()))
                 })?;
                 files.push(f);
             }
-            files.extend(index.optional.iter().filter_map(|m| File::open(dir.join(m)).ok()));
+            files.extend(index.optional().iter().filter_map(|m| File::open(super::index::member_path(dir, m)).ok()));
             let header = super::index_header(path, &index, limits)?;
             #[allow(unused_mut)]
             let mut r = reader(files, header, Vec::new(), None);
             #[cfg(feature = "openslide")]
-            {
-                r.openslide = Some(super::openslide::OpenSlide::open(path, limits)?.0);
+            if let Some(open) = index.open_path(path) {
+                r.openslide = Some(super::openslide::OpenSlide::open(&open, limits)?.0);
             }
             return Ok(r);
         }

@@ -3,6 +3,7 @@
 //! Debian's python3-openslide is installed (CI installs it); skips with a message elsewhere.
 
 use crlm_e2e::{Site, crlm_bin, shared_data, signal};
+use crlm_models::slide::mrxs::write_mrxs;
 use crlm_models::slide::vms::write_vms;
 use crlm_models::slide::{SlideSpec, write_pyramidal_tiff};
 use crlm_models::synth::{SampleCase, write_sample_case};
@@ -176,10 +177,11 @@ fn slides_read_through_the_loaded_openslide_match_and_its_absence_falls_back_to_
 }
 
 /// A Hamamatsu VMS slide (an index and the JPEG files it names, as `crlm synth vms-slide`
-/// writes it) goes through the loaded OpenSlide: `crlm wsi` names the reader and the scanner,
-/// and its regions are OpenSlide's own (OpenSlide 4 from openslide-bin, and Debian's 3.4.1).
+/// writes it) and a 3DHISTECH MRXS slide (`crlm synth mrxs-slide`) go through the loaded
+/// OpenSlide: `crlm wsi` names the reader and the scanner, and their regions are OpenSlide's own
+/// (OpenSlide 4 from openslide-bin, and Debian's 3.4.1).
 #[test]
-fn vms_slides_read_through_openslide_match_it() {
+fn vms_and_mrxs_slides_read_through_openslide_match_it() {
     if !openslide_available() || !openslide4_available() {
         return;
     }
@@ -200,20 +202,57 @@ fn vms_slides_read_through_openslide_match_it() {
     compare4(&index, &[], &[]);
     compare4(&index, &[], &["1:0:0:1024:768", "3:0:0:256:192"]);
     compare(&index, 0, &["0:700:300:500:400"]);
+
+    // MRXS: opened by its .mrxs or by its Slidedat.ini, the same slide.
+    let made = Command::new(crlm_bin())
+        .args(["synth", "mrxs-slide"])
+        .arg(dir.path().join("mrxs"))
+        .args(["--width", "2048", "--height", "1536"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mrxs = dir.path().join("mrxs/slide.mrxs");
+    for p in [mrxs.clone(), dir.path().join("mrxs/slide/Slidedat.ini")] {
+        let out = Command::new(crlm_bin()).args(["wsi", "info"]).arg(&p).output().unwrap();
+        let info = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(info.contains("reader: OpenSlide") && info.contains("scanner: mirax"), "{info}");
+        assert!(info.contains("level 0: 2048x1536") && info.contains("level 3: 256x192"), "{info}");
+    }
+    compare4(&mrxs, &[], &[]);
+    compare4(&mrxs, &[], &["1:0:0:1024:768", "3:0:0:256:192"]);
+    compare(&mrxs, 0, &["0:700:300:500:400"]);
 }
 
-/// Write the sample case `name` into the share with a VMS slide in its `slide/` folder instead
-/// of an SVS: the index first, the files it names a second later (as a slow copy would bring
-/// them), so the index must wait for them. Returns the case folder.
-fn vms_case(site: &Site, name: &str, patient: &str) -> PathBuf {
+/// A multi-file slide format the service joins in the share.
+#[derive(Clone, Copy, Debug)]
+enum MultiFile {
+    Vms,
+    Mrxs,
+}
+
+/// Write the sample case `name` into the share with a multi-file slide instead of an SVS: a VMS
+/// slide in its `slide/` folder, or an MRXS slide (`slide.mrxs` beside the folder `slide/`). The
+/// index first, its other files a second and a half later (as a slow copy would bring them), so
+/// the index must wait for them. Returns the case folder.
+fn multi_file_case(site: &Site, name: &str, patient: &str, format: MultiFile) -> PathBuf {
     let case = site.share.join(name);
     write_sample_case(&case, &SampleCase { with_slide: false, ..SampleCase::new(patient) }).unwrap();
     let staged = site.dir.path().join(format!("staged-{name}"));
-    let files = write_vms(&staged, "slide", &SlideSpec::small(2048, 1536)).unwrap();
-    let into = case.join("slide");
-    std::fs::create_dir_all(&into).unwrap();
-    for (i, f) in files.iter().enumerate() {
-        std::fs::copy(f, into.join(f.file_name().unwrap())).unwrap();
+    let spec = SlideSpec { levels: 4, ..SlideSpec::small(2048, 1536) };
+    let (files, into) = match format {
+        MultiFile::Vms => (write_vms(&staged, "slide", &spec).unwrap(), case.join("slide")),
+        MultiFile::Mrxs => (write_mrxs(&staged, "slide", &spec).unwrap(), case.clone()),
+    };
+    // Index first: the .vms is first; for MRXS, Slidedat.ini (last written) goes first.
+    let mut order: Vec<&PathBuf> = files.iter().collect();
+    if let MultiFile::Mrxs = format {
+        order.rotate_right(1);
+    }
+    for (i, f) in order.into_iter().enumerate() {
+        let to = into.join(f.strip_prefix(&staged).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(f, &to).unwrap();
         if i == 0 {
             std::thread::sleep(Duration::from_millis(1500));
         }
@@ -233,57 +272,80 @@ fn quarantine_text(site: &Site) -> String {
         .unwrap_or_default()
 }
 
-/// A format only OpenSlide reads, through the service: with OpenSlide a VMS slide's files are
-/// joined in the share into one slide and the case is locked; `crlm inspect` shows the index as
-/// the slide (OpenSlide, hamamatsu) and its JPEG files as its parts. Nothing is quarantined.
+/// Formats only OpenSlide reads, through the service: with OpenSlide a VMS slide's and an MRXS
+/// slide's files are each joined in the share into one slide and both cases are locked with
+/// their slide; `crlm inspect` shows the index as the slide (OpenSlide, its vendor) and the other
+/// files as its parts. Nothing is quarantined.
 #[test]
-fn a_vms_slide_in_the_share_is_joined_read_through_openslide_and_locked() {
+fn multi_file_slides_in_the_share_are_joined_read_through_openslide_and_locked() {
     if !openslide4_available() {
         return;
     }
     let site = Site::new(0.3);
     let service = site.start(0);
-    let case = vms_case(&site, "case-vms", "VMS-0001");
-    let cases = site.wait_cases(Duration::from_secs(180), |c| c.len() == 1 && c[0]["state"] == "predicted");
-    assert_eq!(cases[0]["modalities"]["slide"]["count"], 1, "{cases:#?}");
+    let vms = multi_file_case(&site, "case-vms", "VMS-0001", MultiFile::Vms);
+    let mrxs = multi_file_case(&site, "case-mrxs", "MRXS-0001", MultiFile::Mrxs);
+    let cases =
+        site.wait_cases(Duration::from_secs(240), |c| c.len() == 2 && c.iter().all(|x| x["state"] == "predicted"));
+    for c in &cases {
+        assert_eq!(c["modalities"]["slide"]["count"], 1, "{cases:#?}");
+    }
     assert!(quarantine_text(&site).is_empty(), "{}", quarantine_text(&site));
-    let out = site.command(&["inspect", "--json"]).arg(case.join("slide")).output().unwrap();
-    let items: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let kinds: Vec<(&str, &str)> =
-        items.iter().map(|i| (i["kind"].as_str().unwrap_or(""), i["verdict"].as_str().unwrap_or(""))).collect();
-    assert_eq!(kinds.iter().filter(|k| **k == ("slide_part", "usable")).count(), 3, "{items:#?}");
-    let index = items.iter().find(|i| i["kind"] == "slide").expect("the index as the slide");
-    assert_eq!(index["format"], "open_slide", "{index:#?}");
-    assert_eq!(index["scanner"], "hamamatsu", "{index:#?}");
-    assert_eq!(index["members"], serde_json::json!(["slide.jpg", "slide_map.jpg", "slide_macro.jpg"]), "{index:#?}");
+    let inspect = |dir: &Path| -> Vec<serde_json::Value> {
+        let out = site.command(&["inspect", "--json"]).arg(dir).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    for (dir, vendor, parts, members) in [
+        (vms.join("slide"), "hamamatsu", 3, serde_json::json!(["slide.jpg", "slide_map.jpg", "slide_macro.jpg"])),
+        (mrxs.clone(), "mirax", 3, serde_json::json!(["Index.dat", "Data0000.dat", "../slide.mrxs"])),
+    ] {
+        let items = inspect(&dir);
+        let n = items.iter().filter(|i| i["kind"] == "slide_part" && i["verdict"] == "usable").count();
+        assert_eq!(n, parts, "{items:#?}");
+        let index = items.iter().find(|i| i["kind"] == "slide").expect("the index as the slide");
+        assert_eq!(index["format"], "open_slide", "{index:#?}");
+        assert_eq!(index["scanner"], vendor, "{index:#?}");
+        assert_eq!(index["members"], members, "{index:#?}");
+    }
+    // What ran: the slide was used, its hash in the lock covers every file of it.
+    let ledger: String = (0..8)
+        .filter_map(|n| site.command(&["ledger", "show", &n.to_string()]).output().ok())
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .collect();
+    assert_eq!(ledger.matches("\"tiles_used\"").count(), 2, "{ledger}");
     signal(&service, "TERM");
     let mut service = service;
     assert!(service.wait().unwrap().success(), "{}", site.log(0));
 }
 
-/// Without OpenSlide the same slide is quarantined naming its format and what to do; its JPEG
-/// files are not refused as strays (the index names them). A bare JPEG that no index names, in
-/// a folder marked READY, is quarantined saying so. The service keeps running.
+/// Without OpenSlide the same slides are quarantined naming their format and what to do; their
+/// other files are not refused as strays (the index names them). A bare JPEG that no index
+/// names, in a folder marked READY, is quarantined saying so. The service keeps running.
 #[test]
-fn without_openslide_a_vms_slide_is_quarantined_naming_its_format() {
+fn without_openslide_multi_file_slides_are_quarantined_naming_their_format() {
     let mut site = Site::new(0.3);
     site.env.push(("OPENSLIDE_LIBRARY_PATH".into(), "/nonexistent/libopenslide.so.1".into()));
     let mut service = site.start(0);
-    vms_case(&site, "case-vms", "VMS-0002");
+    multi_file_case(&site, "case-vms", "VMS-0002", MultiFile::Vms);
+    multi_file_case(&site, "case-mrxs", "MRXS-0002", MultiFile::Mrxs);
     let stray = site.share.join("case-stray");
     std::fs::create_dir_all(&stray).unwrap();
     std::fs::copy(site.dir.path().join("staged-case-vms/slide_map.jpg"), stray.join("photo.jpg")).unwrap();
     std::fs::write(stray.join("READY"), b"").unwrap();
     let start = std::time::Instant::now();
-    while !(quarantine_text(&site).contains("Hamamatsu VMS") && quarantine_text(&site).contains("slide.index")) {
+    let done = |t: &str| t.contains("Hamamatsu VMS") && t.contains("3DHISTECH MRXS") && t.contains("photo.jpg");
+    while !done(&quarantine_text(&site)) {
         assert!(start.elapsed() < Duration::from_secs(90), "{}\n{}", quarantine_text(&site), site.log(0));
         assert!(service.try_wait().unwrap().is_none(), "{}", site.log(0));
         std::thread::sleep(Duration::from_millis(200));
     }
     let text = quarantine_text(&site);
     assert!(text.contains("slide.format") && text.contains("OpenSlide"), "{text}");
-    assert!(text.contains("photo.jpg") && text.contains("no slide index"), "{text}");
-    for part in ["slide/slide.jpg", "slide/slide_map.jpg", "slide/slide_macro.jpg"] {
+    assert!(text.contains("slide.index") && text.contains("no slide index"), "{text}");
+    for part in
+        ["slide/slide.jpg", "slide/slide_map.jpg", "slide/slide_macro.jpg", "Index.dat", "Data0000.dat", "slide.mrxs\""]
+    {
         assert!(!text.contains(part), "{part} was quarantined: {text}");
     }
     signal(&service, "TERM");

@@ -73,6 +73,17 @@ pub enum SynthAction {
         #[arg(long, default_value_t = 3072)]
         height: u32,
     },
+    /// A 3DHISTECH MRXS slide in DIR (`slide.mrxs` and the folder `slide/` with Slidedat.ini,
+    /// Index.dat and Data0000.dat), the layout OpenSlide reads; only OpenSlide reads it.
+    MrxsSlide {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        width: u32,
+        #[arg(long, default_value_t = 3072)]
+        height: u32,
+        #[arg(long, default_value_t = 4)]
+        levels: u32,
+    },
     /// A DICOM whole-slide series (one file per level and a label) in DIR: `--sparse` writes
     /// TILED_SPARSE frames, `--split` level 0 as a two-file concatenation, `--uncompressed` RGB frames.
     DicomSlide {
@@ -163,6 +174,12 @@ pub fn run(action: SynthAction) -> anyhow::Result<ExitCode> {
             let spec = crlm_models::slide::SlideSpec::small(width, height);
             let files = crlm_models::slide::vms::write_vms(&dir, "slide", &spec)?;
             println!("{}: {width} x {height} px, {} files (index slide.vms)", dir.display(), files.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        SynthAction::MrxsSlide { dir, width, height, levels } => {
+            let spec = crlm_models::slide::SlideSpec { levels, ..crlm_models::slide::SlideSpec::small(width, height) };
+            let files = crlm_models::slide::mrxs::write_mrxs(&dir, "slide", &spec)?;
+            println!("{}: {width} x {height} px, {levels} levels, {} files (slide.mrxs)", dir.display(), files.len());
             Ok(ExitCode::SUCCESS)
         }
         SynthAction::DicomSlide { dir, width, height, levels, tile, sparse, split, uncompressed } => {

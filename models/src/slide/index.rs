@@ -1,0 +1,136 @@
+//! Multi-file slides: an index file names the other files of the slide. Two formats are known:
+//! a Hamamatsu VMS key file ([`super::vms`]) names JPEG files beside it; an MRXS `Slidedat.ini`
+//! ([`super::mrxs`]) names the index and data files beside it, and its folder lies beside the
+//! `.mrxs` file OpenSlide opens. Either way the index is the slide and the files it names are its
+//! parts, written as paths relative to the index's folder: a plain file name, or for MRXS the one
+//! `../<folder>.mrxs`. This module is the one place that knows both.
+
+use super::{SlideError, mrxs, vms};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Which index a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    Vms,
+    Mrxs,
+}
+
+/// A multi-file slide's index, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlideIndex {
+    Vms(vms::VmsIndex),
+    /// `Slidedat.ini` and the name of its folder (the `.mrxs` beside it has that name).
+    Mrxs {
+        index: mrxs::MrxsIndex,
+        folder: String,
+    },
+}
+
+/// The largest index file of any kind (checked before reading a file to sniff it in full).
+pub const MAX_INDEX_BYTES: u64 = mrxs::MAX_INDEX_BYTES;
+
+/// Which index `head` (a file's first bytes) is, if any.
+pub fn sniff(head: &[u8]) -> Option<IndexKind> {
+    if vms::sniff_vms(head) {
+        Some(IndexKind::Vms)
+    } else if mrxs::sniff_slidedat(head) {
+        Some(IndexKind::Mrxs)
+    } else {
+        None
+    }
+}
+
+impl SlideIndex {
+    /// Read the index of `kind` in `file`, which lies at `path`.
+    pub fn read(kind: IndexKind, file: &File, path: &Path) -> Result<SlideIndex, SlideError> {
+        match kind {
+            IndexKind::Vms => vms::read_index(file).map(SlideIndex::Vms),
+            IndexKind::Mrxs => {
+                let folder = path
+                    .parent()
+                    .and_then(Path::file_name)
+                    .and_then(|f| f.to_str())
+                    .filter(|f| !f.is_empty() && !f.starts_with('.'))
+                    .ok_or_else(|| SlideError::Index("Slidedat.ini must lie in the slide's own folder".into()))?;
+                Ok(SlideIndex::Mrxs { index: mrxs::read_slidedat(file)?, folder: folder.to_string() })
+            }
+        }
+    }
+
+    /// The format, for people.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            SlideIndex::Vms(_) => vms::FORMAT_NAME,
+            SlideIndex::Mrxs { .. } => mrxs::FORMAT_NAME,
+        }
+    }
+
+    /// The files the slide cannot be read without, relative to the index's folder.
+    pub fn required(&self) -> Vec<String> {
+        match self {
+            SlideIndex::Vms(i) => i.required.clone(),
+            SlideIndex::Mrxs { index, folder } => {
+                let mut m = index.members();
+                m.push(format!("../{folder}.mrxs"));
+                m
+            }
+        }
+    }
+
+    /// Files used when present (a VMS optimisation file), relative to the index's folder.
+    pub fn optional(&self) -> Vec<String> {
+        match self {
+            SlideIndex::Vms(i) => i.optional.clone(),
+            SlideIndex::Mrxs { .. } => Vec::new(),
+        }
+    }
+
+    /// Does the index at `index_path` name the file at `path` (required or optional)?
+    pub fn names(&self, index_path: &Path, path: &Path) -> bool {
+        let dir = index_path.parent().unwrap_or(Path::new(""));
+        self.required().iter().chain(&self.optional()).any(|m| member_path(dir, m) == path)
+    }
+
+    /// The path OpenSlide opens for the index at `index_path`.
+    pub fn open_path(&self, index_path: &Path) -> Option<PathBuf> {
+        match self {
+            SlideIndex::Vms(_) => Some(index_path.to_path_buf()),
+            SlideIndex::Mrxs { .. } => mrxs::mrxs_path(index_path),
+        }
+    }
+}
+
+/// Where member `m` (relative to the index's folder `dir`) lies: `dir/m`, or for `../name`
+/// beside `dir`. The index parsers admit no other form.
+pub fn member_path(dir: &Path, m: &str) -> PathBuf {
+    match m.strip_prefix("../") {
+        Some(rest) => dir.parent().unwrap_or(Path::new("")).join(rest),
+        None => dir.join(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_resolve_beside_the_index_and_the_mrxs_beside_its_folder() {
+        let d = Path::new("case/slide");
+        assert_eq!(member_path(d, "Data0000.dat"), Path::new("case/slide/Data0000.dat"));
+        assert_eq!(member_path(d, "../slide.mrxs"), Path::new("case/slide.mrxs"));
+        let text =
+            b"[GENERAL]\nSLIDE_ID=x\n[HIERARCHICAL]\nINDEXFILE=Index.dat\n[DATAFILE]\nFILE_COUNT=1\nFILE_0=D.dat\n";
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("slide").join("Slidedat.ini");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        assert_eq!(sniff(text), Some(IndexKind::Mrxs));
+        let i = SlideIndex::read(IndexKind::Mrxs, &File::open(&p).unwrap(), &p).unwrap();
+        assert_eq!(i.required(), ["Index.dat", "D.dat", "../slide.mrxs"]);
+        assert!(i.names(&p, &dir.path().join("slide.mrxs")));
+        assert!(i.names(&p, &dir.path().join("slide/D.dat")));
+        assert!(!i.names(&p, &dir.path().join("other.mrxs")));
+        assert_eq!(i.open_path(&p), Some(dir.path().join("slide.mrxs")));
+    }
+}
