@@ -98,7 +98,7 @@ pub struct CtVolume {
     pub columns: usize,
     pub rows: usize,
     pub slices: usize,
-    /// Spacing along x, y (PixelSpacing[1], PixelSpacing[0]) and z (mean slice distance), mm.
+    /// Spacing along x, y (PixelSpacing\[1\], PixelSpacing\[0\]) and z (mean slice distance), mm.
     pub spacing: [f64; 3],
     /// ImagePositionPatient of the first sorted slice (LPS, mm).
     pub origin: [f64; 3],

@@ -8,7 +8,7 @@
 //!
 //! The native readers ([`super::tiff`], [`super::dicom_wsi`]) stay the fast path for SVS, tiled
 //! TIFF and DICOM; the slide's header says which reader it went to
-//! ([`super::SlideHeader::reader`]). Regions come from `openslide_read_region` (premultiplied
+//! ([`super::SlideFormat::reader`]). Regions come from `openslide_read_region` (premultiplied
 //! ARGB), composited on white as the native readers draw absent pixels.
 
 use super::SlideError;
