@@ -8,7 +8,8 @@
 //! A multi-file slide is recognised by its index; the files it names are accepted as its parts
 //! ([`Recognised::SlidePart`]) only while an index beside them names them. A bare JPEG, `.dat`
 //! or `.mrxs` file that no index names yet waits (the index may still be on its way) and is
-//! quarantined if none comes.
+//! quarantined if none comes: the one place a name counts, and only to wait, never to accept
+//! (an MRXS `.mrxs`, whose content no reader looks at, is its slide's by the format's layout).
 
 use crlm_models::clinical::{self, ClinicalFormat, ClinicalRecord};
 use crlm_models::dicom::{self, DicomError, DicomHeader, sop_class};
@@ -65,7 +66,8 @@ pub enum Recognised {
         role: DicomRole,
     },
     Slide(Box<SlideHeader>),
-    /// A file of a multi-file slide, named by the index `index` (a file name) beside it.
+    /// A file of a multi-file slide, named by the index `index` (the index's path relative to
+    /// the file's folder: `slide.vms`, or `slide/Slidedat.ini` for an MRXS slide's `.mrxs`).
     SlidePart {
         index: String,
     },
