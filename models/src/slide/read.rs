@@ -68,13 +68,25 @@ impl SlideReader {
             let index = super::index::SlideIndex::read(kind, &file, path)?;
             let dir = path.parent().unwrap_or(Path::new("."));
             let mut files = vec![file];
+            // Never through a link: a part is a plain file beside the index (ELOOP otherwise).
+            let open = |m: &str| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(super::index::member_path(dir, m))
+            };
             for m in index.required() {
-                let f = File::open(super::index::member_path(dir, &m)).map_err(|e| {
-                    SlideError::Index(format!("a file the slide's index names is not there ({})", e.kind()))
+                let f = open(&m).map_err(|e| {
+                    SlideError::Index(if e.raw_os_error() == Some(libc::ELOOP) {
+                        "a file the slide's index names is a symbolic link; parts are read only as plain files".into()
+                    } else {
+                        format!("a file the slide's index names cannot be opened ({})", e.kind())
+                    })
                 })?;
                 files.push(f);
             }
-            files.extend(index.optional().iter().filter_map(|m| File::open(super::index::member_path(dir, m)).ok()));
+            files.extend(index.optional().iter().filter_map(|m| open(m).ok()));
             let header = super::index_header(path, &index, limits)?;
             #[allow(unused_mut)]
             let mut r = reader(files, header, Vec::new(), None);
