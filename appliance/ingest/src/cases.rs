@@ -58,9 +58,17 @@ pub(super) fn accept_file(
     let now = now_ms();
     let kind = rec.kind().as_str();
     let details = rec.details().to_string();
-    // Identical content already accepted: a re-export, not a new case.
+    // Identical content already accepted: a re-export, not a new case. Not for a multi-file
+    // slide's index or parts: two different slides may share a part's bytes (the same macro
+    // image, an MRXS .mrxs that says little) and even their index's (a VMS index names files and
+    // sizes only), so no one file of them tells a re-export.
     let file = NewFile { path: &rel_s, size, mtime_ns, sha256: Some(sha), kind, details: Some(&details) };
-    if let Some(case_id) = ing.db.accepted_content(sha)? {
+    let multi_file = match &rec {
+        Recognised::SlidePart { .. } => true,
+        Recognised::Slide(h) => !h.members.is_empty(),
+        _ => false,
+    };
+    if !multi_file && let Some(case_id) = ing.db.accepted_content(sha)? {
         ing.db.record_duplicate(&file, case_id, now)?;
         report.duplicates += 1;
         tracing::info!(stage = "ingest", file = %super::short_hash(rel), "identical re-export ignored");

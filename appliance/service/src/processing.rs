@@ -417,13 +417,8 @@ impl Processor {
         // slide is used only if each file its index names is.
         let mut unchanged: HashMap<String, Option<String>> = HashMap::new();
         for r in &rows {
-            let same = share::open_beneath(&self.share, Path::new(&r.path)).is_ok_and(|f| {
-                f.metadata().is_ok_and(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    m.len() as i64 == r.size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == r.mtime_ns
-                })
-            });
-            if same {
+            let file = share::open_beneath(&self.share, Path::new(&r.path));
+            if file.is_ok_and(|f| same_version(&f, r.size, r.mtime_ns)) {
                 unchanged.insert(r.path.clone(), r.sha256.clone());
             }
         }
@@ -437,11 +432,7 @@ impl Processor {
                     continue;
                 }
             };
-            let same = file.metadata().is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.len() as i64 == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns
-            });
-            if !same {
+            if !same_version(&file, size, mtime_ns) {
                 files.warnings.push(format!("{label}: changed since it was accepted; not used"));
                 continue;
             }
@@ -451,7 +442,7 @@ impl Processor {
                     files.ct_images.push((path, *header))
                 }
                 Outcome::Usable(Recognised::Slide(h)) => {
-                    // A multi-file slide (VMS): its files as accepted, or the slide is not used.
+                    // A multi-file slide (VMS, MRXS): its files as accepted, or it is not used.
                     // Its hash in the record is of the index's and those files' hashes, in order.
                     let dir = Path::new(&rel).parent().unwrap_or(Path::new(""));
                     let mut part_shas = Vec::new();
@@ -524,4 +515,10 @@ impl Processor {
 /// The clinical record's reference in a ledger record: its hash only.
 fn clinical_input(r: &ClinicalRecord) -> ClinicalInput {
     ClinicalInput { record_sha256: r.hash() }
+}
+
+/// Is `file` still the version accepted (its size and modification time)?
+fn same_version(file: &std::fs::File, size: i64, mtime_ns: i64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.len() as i64 == size && m.mtime() * 1_000_000_000 + m.mtime_nsec() == mtime_ns)
 }

@@ -236,10 +236,14 @@ enum MultiFile {
 /// index first, its other files a second and a half later (as a slow copy would bring them), so
 /// the index must wait for them. Returns the case folder.
 fn multi_file_case(site: &Site, name: &str, patient: &str, format: MultiFile) -> PathBuf {
+    multi_file_case_of(site, name, patient, format, SlideSpec { levels: 4, ..SlideSpec::small(2048, 1536) })
+}
+
+/// As [`multi_file_case`], with the slide written from `spec`.
+fn multi_file_case_of(site: &Site, name: &str, patient: &str, format: MultiFile, spec: SlideSpec) -> PathBuf {
     let case = site.share.join(name);
     write_sample_case(&case, &SampleCase { with_slide: false, ..SampleCase::new(patient) }).unwrap();
     let staged = site.dir.path().join(format!("staged-{name}"));
-    let spec = SlideSpec { levels: 4, ..SlideSpec::small(2048, 1536) };
     let (files, into) = match format {
         MultiFile::Vms => (write_vms(&staged, "slide", &spec).unwrap(), case.join("slide")),
         MultiFile::Mrxs => (write_mrxs(&staged, "slide", &spec).unwrap(), case.clone()),
@@ -273,8 +277,8 @@ fn quarantine_text(site: &Site) -> String {
 }
 
 /// Formats only OpenSlide reads, through the service: with OpenSlide a VMS slide's and an MRXS
-/// slide's files are each joined in the share into one slide and both cases are locked with
-/// their slide; `crlm inspect` shows the index as the slide (OpenSlide, its vendor) and the other
+/// slide's files are each joined in the share into one slide and the cases are locked with their
+/// slide (also a second VMS slide that shares a part's bytes with the first); `crlm inspect` shows the index as the slide (OpenSlide, its vendor) and the other
 /// files as its parts. Nothing is quarantined.
 #[test]
 fn multi_file_slides_in_the_share_are_joined_read_through_openslide_and_locked() {
@@ -285,8 +289,21 @@ fn multi_file_slides_in_the_share_are_joined_read_through_openslide_and_locked()
     let service = site.start(0);
     let vms = multi_file_case(&site, "case-vms", "VMS-0001", MultiFile::Vms);
     let mrxs = multi_file_case(&site, "case-mrxs", "MRXS-0001", MultiFile::Mrxs);
+    // Another slide whose macro image (the same label) is byte for byte the first one's: a part
+    // shared by two slides is each one's, not a re-export.
+    let shifted = SlideSpec {
+        levels: 4,
+        pixel: std::sync::Arc::new(|x, y| crlm_models::slide::writer::he_like_pixel(x + 37, y)),
+        ..SlideSpec::small(2048, 1536)
+    };
+    multi_file_case_of(&site, "case-vms-2", "VMS-0003", MultiFile::Vms, shifted);
     let cases =
-        site.wait_cases(Duration::from_secs(240), |c| c.len() == 2 && c.iter().all(|x| x["state"] == "predicted"));
+        site.wait_cases(Duration::from_secs(300), |c| c.len() == 3 && c.iter().all(|x| x["state"] == "predicted"));
+    let macros: Vec<Vec<u8>> = ["case-vms", "case-vms-2"]
+        .iter()
+        .map(|c| std::fs::read(site.share.join(c).join("slide/slide_macro.jpg")).unwrap())
+        .collect();
+    assert_eq!(macros[0], macros[1], "the two VMS slides share their macro's bytes");
     for c in &cases {
         assert_eq!(c["modalities"]["slide"]["count"], 1, "{cases:#?}");
     }
@@ -313,7 +330,7 @@ fn multi_file_slides_in_the_share_are_joined_read_through_openslide_and_locked()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .collect();
-    assert_eq!(ledger.matches("\"tiles_used\"").count(), 2, "{ledger}");
+    assert_eq!(ledger.matches("\"tiles_used\"").count(), 3, "{ledger}");
     signal(&service, "TERM");
     let mut service = service;
     assert!(service.wait().unwrap().success(), "{}", site.log(0));
