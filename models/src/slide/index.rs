@@ -110,6 +110,60 @@ pub fn member_path(dir: &Path, m: &str) -> PathBuf {
     }
 }
 
+/// The whole of a small index file, its size checked against `limit` before reading.
+pub(crate) fn read_bounded(file: &File, limit: u64, what: &'static str) -> Result<Vec<u8>, SlideError> {
+    use std::io::{Read, Seek};
+    let len = file.metadata()?.len();
+    if len > limit {
+        return Err(SlideError::OverLimit { what, value: len, limit });
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    let mut r = file;
+    r.seek(std::io::SeekFrom::Start(0))?;
+    r.take(limit).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The valid UTF-8 prefix of a file's first bytes (the head may end mid-character).
+pub(crate) fn head_text(head: &[u8]) -> &str {
+    match std::str::from_utf8(head) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(head.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default(),
+    }
+}
+
+/// Lines of an INI/key file without a UTF-8 byte-order mark, trimmed, blank lines and comments
+/// skipped.
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.strip_prefix('\u{feff}')
+        .unwrap_or(text)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+}
+
+/// The group a `[name]` line opens.
+pub(crate) fn group(line: &str) -> Option<&str> {
+    line.strip_prefix('[')?.strip_suffix(']').map(str::trim)
+}
+
+/// A name an index gives (`whose`: which index, for the message) must be a plain file name: no
+/// folder, no `..`, no hidden file.
+pub(crate) fn plain_name(name: &str, whose: &str) -> Result<(), SlideError> {
+    let bad = name.is_empty()
+        || name.len() > 255
+        || name.starts_with('.')
+        || name.contains(['/', '\\', '\0'])
+        || name.chars().any(char::is_control);
+    if bad {
+        return Err(SlideError::Index(format!(
+            "{whose} names a file that is not a plain file name in its own folder (a path, `..` or a hidden \
+             file); the appliance reads a slide's files only from beside its index"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,8 @@
 //!   most [`MAX_DATA_FILES`] data files; both are checked before reading or allocating.
 
 use super::SlideError;
+use super::index::{group, head_text, lines, plain_name, read_bounded};
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// OpenSlide reads at most 1 MiB of `Slidedat.ini`; so does this module.
@@ -52,47 +52,14 @@ pub fn mrxs_path(slidedat: &Path) -> Option<PathBuf> {
     Some(folder.with_file_name(format!("{name}.mrxs")))
 }
 
-/// Lines of an INI file without a UTF-8 byte-order mark, trimmed, blank lines and comments skipped.
-fn lines(text: &str) -> impl Iterator<Item = &str> {
-    text.strip_prefix('\u{feff}')
-        .unwrap_or(text)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-}
-
-fn group(line: &str) -> Option<&str> {
-    line.strip_prefix('[')?.strip_suffix(']').map(str::trim)
-}
-
 /// Is `head` (the file's first bytes) an MRXS `Slidedat.ini`? Its first group is `[GENERAL]`
 /// and one of the slide's own keys follows in the head.
 pub fn sniff_slidedat(head: &[u8]) -> bool {
-    let text = match std::str::from_utf8(head) {
-        Ok(t) => t,
-        Err(e) => std::str::from_utf8(head.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default(),
-    };
-    let mut l = lines(text);
+    let mut l = lines(head_text(head));
     l.next().and_then(group) == Some("GENERAL")
         && l.take_while(|line| group(line).is_none())
             .filter_map(|line| line.split_once('=').map(|(k, _)| k.trim()))
             .any(|k| ["SLIDE_ID", "SLIDE_VERSION", "IMAGENUMBER_X"].contains(&k))
-}
-
-fn plain_name(name: &str) -> Result<(), SlideError> {
-    let bad = name.is_empty()
-        || name.len() > 255
-        || name.starts_with('.')
-        || name.contains(['/', '\\', '\0'])
-        || name.chars().any(char::is_control);
-    if bad {
-        return Err(SlideError::Index(
-            "Slidedat.ini names a file that is not a plain file name in its own folder (a path, `..` or a hidden \
-             file); the appliance reads a slide's files only from beside its index"
-                .into(),
-        ));
-    }
-    Ok(())
 }
 
 /// Parse `Slidedat.ini`: which files the slide is made of.
@@ -138,7 +105,7 @@ pub fn parse_slidedat(bytes: &[u8]) -> Result<MrxsIndex, SlideError> {
     }
     let index_file = index_file
         .ok_or_else(|| SlideError::Index("Slidedat.ini names no index file ([HIERARCHICAL] INDEXFILE)".into()))?;
-    plain_name(&index_file)?;
+    plain_name(&index_file, "Slidedat.ini")?;
     let count = count.ok_or_else(|| SlideError::Index("Slidedat.ini has no [DATAFILE] FILE_COUNT".into()))?;
     let mut data_files = Vec::with_capacity(count);
     for i in 0..count {
@@ -148,7 +115,7 @@ pub fn parse_slidedat(bytes: &[u8]) -> Result<MrxsIndex, SlideError> {
             .find(|(n, _)| *n == i)
             .map(|(_, v)| v.clone())
             .ok_or_else(|| SlideError::Index(format!("Slidedat.ini names no data file FILE_{i}")))?;
-        plain_name(&name)?;
+        plain_name(&name, "Slidedat.ini")?;
         data_files.push(name);
     }
     Ok(MrxsIndex { index_file, data_files })
@@ -156,16 +123,7 @@ pub fn parse_slidedat(bytes: &[u8]) -> Result<MrxsIndex, SlideError> {
 
 /// Read and parse the `Slidedat.ini` in `file`, its size checked before reading.
 pub fn read_slidedat(file: &File) -> Result<MrxsIndex, SlideError> {
-    let len = file.metadata()?.len();
-    if len > MAX_INDEX_BYTES {
-        return Err(SlideError::OverLimit { what: "Slidedat.ini bytes", value: len, limit: MAX_INDEX_BYTES });
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    let mut r = file;
-    use std::io::Seek;
-    r.seek(std::io::SeekFrom::Start(0))?;
-    r.take(MAX_INDEX_BYTES).read_to_end(&mut bytes)?;
-    parse_slidedat(&bytes)
+    parse_slidedat(&read_bounded(file, MAX_INDEX_BYTES, "Slidedat.ini bytes")?)
 }
 
 /// Write an MRXS slide as OpenSlide reads it: `<stem>.mrxs` and the folder `<stem>/` with

@@ -12,8 +12,8 @@
 //!   limit) and names at most [`MAX_MEMBERS`] files; both are checked before reading.
 
 use super::SlideError;
+use super::index::{group, head_text, lines, plain_name, read_bounded};
 use std::fs::File;
-use std::io::Read;
 
 /// OpenSlide reads at most 64 KiB of a key file; so does this module.
 pub const MAX_INDEX_BYTES: u64 = 64 << 10;
@@ -47,45 +47,9 @@ impl VmsIndex {
     }
 }
 
-/// Lines of a key file without a UTF-8 byte-order mark, trimmed, blank lines and comments skipped.
-fn lines(text: &str) -> impl Iterator<Item = &str> {
-    text.strip_prefix('\u{feff}')
-        .unwrap_or(text)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
-}
-
-/// The group a `[name]` line opens.
-fn group(line: &str) -> Option<&str> {
-    line.strip_prefix('[')?.strip_suffix(']').map(str::trim)
-}
-
 /// Is `head` (the file's first bytes) a VMS or VMU index? Its first group must be one of theirs.
 pub fn sniff_vms(head: &[u8]) -> bool {
-    // The head may end mid-character: only the valid prefix is looked at.
-    let text = match std::str::from_utf8(head) {
-        Ok(t) => t,
-        Err(e) => std::str::from_utf8(head.get(..e.valid_up_to()).unwrap_or_default()).unwrap_or_default(),
-    };
-    lines(text).next().and_then(group).is_some_and(|g| GROUPS.contains(&g))
-}
-
-/// A name the index gives must be a plain file name: no folder, no `..`, no hidden file.
-fn plain_name(name: &str) -> Result<(), SlideError> {
-    let bad = name.is_empty()
-        || name.len() > 255
-        || name.starts_with('.')
-        || name.contains(['/', '\\', '\0'])
-        || name.chars().any(char::is_control);
-    if bad {
-        return Err(SlideError::Index(
-            "the VMS index names a file that is not a plain file name in its own folder (a path, `..` or a hidden \
-             file); the appliance reads a slide's files only from beside its index"
-                .into(),
-        ));
-    }
-    Ok(())
+    lines(head_text(head)).next().and_then(group).is_some_and(|g| GROUPS.contains(&g))
 }
 
 /// Parse a VMS/VMU index: which files the slide is made of.
@@ -116,7 +80,7 @@ pub fn parse_index(bytes: &[u8]) -> Result<VmsIndex, SlideError> {
         } else {
             continue;
         };
-        plain_name(value)?;
+        plain_name(value, "the VMS index")?;
         if index.names(value) {
             continue;
         }
@@ -137,16 +101,7 @@ pub fn parse_index(bytes: &[u8]) -> Result<VmsIndex, SlideError> {
 
 /// Read and parse the index in `file`, its size checked before reading.
 pub fn read_index(file: &File) -> Result<VmsIndex, SlideError> {
-    let len = file.metadata()?.len();
-    if len > MAX_INDEX_BYTES {
-        return Err(SlideError::OverLimit { what: "VMS index bytes", value: len, limit: MAX_INDEX_BYTES });
-    }
-    let mut bytes = Vec::with_capacity(len as usize);
-    let mut r = file;
-    use std::io::Seek;
-    r.seek(std::io::SeekFrom::Start(0))?;
-    r.take(MAX_INDEX_BYTES).read_to_end(&mut bytes)?;
-    parse_index(&bytes)
+    parse_index(&read_bounded(file, MAX_INDEX_BYTES, "VMS index bytes")?)
 }
 
 /// Write a VMS slide as Hamamatsu's scanners lay it out: `<stem>.vms`, the image
