@@ -51,7 +51,8 @@ pub enum SlideError {
     Dicom(String),
     #[error("could not encode slide: {0}")]
     Encode(String),
-    /// A multi-file slide's index (a VMS key file) that does not read or names files it may not.
+    /// A multi-file slide's index (a VMS key file, an MRXS Slidedat.ini) that does not read, or names
+    /// files it may not.
     #[error("slide index: {0}")]
     Index(String),
 }
