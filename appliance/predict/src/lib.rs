@@ -21,9 +21,11 @@ use std::path::Path;
 
 mod prepare;
 mod run;
+mod timings;
 mod tools;
 pub use prepare::*;
 pub use run::*;
+pub use timings::Timings;
 pub use tools::*;
 
 /// What every output of a demo package carries.

@@ -176,7 +176,7 @@ pub struct PreparedCase {
     /// Set when the case must not be predicted (not eligible).
     pub refusal: Option<String>,
     pub warnings: Vec<String>,
-    pub timings_ms: Vec<(&'static str, f64)>,
+    pub timings_ms: Timings,
 }
 
 /// Recognise, choose, load and preprocess a case folder as the package asks.
@@ -185,7 +185,7 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
     let files = gather(dir, cfg)?;
     let gather_ms = ms(t);
     let mut prepared = prepare_files(&files, spec, cfg)?;
-    prepared.timings_ms.insert(0, ("gather", gather_ms));
+    prepared.timings_ms.push_front("gather", gather_ms);
     Ok(prepared)
 }
 
@@ -381,7 +381,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         eligibility,
         refusal,
         warnings,
-        timings_ms: vec![("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)],
+        timings_ms: Timings::from([("ct", ct_ms), ("clinical", clinical_ms), ("slide", slide_ms)]),
     })
 }
 

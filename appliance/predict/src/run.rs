@@ -28,6 +28,8 @@ pub struct CaseResult {
     pub ct_used: Option<CtUsed>,
     pub slides_used: Vec<SlideUsed>,
     pub clinical_used: Option<ClinicalRecord>,
+    /// Where the time went (empty for a refusal before the model).
+    pub timings_ms: Timings,
 }
 
 pub(crate) fn ms(t: Instant) -> f64 {
@@ -81,12 +83,12 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         }
         Err(e) => return Err(e.into()),
     };
-    timings_ms.push(("model", ms(t)));
+    timings_ms.push("model", ms(t));
     let slides: Vec<(PathBuf, ModelTiles)> = match inputs.slides {
         ModalityInput::Used(tiles) => slide_files.into_iter().zip(tiles).collect(),
         _ => Vec::new(),
     };
-    timings_ms.push(("total", ms(t_all)));
+    timings_ms.push("total", ms(t_all));
 
     let mut top: Vec<(usize, usize, f32)> = Vec::new();
     if let Some(att) = &output.tile_attention {
@@ -126,10 +128,7 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
     d.insert("inputs".into(), Value::Object(inputs_json));
     d.insert("top_tiles".into(), Value::Array(top_tiles));
     d.insert("slice_attention".into(), json!(output.slice_attention));
-    d.insert(
-        "timings_ms".into(),
-        Value::Object(timings_ms.into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
-    );
+    d.insert("timings_ms".into(), json!(timings_ms));
     d.insert("warnings".into(), json!(warnings));
     Ok(used(CaseResult {
         json: Value::Object(d),
@@ -139,6 +138,7 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         warnings,
         output: Some(output),
         slides,
+        timings_ms,
         ..CaseResult::default()
     }))
 }

@@ -26,10 +26,9 @@ use crlm_models::dicom::DicomHeader;
 use crlm_models::inference::Model;
 use crlm_mqtt::{self as mqtt, AlertCode};
 use crlm_outputs::{self as outputs, OutputError, SiteStudy};
-use crlm_predict::{CaseFiles, CaseResult, PredictError, predict_prepared, prepare_files};
+use crlm_predict::{CaseFiles, CaseResult, PredictError, Timings, predict_prepared, prepare_files};
 use crlm_state::{CaseState, StateDb, StateError, WorkRow, now_ms};
 use serde::Serialize;
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,9 +70,10 @@ pub struct Processed {
     pub seconds: f64,
     /// The lock was found in the ledger after a restart (not predicted again).
     pub resumed: bool,
-    /// Where the time went, in ms: `files` (listed and hashed), the model's `ct`, `clinical`,
-    /// `slide`, `model` and `total` when it ran, `ledger` (the fsynced append), `outputs`.
-    pub timings_ms: Value,
+    /// Where the time went, in ms, in order: `files` (listed and hashed), the preparation's
+    /// `ct`, `clinical` and `slide`, `model` and `total` when the model ran, `ledger` (the
+    /// fsynced append), `outputs`.
+    pub timings_ms: Timings,
 }
 
 pub struct Processor {
@@ -188,7 +188,7 @@ impl Processor {
         let case = self.db.work_row(case_id)?;
         let case_ref = self.secret.keyed_ref("case", &case.key);
         // The model's own timings, plus this worker's steps (ms).
-        let mut timings = json!({});
+        let mut timings = Timings::default();
         let ms = |t: Instant| (t.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         let existing = match case.ledger_seq {
             Some(seq) => Some(seq as u64),
@@ -207,13 +207,11 @@ impl Processor {
                 let files = self.case_files(&case)?;
                 let files_ms = ms(step);
                 let (body, model_timings) = self.decide(&case, &case_ref, &files)?;
-                if let Value::Object(m) = model_timings {
-                    timings = Value::Object(m);
-                }
-                timings["files"] = json!(files_ms);
+                timings.push("files", files_ms);
+                timings.extend(model_timings);
                 let step = Instant::now();
                 let record = self.ledger.append(&body)?;
-                timings["ledger"] = json!(ms(step));
+                timings.push("ledger", ms(step));
                 let hash = record.hash();
                 (record, hash, files, false)
             }
@@ -241,7 +239,7 @@ impl Processor {
         let site = self.site_study(&record, &files.0);
         let step = Instant::now();
         let written = outputs::write_all(&self.cfg, &record, &hash, self.ledger.key_id(), site.as_ref())?;
-        timings["outputs"] = json!(ms(step));
+        timings.push("outputs", ms(step));
         self.db.set_outputs_written(case.id, now_ms())?;
         let out = locked.as_ref().and_then(|c| c.outputs.as_ref());
         Ok(Processed {
@@ -264,7 +262,7 @@ impl Processor {
         case: &WorkRow,
         case_ref: &str,
         (files, shas): &(CaseFiles, HashMap<PathBuf, String>),
-    ) -> Result<(RecordBody, Value), ProcessError> {
+    ) -> Result<(RecordBody, Timings), ProcessError> {
         let clinical = files.clinical.first();
         if case.state == CaseState::Ineligible {
             let reason = format!("not eligible for the study: {}", case.reasons.join("; "));
@@ -276,7 +274,7 @@ impl Processor {
                 reasons: Some(case.reasons.clone()),
             });
             c.inputs = Some(Inputs { clinical: clinical.map(clinical_input), ..Inputs::default() });
-            return Ok((RecordBody::Refusal(c), Value::Null));
+            return Ok((RecordBody::Refusal(c), Timings::default()));
         }
         let t_all = Instant::now();
         let result = match prepare_files(files, &self.model.package.spec, &self.cfg)
@@ -287,12 +285,12 @@ impl Processor {
             Err(PredictError::Case(why)) => {
                 let mut c = self.case_record(case, case_ref, clinical, CaseStatus::Refused);
                 c.refusal = Some(self.scrub(&why, files));
-                return Ok((RecordBody::Refusal(c), Value::Null));
+                return Ok((RecordBody::Refusal(c), Timings::default()));
             }
             Err(e) => return Err(e.into()),
         };
         let body = self.result_record(case, case_ref, files, shas, &result);
-        Ok((body, result.json.get("timings_ms").cloned().unwrap_or(Value::Null)))
+        Ok((body, result.timings_ms))
     }
 
     /// The fields every case record starts with.
@@ -465,8 +463,7 @@ impl Processor {
                         let sha = if part_shas.is_empty() {
                             sha
                         } else {
-                            let all: String = std::iter::once(sha).chain(part_shas).collect();
-                            crlm_models::sha256_hex(all.as_bytes())
+                            crlm_models::slide::index::slide_set_sha256(&sha, &part_shas)
                         };
                         shas.insert(path.clone(), sha);
                     }
