@@ -47,6 +47,17 @@ impl FileKind {
     }
 }
 
+/// A DICOM file's details as the state database keeps them: its header's fields and its role,
+/// in one object (what `crlm inspect` shows and the case evaluation reads back).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct DicomDetails {
+    #[serde(flatten)]
+    pub header: DicomHeader,
+    /// Absent only in a row no recognition wrote.
+    #[serde(default)]
+    pub role: Option<DicomRole>,
+}
+
 /// What a DICOM file is for in a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -91,11 +102,8 @@ impl Recognised {
     pub fn details(&self) -> serde_json::Value {
         match self {
             Recognised::Dicom { header, role } => {
-                let mut v = serde_json::to_value(header.as_ref()).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("role".into(), serde_json::to_value(role).unwrap_or_default());
-                }
-                v
+                serde_json::to_value(DicomDetails { header: header.as_ref().clone(), role: Some(*role) })
+                    .unwrap_or_default()
             }
             Recognised::Slide(h) => serde_json::to_value(h.as_ref()).unwrap_or_default(),
             Recognised::SlidePart { index } => serde_json::json!({ "index": index }),
