@@ -6,7 +6,7 @@
 //! quiet for the quiet window (or its folder has `READY`), or as partial when
 //! `cases.partial_after_seconds` pass with a modality missing. Closing checks eligibility.
 
-use super::recognise::{DicomRole, Problem, Recognised};
+use super::recognise::{DicomDetails, DicomRole, Problem, Recognised};
 use super::series::{self, SeriesChoice};
 use super::{IngestError, Ingestor, ScanReport, eligibility};
 use crlm_models::clinical::ClinicalRecord;
@@ -72,6 +72,30 @@ pub(super) fn accept_file(
         ing.db.record_duplicate(&file, case_id, now)?;
         report.duplicates += 1;
         tracing::info!(stage = "ingest", file = %super::short_hash(rel), "identical re-export ignored");
+        return Ok(());
+    }
+    // A multi-file slide's index comes last (it waits for its parts): the whole slide's content
+    // tells whether it is a copy of one another folder (or this one) brought first.
+    let slide_set = match &rec {
+        Recognised::Slide(h) if !h.members.is_empty() => slide_set(ing, rel, sha, &h.members)?,
+        _ => None,
+    };
+    if let Some(set) = &slide_set
+        && let Some(first) = ing.db.slide_set_case(&set.content)?
+    {
+        let tx = ing.db.begin()?;
+        tx.insert_duplicate_file(&file, first, now)?;
+        tx.mark_duplicates(&set.part_ids, first)?;
+        let mut emptied = BTreeSet::new();
+        for c in set.part_cases.iter().filter(|c| **c != first) {
+            if tx.drop_case_if_empty(*c)? {
+                emptied.insert(*c);
+            }
+        }
+        tx.commit()?;
+        report.duplicates += 1 + set.part_ids.len();
+        tracing::info!(stage = "ingest", file = %super::short_hash(rel), parts = set.part_ids.len(),
+            cases_dropped = emptied.len(), "identical re-export of a multi-file slide ignored");
         return Ok(());
     }
     let in_folder = rel.components().count() > 1;
@@ -142,6 +166,9 @@ pub(super) fn accept_file(
         }
     }
     let file_id = tx.insert_accepted_file(&file, case_id, now)?;
+    if let (Some(set), Some(case_id)) = (&slide_set, case_id) {
+        tx.insert_slide_set(file_id, case_id, &set.content)?;
+    }
     if let Recognised::Clinical { records, .. } = &rec {
         let case_ref = key.as_ref().map(|k| k.as_key());
         for (i, r) in records.iter().enumerate() {
@@ -157,6 +184,35 @@ pub(super) fn accept_file(
     report.accepted += 1;
     tracing::info!(stage = "ingest", kind, file = %super::short_hash(rel), "file accepted");
     Ok(())
+}
+
+/// A multi-file slide whose parts are all taken in: its content hash and its parts' rows.
+struct SlideSet {
+    content: String,
+    part_ids: Vec<i64>,
+    /// The cases the parts were accepted into (this folder's).
+    part_cases: BTreeSet<i64>,
+}
+
+/// The slide set of an index at `rel`, or `None` when a part is not (or no longer) an accepted
+/// file: then the index is accepted as it stands and the worker finds the slide incomplete.
+fn slide_set(ing: &Ingestor, rel: &Path, index_sha: &str, members: &[String]) -> Result<Option<SlideSet>, IngestError> {
+    let dir = rel.parent().unwrap_or(Path::new(""));
+    let mut shas = Vec::with_capacity(members.len());
+    let mut set = SlideSet { content: String::new(), part_ids: Vec::new(), part_cases: BTreeSet::new() };
+    for m in members {
+        let part = crlm_models::slide::index::member_path(dir, m);
+        match ing.db.latest_file(&part.to_string_lossy())? {
+            Some(crlm_state::FileRow { id, sha256: Some(sha), status, case_id }) if status == "accepted" => {
+                shas.push(sha);
+                set.part_ids.push(id);
+                set.part_cases.extend(case_id);
+            }
+            _ => return Ok(None),
+        }
+    }
+    set.content = crlm_models::slide::index::slide_set_sha256(index_sha, &shas);
+    Ok(Some(set))
 }
 
 /// Re-evaluate every waiting case; close those that are complete, partial, ineligible or in conflict.
@@ -189,9 +245,9 @@ fn evaluate_case(
     for (path, kind, details) in &files {
         match kind.as_str() {
             "dicom" => {
-                let v: serde_json::Value = serde_json::from_str(details).unwrap_or_default();
-                let role: Option<DicomRole> = v.get("role").and_then(|r| serde_json::from_value(r.clone()).ok());
-                let Ok(h) = serde_json::from_value::<DicomHeader>(v) else { continue };
+                let Ok(DicomDetails { header: h, role }) = serde_json::from_str::<DicomDetails>(details) else {
+                    continue;
+                };
                 if let Some(p) = &h.patient_id {
                     dicom_patients.insert(p.clone());
                 }

@@ -64,6 +64,26 @@ pub struct ScanReport {
     pub cross_case: Vec<String>,
 }
 
+/// What became of a file in a scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Considered {
+    /// Taken in, refused, or waiting for the file itself.
+    Done,
+    /// A multi-file slide's index whose parts are in the share, not yet all taken in.
+    WaitsForParts,
+}
+
+/// Where a multi-file slide's parts stand in one scan of the share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Parts {
+    /// Every part taken in, as the version this scan saw.
+    TakenIn,
+    /// Every part in the share, some still to be taken in.
+    Pending,
+    /// This many parts are not in the share.
+    Missing(usize),
+}
+
 pub struct Ingestor {
     pub(crate) cfg: Config,
     pub(crate) db: StateDb,
@@ -124,6 +144,7 @@ impl Ingestor {
         let scan = share::walk(&self.share, &self.skip_top)
             .map_err(|e| IngestError::Share { path: self.share_root.display().to_string(), source: e })?;
         let mut seen = HashSet::new();
+        let mut waits_for_parts = Vec::new();
         for entry in &scan.entries {
             self.tick();
             match entry {
@@ -149,8 +170,20 @@ impl Ingestor {
                 ShareEntry::File { rel, size, mtime_ns, ino, nlink } => {
                     report.files_seen += 1;
                     seen.insert(rel.clone());
-                    self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?;
+                    if self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?
+                        == Considered::WaitsForParts
+                    {
+                        waits_for_parts.push(entry);
+                    }
                 }
+            }
+        }
+        // Slide indexes whose parts came after them in this walk: once more, now that the parts
+        // are taken in (so a folder marked READY closes with its whole slide).
+        for entry in waits_for_parts {
+            if let ShareEntry::File { rel, size, mtime_ns, ino, nlink } = entry {
+                report.waiting = report.waiting.saturating_sub(1);
+                self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?;
             }
         }
         for deep in &scan.too_deep {
@@ -178,10 +211,10 @@ impl Ingestor {
         now: f64,
         scan: &share::ShareScan,
         report: &mut ScanReport,
-    ) -> Result<(), IngestError> {
+    ) -> Result<Considered, IngestError> {
         let rel_s = rel.to_string_lossy().into_owned();
         if self.db.file_known(&rel_s, size, mtime_ns)? {
-            return Ok(());
+            return Ok(Considered::Done);
         }
         if nlink > 1 {
             let p = Problem {
@@ -190,7 +223,7 @@ impl Ingestor {
                 reason: format!("the file has {nlink} hard links: it may be another file's content under a new name"),
                 action: "Copy the file into the share instead of linking it.",
             };
-            return self.refuse(rel, size, mtime_ns, None, p, report);
+            return self.refuse(rel, size, mtime_ns, None, p, report).map(|()| Considered::Done);
         }
         let top_ready = rel.components().next().map(|c| PathBuf::from(c.as_os_str()));
         let marked = scan.done.contains(rel)
@@ -198,50 +231,63 @@ impl Ingestor {
         let obs = Observation { size, mtime_ns, ino };
         if self.tracker.observe(rel, obs, now, self.cfg.share.quiet_seconds, marked) == Verdict::Wait {
             report.waiting += 1;
-            return Ok(());
+            return Ok(Considered::Done);
         }
         let file = match share::open_beneath(&self.share, rel) {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(stage = "ingest", error = %e, "file vanished or cannot be opened; will look again");
-                return Ok(());
+                return Ok(Considered::Done);
             }
         };
         if !same_version(&file, obs) {
-            return Ok(()); // changed since the walk: the next pass sees the new version
+            return Ok(Considered::Done); // changed since the walk: the next pass sees the new version
         }
         match recognise::recognise(&file, &self.share_root, rel, &self.cfg.limits) {
             Outcome::Usable(rec) => {
                 // A multi-file slide's index is taken in after every file it names, so that the
                 // case holds the whole slide when it closes and no part is still being copied.
                 if let Recognised::Slide(h) = &rec
-                    && !self.parts_taken_in(rel, &h.members, scan)?
+                    && let parts = self.parts_state(rel, &h.members, scan)?
+                    && parts != Parts::TakenIn
                 {
+                    // In a READY folder a part this pass has still to take in is waited for (the
+                    // index may come before its parts in the walk); a part
+                    // that is not in the folder is not coming.
                     let for_s = self.tracker.incomplete_for(rel, now);
-                    if marked || for_s >= self.cfg.share.incomplete_timeout_seconds {
-                        let p = Problem {
-                            kind: FileKind::Slide,
-                            check: "slide.parts",
-                            reason: format!(
-                                "the files this slide index names were not all taken in ({})",
+                    let timed_out = for_s >= self.cfg.share.incomplete_timeout_seconds;
+                    if timed_out || (marked && matches!(parts, Parts::Missing(_))) {
+                        let reason = match parts {
+                            Parts::Missing(n) => format!(
+                                "{n} of the {} files this slide index names are not beside it ({})",
+                                h.members.len(),
                                 if marked {
                                     "its folder is marked READY".to_string()
                                 } else {
                                     format!("after {for_s:.0} s")
                                 }
                             ),
+                            _ => format!("the files this slide index names were not all taken in after {for_s:.0} s"),
+                        };
+                        let p = Problem {
+                            kind: FileKind::Slide,
+                            check: "slide.parts",
+                            reason,
                             action: "Copy the slide's index and every file it names into the same case folder.",
                         };
                         let sha = self.hash_file(&file);
                         self.refuse(rel, size, mtime_ns, sha, p, report)?;
                     } else {
                         report.waiting += 1;
+                        if parts == Parts::Pending {
+                            return Ok(Considered::WaitsForParts);
+                        }
                     }
-                    return Ok(());
+                    return Ok(Considered::Done);
                 }
-                let Some(sha) = self.hash_file(&file) else { return Ok(()) };
+                let Some(sha) = self.hash_file(&file) else { return Ok(Considered::Done) };
                 if !same_version(&file, obs) {
-                    return Ok(());
+                    return Ok(Considered::Done);
                 }
                 self.tracker.forget(rel);
                 cases::accept_file(self, rel, size, mtime_ns, &sha, rec, report)?;
@@ -268,13 +314,14 @@ impl Ingestor {
                 self.refuse(rel, size, mtime_ns, sha, p, report)?;
             }
         }
-        Ok(())
+        Ok(Considered::Done)
     }
 
-    /// Has every file `members` names beside `rel` been taken in (accepted or refused) as the
-    /// version this scan saw? Files not in the scan count as not taken in.
-    fn parts_taken_in(&self, rel: &Path, members: &[String], scan: &share::ShareScan) -> Result<bool, IngestError> {
+    /// Where the files `members` names beside `rel` stand in this scan: all taken in (accepted
+    /// or refused) as the version this scan saw, some still to be taken in, or some absent.
+    fn parts_state(&self, rel: &Path, members: &[String], scan: &share::ShareScan) -> Result<Parts, IngestError> {
         let dir = rel.parent().unwrap_or(Path::new(""));
+        let (mut pending, mut missing) = (false, 0);
         for m in members {
             let part = crlm_models::slide::index::member_path(dir, m);
             let seen = scan.entries.iter().find_map(|e| match e {
@@ -283,10 +330,15 @@ impl Ingestor {
             });
             match seen {
                 Some((size, mtime_ns)) if self.db.file_known(&part.to_string_lossy(), size, mtime_ns)? => {}
-                _ => return Ok(false),
+                Some(_) => pending = true,
+                None => missing += 1,
             }
         }
-        Ok(true)
+        Ok(match (missing, pending) {
+            (0, false) => Parts::TakenIn,
+            (0, true) => Parts::Pending,
+            (n, _) => Parts::Missing(n),
+        })
     }
 
     /// SHA-256 of the whole file, streamed; `None` if reading fails (looked at again later).

@@ -190,6 +190,85 @@ fn identical_re_export_makes_no_new_case() {
     assert_eq!(dups, 12 + 2);
 }
 
+/// A multi-file slide (VMS: an index and the JPEG files it names) copied whole into another
+/// folder is a re-export: no one file of it tells (two slides may share a part's bytes), the
+/// slide as a whole does. A case folder exported again never becomes a case; the same slide
+/// beside another patient's CT is not used, and that case says so; a different slide sharing
+/// the first's macro image is a slide of its own. Needs OpenSlide (skips saying so without it).
+#[test]
+fn a_multi_file_slide_copied_whole_into_another_folder_is_a_re_export() {
+    use crlm_models::slide::SlideSpec;
+    use crlm_models::slide::vms::write_vms;
+    let e = env();
+    let mut cfg = e.cfg.clone();
+    cfg.cases.partial_after_seconds = 600.0;
+    let staged = e._dir.path().join("staged");
+    let spec = SlideSpec { levels: 3, ..SlideSpec::small(1024, 768) };
+    write_vms(&staged.join("a"), "slide", &spec).unwrap();
+    let shifted = SlideSpec {
+        pixel: std::sync::Arc::new(|x, y| crlm_models::slide::writer::he_like_pixel(x + 37, y)),
+        ..spec.clone()
+    };
+    write_vms(&staged.join("b"), "slide", &shifted).unwrap();
+    assert_eq!(
+        std::fs::read(staged.join("a/slide_macro.jpg")).unwrap(),
+        std::fs::read(staged.join("b/slide_macro.jpg")).unwrap(),
+        "the two slides share their macro image's bytes"
+    );
+    // A case of CT, clinical file and a VMS slide, marked READY once whole.
+    let case = |name: &str, patient: &str, slide: &str| {
+        let dir = e.share.join(name);
+        write_sample_case(&dir, &SampleCase { with_slide: false, ..SampleCase::new(patient) }).unwrap();
+        copy_dir(&staged.join(slide), &dir.join("slide"));
+        std::fs::write(dir.join("READY"), b"").unwrap();
+        dir
+    };
+    let mut ing = Ingestor::open(&cfg).unwrap();
+    let a = case("case-a", "PAT-030", "a");
+    let first = scan_until(&mut ing, 30.0, all_closed);
+    let q = quarantined(&ing);
+    if q.iter().any(|(_, check, _)| check == "slide.format") {
+        eprintln!("SKIP: this build or machine has no OpenSlide, which reads VMS slides: {q:?}");
+        return;
+    }
+    assert!(q.is_empty(), "{q:?}");
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!((first[0].state, &first[0].modalities["slide"]["count"]), (CaseState::Complete, &1.into()));
+
+    // The whole case exported again; the same slide beside another patient's CT; another slide.
+    copy_dir(&a, &e.share.join("case-a-again"));
+    case("case-c", "PAT-031", "a");
+    case("case-b", "PAT-032", "b");
+    scan_until(&mut ing, 30.0, |rows| rows.len() >= 3 && all_closed(rows));
+    for _ in 0..5 {
+        ing.scan_once().unwrap();
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    let rows = ing.database().cases().unwrap();
+    assert_eq!(rows.len(), 3, "the re-exported folder became a case: {rows:#?}");
+    assert!(quarantined(&ing).is_empty(), "{:?}", quarantined(&ing));
+    let (copied, own): (Vec<&CaseRow>, Vec<&CaseRow>) =
+        rows.iter().partition(|r| r.reasons.iter().any(|x| x.starts_with(crlm_ingest::cases::CROSS_CASE_REASON)));
+    assert_eq!(copied.len(), 1, "{rows:#?}");
+    assert_eq!(copied[0].modalities["slide"]["status"], "missing", "{rows:#?}");
+    assert!(copied[0].reasons.iter().any(|r| r.contains("1 slide file(s)")), "{rows:#?}");
+    for r in own {
+        assert_eq!((r.state, &r.modalities["slide"]["count"]), (CaseState::Complete, &1.into()), "{rows:#?}");
+    }
+    // Every file of the second export, and the copy's index and its three files.
+    let exported = walk(&a).into_iter().filter(|p| !p.ends_with("READY")).count();
+    assert_eq!(ing.database().count_files("duplicate").unwrap() as usize, exported + 4);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
+}
+
 #[test]
 fn loose_dicom_at_the_root_is_grouped_by_patient_and_study_and_joined_to_the_root_clinical_csv() {
     let mut e = env();

@@ -80,6 +80,16 @@ fn reasons_of(json: &str) -> Vec<String> {
     serde_json::from_str(json).unwrap_or_default()
 }
 
+/// The newest row of a path in `files`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRow {
+    pub id: i64,
+    pub sha256: Option<String>,
+    /// `accepted`, `duplicate` or `quarantined`.
+    pub status: String,
+    pub case_id: Option<i64>,
+}
+
 impl StateDb {
     /// Whether a file with this content was accepted already: `Some(case)` if so (`Some(None)`:
     /// a loose file of no case).
@@ -102,6 +112,30 @@ impl StateDb {
             params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
         )?;
         Ok(())
+    }
+
+    /// The newest row of a path (its current version once the ingestor has taken it in).
+    pub fn latest_file(&self, path: &str) -> Result<Option<FileRow>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, sha256, status, case_id FROM files WHERE path=?1 ORDER BY id DESC LIMIT 1",
+                params![path],
+                |r| Ok(FileRow { id: r.get(0)?, sha256: r.get(1)?, status: r.get(2)?, case_id: r.get(3)? }),
+            )
+            .optional()?)
+    }
+
+    /// The case that brought a multi-file slide with this content (see `slide_sets`), if any.
+    pub fn slide_set_case(&self, content: &str) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT case_id FROM slide_sets WHERE content=?1 ORDER BY index_file LIMIT 1",
+                params![content],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Cases still waiting for files, oldest first.
@@ -361,6 +395,52 @@ impl Tx<'_> {
             params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
         )?;
         Ok(self.tx.last_insert_rowid())
+    }
+
+    /// A multi-file slide's index, accepted with the content of the whole slide.
+    pub fn insert_slide_set(&self, index_file: i64, case_id: i64, content: &str) -> Result<(), StateError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO slide_sets(index_file, case_id, content) VALUES (?1, ?2, ?3)",
+            params![index_file, case_id, content],
+        )?;
+        Ok(())
+    }
+
+    /// A file whose content another file of `case_id` already brought (as
+    /// [`StateDb::record_duplicate`], inside this transaction).
+    pub fn insert_duplicate_file(&self, f: &NewFile<'_>, case_id: i64, now: i64) -> Result<(), StateError> {
+        self.tx.execute(
+            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
+            params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
+        )?;
+        Ok(())
+    }
+
+    /// Accepted files found, as a whole, to be a copy of what `of_case` brought (a multi-file
+    /// slide's files once its index shows the slide is a re-export).
+    pub fn mark_duplicates(&self, file_ids: &[i64], of_case: i64) -> Result<(), StateError> {
+        for id in file_ids {
+            self.tx.execute(
+                "UPDATE files SET status='duplicate', case_id=?2, problem='identical content already received'
+                 WHERE id=?1 AND status='accepted'",
+                params![id, of_case],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Remove a waiting case that holds nothing (its only files turned out to be another case's
+    /// copies): a re-export never becomes a case. Returns whether it was removed.
+    pub fn drop_case_if_empty(&self, id: i64) -> Result<bool, StateError> {
+        let n = self.tx.execute(
+            "DELETE FROM cases WHERE id=?1 AND state='waiting'
+               AND NOT EXISTS (SELECT 1 FROM files WHERE case_id=?1)
+               AND NOT EXISTS (SELECT 1 FROM quarantine WHERE case_id=?1)
+               AND NOT EXISTS (SELECT 1 FROM slide_sets WHERE case_id=?1)",
+            params![id],
+        )?;
+        Ok(n > 0)
     }
 
     /// A quarantined file and its quarantine record.

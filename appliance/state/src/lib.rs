@@ -57,6 +57,15 @@ CREATE TABLE IF NOT EXISTS attempts(
     n INTEGER NOT NULL,
     last_ms INTEGER NOT NULL
 );
+-- Multi-file slides (VMS, MRXS) by content: the hash of the index's and its files' hashes, in
+-- the index's order (the ledger's slide hash). No one file of such a slide tells a re-export;
+-- this does. Added within schema 2 (a table an older build ignores).
+CREATE TABLE IF NOT EXISTS slide_sets(
+    index_file INTEGER PRIMARY KEY REFERENCES files(id),
+    case_id INTEGER NOT NULL REFERENCES cases(id),
+    content TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS slide_sets_content ON slide_sets(content);
 CREATE TABLE IF NOT EXISTS files(
     id INTEGER PRIMARY KEY,
     path TEXT NOT NULL,

@@ -110,6 +110,19 @@ pub fn member_path(dir: &Path, m: &str) -> PathBuf {
     }
 }
 
+/// A multi-file slide's content as one hash: SHA-256 of the index's and its parts' SHA-256 hex
+/// strings joined, in the index's order. What the ledger records as the slide's hash, and what
+/// tells a re-export of a whole slide (no one file of it does).
+pub fn slide_set_sha256<S: AsRef<str>>(index_sha: &str, part_shas: &[S]) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(index_sha.as_bytes());
+    for p in part_shas {
+        h.update(p.as_ref().as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 /// The whole of a small index file, its size checked against `limit` before reading.
 pub(crate) fn read_bounded(file: &File, limit: u64, what: &'static str) -> Result<Vec<u8>, SlideError> {
     use std::io::{Read, Seek};
@@ -167,6 +180,17 @@ pub(crate) fn plain_name(name: &str, whose: &str) -> Result<(), SlideError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slide_sets_hash_is_of_its_files_hashes_joined_as_the_ledger_has_always_recorded_it() {
+        let parts = ["b".repeat(64), "c".repeat(64)];
+        let joined = format!("{}{}{}", "a".repeat(64), parts[0], parts[1]);
+        assert_eq!(slide_set_sha256(&"a".repeat(64), &parts), crate::sha256_hex(joined.as_bytes()));
+        assert_ne!(
+            slide_set_sha256(&"a".repeat(64), &[&parts[1], &parts[0]]),
+            slide_set_sha256(&"a".repeat(64), &parts)
+        );
+    }
 
     #[test]
     fn members_resolve_beside_the_index_and_the_mrxs_beside_its_folder() {
