@@ -60,9 +60,25 @@ impl Flavor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FrameCodec {
     Jpeg,
-    Jpeg2000 { ycbcr: bool },
+    /// `ht`: High-Throughput JPEG 2000 (decoded the same way; named apart).
+    Jpeg2000 {
+        ycbcr: bool,
+        ht: bool,
+    },
     JpegLs,
     Native,
+}
+
+/// A JPEG 2000 level's compression code (Aperio's two, which tell the decoder the colour, or the
+/// HTJ2K pair) and TIFF photometric interpretation (6 YCbCr, 2 RGB).
+fn j2k_codes(ycbcr: bool, ht: bool) -> (u16, u16) {
+    use super::tiff::{COMPRESSION_HTJ2K_RGB, COMPRESSION_HTJ2K_YCBCR};
+    match (ycbcr, ht) {
+        (true, false) => (33003, 6),
+        (false, false) => (33005, 2),
+        (true, true) => (COMPRESSION_HTJ2K_YCBCR, 6),
+        (false, true) => (COMPRESSION_HTJ2K_RGB, 2),
+    }
 }
 
 /// One file of a DICOM slide: its place in the series and where its frames lie.
@@ -213,9 +229,10 @@ pub fn read_instance(path: &Path, file: &File, limits: &Limits) -> Result<WsiIns
         | "1.2.840.10008.1.2.4.91"
         | "1.2.840.10008.1.2.4.201"
         | "1.2.840.10008.1.2.4.202"
-        | "1.2.840.10008.1.2.4.203" => {
-            FrameCodec::Jpeg2000 { ycbcr: photometric == "YBR_FULL" || photometric == "YBR_FULL_422" }
-        }
+        | "1.2.840.10008.1.2.4.203" => FrameCodec::Jpeg2000 {
+            ycbcr: photometric == "YBR_FULL" || photometric == "YBR_FULL_422",
+            ht: ts_uid.starts_with("1.2.840.10008.1.2.4.20"),
+        },
         "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" if photometric == "RGB" => FrameCodec::JpegLs,
         "1.2.840.10008.1.2.1" | "1.2.840.10008.1.2" if photometric == "RGB" => {
             if int::<u16>(&obj, tags::PLANAR_CONFIGURATION).unwrap_or(0) != 0 {
@@ -406,8 +423,7 @@ impl WsiInstance {
                         * self.total_rows.div_ceil(u64::from(self.tile_height)),
                     compression: match self.codec {
                         FrameCodec::Jpeg => 7,
-                        FrameCodec::Jpeg2000 { ycbcr: true } => 33003,
-                        FrameCodec::Jpeg2000 { ycbcr: false } => 33005,
+                        FrameCodec::Jpeg2000 { ycbcr, ht } => j2k_codes(ycbcr, ht).0,
                         FrameCodec::JpegLs => super::tiff::COMPRESSION_JPEG_LS,
                         FrameCodec::Native => 1,
                     },
@@ -566,8 +582,7 @@ pub fn assemble(instances: Vec<WsiInstance>, limits: &Limits) -> Result<WsiSerie
         }
         let (compression, photometric) = match v0.codec {
             FrameCodec::Jpeg => (7, 0),
-            FrameCodec::Jpeg2000 { ycbcr: true } => (33003, 6),
-            FrameCodec::Jpeg2000 { ycbcr: false } => (33005, 2),
+            FrameCodec::Jpeg2000 { ycbcr, ht } => j2k_codes(ycbcr, ht),
             FrameCodec::JpegLs => (super::tiff::COMPRESSION_JPEG_LS, 2),
             FrameCodec::Native => (1, 2),
         };

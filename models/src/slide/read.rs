@@ -358,7 +358,10 @@ fn decode_tile(l: &LevelData, raw: &[u8]) -> Result<Rgb, SlideError> {
                 .map_err(|e| bad(format!("Deflate tile: {e}")))?;
             v
         }
-        33003 | 33005 | 34712 => decode_j2k_tile(raw, w, h, l.compression == 33003)?,
+        33003 | 33005 | 34712 | super::tiff::COMPRESSION_HTJ2K_YCBCR | super::tiff::COMPRESSION_HTJ2K_RGB => {
+            let ycbcr = matches!(l.compression, 33003 | super::tiff::COMPRESSION_HTJ2K_YCBCR);
+            decode_j2k_tile(raw, w, h, ycbcr)?
+        }
         super::tiff::COMPRESSION_JPEG_LS => decode_jpeg_ls_tile(raw, w, h)?,
         c => return Err(SlideError::UnsupportedCompression(c)),
     };

@@ -370,6 +370,12 @@ fn check_data_inside(ifd: &Ifd, len: u64, ifd_off: u64) -> Result<(), SlideError
 /// `SUPPORTED_COMPRESSION`).
 pub const COMPRESSION_JPEG_LS: u16 = 65_080;
 
+/// High-Throughput JPEG 2000 frames of a DICOM slide (transfer syntaxes .201, .202, .203), the
+/// colour in YCbCr (`_YCBCR`) or RGB. Private codes, like [`COMPRESSION_JPEG_LS`]: decoded as
+/// JPEG 2000 (the same codestream syntax), named apart for people.
+pub const COMPRESSION_HTJ2K_YCBCR: u16 = 65_081;
+pub const COMPRESSION_HTJ2K_RGB: u16 = 65_082;
+
 /// A tile compression code's name, for people (`crlm wsi info`).
 pub fn compression_name(code: u16) -> &'static str {
     match code {
@@ -381,6 +387,8 @@ pub fn compression_name(code: u16) -> &'static str {
         33005 => "JPEG 2000 (Aperio RGB)",
         34712 => "JPEG 2000",
         COMPRESSION_JPEG_LS => "JPEG-LS",
+        COMPRESSION_HTJ2K_YCBCR => "HTJ2K (YCbCr)",
+        COMPRESSION_HTJ2K_RGB => "HTJ2K (RGB)",
         _ => "unknown",
     }
 }

@@ -316,6 +316,9 @@ mod dicom_slides {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             let theirs = SlideReader::open(&back.join(files[0].file_name().unwrap()), &Limits::default()).unwrap();
             assert_eq!(r.file_count(), 4, "{name}");
+            // `crlm wsi info` names the codec: HTJ2K apart from classic JPEG 2000.
+            let codec = crlm_models::slide::tiff::compression_name(r.header.levels[0].compression);
+            assert!(codec.starts_with(if classic { "JPEG 2000" } else { "HTJ2K" }), "{name}: {codec}");
             for level in 0..3 {
                 let ours = whole_level(&r, level);
                 let openjpeg = whole_level(&theirs, level);
