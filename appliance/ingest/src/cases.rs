@@ -12,7 +12,9 @@ use super::{IngestError, Ingestor, ScanReport, eligibility};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::dicom::DicomHeader;
 use crlm_models::slide::SlideHeader;
-use crlm_state::{CaseState, Closing, NewFile, OpenCaseRow as OpenCase, now_ms};
+use crlm_state::{
+    CaseModalities, CaseState, ClinicalHeld, Closing, CtHeld, NewFile, OpenCaseRow as OpenCase, SlidesHeld, now_ms,
+};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
@@ -331,17 +333,17 @@ fn evaluate_case(
     let pseudonym =
         patient_id.as_deref().map(|p| ing.secret.patient_pseudonym(p)).unwrap_or_else(|| case.pseudonym.clone());
 
-    let modalities = serde_json::json!({
-        "ct": match &choice.chosen {
-            Some(c) => serde_json::json!({"status": "found", "series_description": c.description, "slices": c.slices, "roi_files": roi_files}),
-            None => serde_json::json!({"status": "missing", "reason": choice.reason}),
+    let modalities = CaseModalities {
+        ct: match &choice.chosen {
+            Some(c) => CtHeld::Found { series_description: c.description.clone(), slices: c.slices, roi_files },
+            None => CtHeld::Missing { reason: choice.reason.clone() },
         },
-        "slide": if slides > 0 { serde_json::json!({"status": "found", "count": slides}) } else { serde_json::json!({"status": "missing"}) },
-        "clinical": match &clinical {
-            Some((_, h)) => serde_json::json!({"status": "found", "record_hash": h}),
-            None => serde_json::json!({"status": "missing"}),
+        slide: if slides > 0 { SlidesHeld::Found { count: slides } } else { SlidesHeld::Missing },
+        clinical: match &clinical {
+            Some((_, h)) => ClinicalHeld::Found { record_hash: h.clone() },
+            None => ClinicalHeld::Missing,
         },
-    });
+    };
     let present = |m: &str| match m {
         "ct" => choice.chosen.is_some(),
         "slide" => slides > 0,

@@ -7,7 +7,7 @@ use crlm_config::Config;
 use crlm_ingest::Ingestor;
 use crlm_models::dicom::{CtSeriesSpec, write_ct_series};
 use crlm_models::synth::{SampleCase, clinical_json, write_sample_case};
-use crlm_state::{CaseRow, CaseState};
+use crlm_state::{CaseRow, CaseState, SlidesHeld};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -55,8 +55,8 @@ fn complete_case_records_the_series_choice_and_every_rejection() {
     let rejected = choice["rejected"].as_array().unwrap();
     assert_eq!(rejected.len(), 1);
     assert!(rejected[0]["reason"].as_str().unwrap().contains("no contrast agent"));
-    assert_eq!(r.modalities["slide"]["count"], 1);
-    assert_eq!(r.modalities["clinical"]["status"], "found");
+    assert_eq!(r.modalities.slide, SlidesHeld::Found { count: 1 });
+    assert!(r.modalities.has_clinical());
     assert_eq!(r.files, 12 + 16 + 2);
 }
 
@@ -71,7 +71,7 @@ fn missing_slide_proceeds_as_partial_after_the_timeout_and_says_so() {
     assert!(start.elapsed().as_secs_f64() >= 1.0, "closed before the partial timeout");
     assert_eq!(rows[0].state, CaseState::Partial);
     assert_eq!(rows[0].reasons, vec!["slide missing and the waiting time ran out".to_string()]);
-    assert_eq!(rows[0].modalities["slide"]["status"], "missing");
+    assert_eq!(rows[0].modalities.slide, SlidesHeld::Missing);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn a_multi_file_slide_copied_whole_into_another_folder_is_a_re_export() {
     }
     assert!(q.is_empty(), "{q:?}");
     assert_eq!(first.len(), 1, "{first:#?}");
-    assert_eq!((first[0].state, &first[0].modalities["slide"]["count"]), (CaseState::Complete, &1.into()));
+    assert_eq!((first[0].state, &first[0].modalities.slide), (CaseState::Complete, &SlidesHeld::Found { count: 1 }));
 
     // The whole case exported again; the same slide beside another patient's CT; another slide.
     copy_dir(&a, &e.share.join("case-a-again"));
@@ -250,10 +250,10 @@ fn a_multi_file_slide_copied_whole_into_another_folder_is_a_re_export() {
     let (copied, own): (Vec<&CaseRow>, Vec<&CaseRow>) =
         rows.iter().partition(|r| r.reasons.iter().any(|x| x.starts_with(crlm_ingest::cases::CROSS_CASE_REASON)));
     assert_eq!(copied.len(), 1, "{rows:#?}");
-    assert_eq!(copied[0].modalities["slide"]["status"], "missing", "{rows:#?}");
+    assert_eq!(copied[0].modalities.slide, SlidesHeld::Missing, "{rows:#?}");
     assert!(copied[0].reasons.iter().any(|r| r.contains("1 slide file(s)")), "{rows:#?}");
     for r in own {
-        assert_eq!((r.state, &r.modalities["slide"]["count"]), (CaseState::Complete, &1.into()), "{rows:#?}");
+        assert_eq!((r.state, &r.modalities.slide), (CaseState::Complete, &SlidesHeld::Found { count: 1 }), "{rows:#?}");
     }
     // Every file of the second export, and the copy's index and its three files.
     let exported = walk(&a).into_iter().filter(|p| !p.ends_with("READY")).count();
@@ -291,7 +291,7 @@ fn loose_dicom_at_the_root_is_grouped_by_patient_and_study_and_joined_to_the_roo
     for r in &rows {
         assert_eq!(r.state, CaseState::Complete, "{r:#?}");
         assert_eq!(r.files, 10);
-        assert_eq!(r.modalities["clinical"]["status"], "found");
+        assert!(r.modalities.has_clinical());
     }
     assert_ne!(rows[0].pseudonym, rows[1].pseudonym);
 }
@@ -459,7 +459,7 @@ fn a_dicom_slide_series_is_one_slide_of_its_case() {
     let rows = scan_until(&mut ing, 20.0, |rows| rows.iter().any(|r| r.state != CaseState::Waiting));
     let r = rows.iter().find(|r| r.state != CaseState::Waiting).unwrap();
     assert_eq!(r.state, CaseState::Complete, "{r:#?}");
-    assert_eq!(r.modalities["slide"]["count"], 1, "{:#?}", r.modalities);
+    assert_eq!(r.modalities.slide, SlidesHeld::Found { count: 1 }, "{:#?}", r.modalities);
     let q = quarantined(&ing);
     let rec = q.iter().find(|x| x.0 == "bad-slide/level-0-0.dcm").unwrap_or_else(|| panic!("{q:#?}"));
     assert_eq!(rec.1, "slide.dicom", "{rec:?}");

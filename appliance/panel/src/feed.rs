@@ -3,7 +3,7 @@
 
 use super::state::{IngestView, ItemView, PanelState, ProblemView};
 use crlm_config::Config;
-use crlm_state::{StateDb, now_ms};
+use crlm_state::{CtHeld, SlidesHeld, StateDb, now_ms};
 
 /// Build the panel state now.
 pub fn build(db: &StateDb, cfg: &Config) -> PanelState {
@@ -16,37 +16,24 @@ pub fn build(db: &StateDb, cfg: &Config) -> PanelState {
         ..PanelState::default()
     };
     st.last_case = db.latest_case().ok().flatten().map(|(case, state)| format!("{case} {state}"));
-    st.ingest = db.latest_waiting_case().ok().flatten().map(|(case, modalities, created)| {
-        let m: serde_json::Value = serde_json::from_str(&modalities).unwrap_or_default();
-        let found = |k: &str| m[k]["status"] == "found";
-        IngestView {
-            case,
-            ct: ItemView {
-                found: found("ct"),
-                detail: if found("ct") {
-                    format!(
-                        "{}, {} slices",
-                        m["ct"]["series_description"].as_str().unwrap_or("CT series"),
-                        m["ct"]["slices"].as_u64().unwrap_or(0)
-                    )
-                } else {
-                    String::new()
-                },
+    st.ingest = db.latest_waiting_case().ok().flatten().map(|(case, m, created)| IngestView {
+        case,
+        ct: match &m.ct {
+            CtHeld::Found { series_description, slices, .. } => ItemView {
+                found: true,
+                detail: format!("{}, {slices} slices", series_description.as_deref().unwrap_or("CT series")),
             },
-            slide: ItemView {
-                found: found("slide"),
-                detail: if found("slide") {
-                    format!("{} slide(s)", m["slide"]["count"].as_u64().unwrap_or(0))
-                } else {
-                    String::new()
-                },
-            },
-            clinical: ItemView {
-                found: found("clinical"),
-                detail: if found("clinical") { "clinical file".into() } else { String::new() },
-            },
-            waiting_seconds: u64::try_from((now - created) / 1000).unwrap_or(0),
-        }
+            CtHeld::Missing { .. } => ItemView { found: false, detail: String::new() },
+        },
+        slide: match m.slide {
+            SlidesHeld::Found { count } => ItemView { found: true, detail: format!("{count} slide(s)") },
+            SlidesHeld::Missing => ItemView { found: false, detail: String::new() },
+        },
+        clinical: ItemView {
+            found: m.has_clinical(),
+            detail: if m.has_clinical() { "clinical file".into() } else { String::new() },
+        },
+        waiting_seconds: u64::try_from((now - created) / 1000).unwrap_or(0),
     });
     let since = now - (cfg.display.problem_seconds * 1000.0) as i64;
     st.problem = db

@@ -412,7 +412,9 @@ impl Processor {
         let mut shas = HashMap::new();
         let rows = self.db.accepted_file_versions(case.id)?;
         // Every accepted version, and whether it is still the file on the share: a multi-file
-        // slide is used only if each file its index names is.
+        // slide is used only if each file its index names is. Each file is opened here and again
+        // below rather than kept open: a case may hold thousands of files (a CT series and an
+        // MRXS slide's data files), past the unit's LimitNOFILE of 4096.
         let mut unchanged: HashMap<String, Option<String>> = HashMap::new();
         for r in &rows {
             let file = share::open_beneath(&self.share, Path::new(&r.path));

@@ -1,7 +1,7 @@
 //! Cases, their files, clinical records and quarantine rows: every statement on those tables.
 //! Reads are methods of [`StateDb`]; writes that belong together are methods of [`Tx`].
 
-use crate::{CaseState, StateDb, StateError, Tx};
+use crate::{CaseModalities, CaseState, StateDb, StateError, Tx};
 use rusqlite::{OptionalExtension, params};
 
 /// A case still waiting for files (ingest re-evaluates these on every pass).
@@ -68,7 +68,7 @@ pub struct Quarantined<'a> {
 /// What ingest records when a case closes.
 pub struct Closing<'a> {
     pub state: CaseState,
-    pub modalities: &'a serde_json::Value,
+    pub modalities: &'a CaseModalities,
     pub reasons: &'a [String],
     pub series_choice: &'a str,
     pub clinical_hash: Option<&'a str>,
@@ -208,14 +208,14 @@ impl StateDb {
     pub fn update_waiting_case(
         &self,
         id: i64,
-        modalities: &serde_json::Value,
+        modalities: &CaseModalities,
         series_choice: &str,
         pseudonym: &str,
         patient_id: Option<&str>,
     ) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE cases SET modalities=?2, series_choice=?3, pseudonym=?4, patient_id=COALESCE(patient_id, ?5) WHERE id=?1",
-            params![id, modalities.to_string(), series_choice, pseudonym, patient_id],
+            params![id, modalities.to_json(), series_choice, pseudonym, patient_id],
         )?;
         Ok(())
     }
@@ -317,14 +317,14 @@ impl StateDb {
             .optional()?)
     }
 
-    /// The waiting case that changed last: (pseudonym, modalities JSON, created_ms).
-    pub fn latest_waiting_case(&self) -> Result<Option<(String, String, i64)>, StateError> {
+    /// The waiting case that changed last: (pseudonym, modalities, created_ms).
+    pub fn latest_waiting_case(&self) -> Result<Option<(String, CaseModalities, i64)>, StateError> {
         Ok(self
             .conn
             .query_row(
                 "SELECT pseudonym, modalities, created_ms FROM cases WHERE state='waiting' ORDER BY updated_ms DESC LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, CaseModalities::from_json(&r.get::<_, String>(1)?), r.get(2)?)),
             )
             .optional()?)
     }
@@ -516,7 +516,7 @@ impl Tx<'_> {
             params![
                 id,
                 c.state,
-                c.modalities.to_string(),
+                c.modalities.to_json(),
                 serde_json::to_string(c.reasons).unwrap_or_default(),
                 c.series_choice,
                 c.clinical_hash,

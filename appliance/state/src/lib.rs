@@ -9,7 +9,7 @@
 //!
 //! - Owns: the SQLite state database: schema, migrations, case rows.
 //! - Inputs: transactions from ingest, the worker, the outbox and the panel feed.
-//! - Outputs: `StateDb`, `CaseRow`.
+//! - Outputs: `StateDb`, `CaseRow` (with its typed `CaseModalities`).
 //! - Place: share -> ingest -> **state** -> worker; resumes everything after a crash.
 //! - Depends on: crlm-core.
 
@@ -17,8 +17,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 mod cases;
+mod modalities;
 mod outbox;
 pub use cases::*;
+pub use modalities::*;
 pub use outbox::*;
 use std::path::Path;
 
@@ -222,7 +224,7 @@ pub struct CaseRow {
     #[serde(rename = "case")]
     pub pseudonym: String,
     pub state: CaseState,
-    pub modalities: serde_json::Value,
+    pub modalities: CaseModalities,
     pub reasons: Vec<String>,
     pub series_choice: Option<serde_json::Value>,
     pub files: i64,
@@ -332,7 +334,7 @@ impl StateDb {
             Ok(CaseRow {
                 pseudonym: r.get(0)?,
                 state: r.get(1)?,
-                modalities: serde_json::from_str(&modalities).unwrap_or_default(),
+                modalities: CaseModalities::from_json(&modalities),
                 reasons: serde_json::from_str(&reasons).unwrap_or_default(),
                 series_choice: series.and_then(|s| serde_json::from_str(&s).ok()),
                 created_at: rfc3339(r.get(5)?),

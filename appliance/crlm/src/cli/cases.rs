@@ -33,15 +33,17 @@ pub fn run(args: CasesArgs) -> anyhow::Result<ExitCode> {
 pub fn print_cases(rows: &[crlm_state::CaseRow]) {
     println!("{:<16} {:<12} {:<34} reasons", "case", "state", "modalities");
     for r in rows {
-        let m = |k: &str| {
-            let s = r.modalities.get(k).and_then(|v| v.get("status")).and_then(|v| v.as_str()).unwrap_or("?");
-            format!("{k}:{}", if s == "found" { "yes" } else { "no" })
-        };
+        let m = |k: &str, found: bool| format!("{k}:{}", if found { "yes" } else { "no" });
         println!(
             "{:<16} {:<12} {:<34} {}",
             r.pseudonym,
             r.state,
-            format!("{} {} {}", m("ct"), m("slide"), m("clinical")),
+            format!(
+                "{} {} {}",
+                m("ct", r.modalities.has_ct()),
+                m("slide", r.modalities.has_slide()),
+                m("clinical", r.modalities.has_clinical())
+            ),
             if r.reasons.is_empty() { "-".to_string() } else { r.reasons.join("; ") }
         );
         let choice: Option<crlm_ingest::series::SeriesChoice> =
