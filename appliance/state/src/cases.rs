@@ -90,6 +90,11 @@ pub struct FileRow {
     pub case_id: Option<i64>,
 }
 
+/// A file whose content another file already brought (`?6`: the case that brought it).
+const INSERT_DUPLICATE: &str =
+    "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)";
+
 impl StateDb {
     /// Whether a file with this content was accepted already: `Some(case)` if so (`Some(None)`:
     /// a loose file of no case).
@@ -107,8 +112,7 @@ impl StateDb {
     /// Record a file whose content another file of `case_id` already brought.
     pub fn record_duplicate(&self, f: &NewFile<'_>, case_id: Option<i64>, now: i64) -> Result<(), StateError> {
         self.conn.execute(
-            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
+            INSERT_DUPLICATE,
             params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
         )?;
         Ok(())
@@ -410,8 +414,7 @@ impl Tx<'_> {
     /// [`StateDb::record_duplicate`], inside this transaction).
     pub fn insert_duplicate_file(&self, f: &NewFile<'_>, case_id: i64, now: i64) -> Result<(), StateError> {
         self.tx.execute(
-            "INSERT OR IGNORE INTO files(path, size, mtime_ns, sha256, kind, status, case_id, details, problem, seen_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'duplicate', ?6, ?7, 'identical content already received', ?8)",
+            INSERT_DUPLICATE,
             params![f.path, f.size as i64, f.mtime_ns, f.sha256, f.kind, case_id, f.details, now],
         )?;
         Ok(())
