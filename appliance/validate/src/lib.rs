@@ -6,19 +6,20 @@
 //!
 //! - Owns: the study's statistics.
 //! - Inputs: the ledger export (or any CSV with pseudonym and risk) and the outcomes.
-//! - Outputs: `metrics.json` and a self-contained HTML report.
+//! - Outputs: `metrics.json` (typed as [`doc::Metrics`]) and a self-contained HTML report.
 //! - Place: after the ledger export, at the study office (feature `office` of the binary).
 //! - Depends on: crlm-core only.
 
+pub mod doc;
 pub mod input;
 pub mod measures;
 pub mod report;
 pub mod sample_size;
 pub mod survival;
 
+pub use doc::{Metrics, Num};
 use measures::{Measures, evaluate};
 use rand::{Rng, SeedableRng};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -132,51 +133,60 @@ pub fn bootstrap(p: &[Patient], horizon: f64, b: usize, seed: u64, progress: boo
     (cis, nb)
 }
 
-fn num(v: f64) -> Value {
-    if v.is_finite() { json!(v) } else { Value::Null }
-}
-
-/// The metrics document (metrics.json): every measure with its estimate and 95% interval.
-pub fn metrics_json(
+/// The metrics of a cohort: every measure with its estimate and 95% intervals.
+pub fn metrics(
     m: &Measures,
     cis: &BTreeMap<&'static str, (f64, f64)>,
     nb_ci: &[(f64, f64, f64)],
     opts: &ValidateOptions,
-) -> Value {
-    let mut doc = json!({
-        "format": 1,
-        "n": m.get("n") as u64,
-        "events": m.get("events") as u64,
-        "horizon_months": opts.horizon_months,
-        "bootstrap": {"replicates": opts.bootstrap, "seed": opts.seed, "method": "percentile"},
-        "observed_risk": num(m.get("observed_risk")),
-        "mean_predicted_risk": num(m.get("mean_predicted_risk")),
-    });
-    for name in MEASURES {
-        let (lo, hi) = cis.get(name).copied().unwrap_or((f64::NAN, f64::NAN));
-        let mut o =
-            json!({"estimate": num(m.get(name)), "ci_low": num(lo), "ci_high": num(hi), "ci_method": "bootstrap"});
-        if let Some((l, h, method)) = m.analytical.get(name) {
-            o["analytical_ci"] = json!({"low": num(*l), "high": num(*h), "method": method});
-        }
-        doc[name] = o;
-    }
-    doc["logrank_chi2"] = num(m.get("logrank_chi2"));
-    doc["net_benefit"] = Value::Array(
-        m.net_benefit
+) -> Metrics {
+    let measures = MEASURES
+        .iter()
+        .map(|&name| {
+            let (lo, hi) = cis.get(name).copied().unwrap_or((f64::NAN, f64::NAN));
+            let analytical_ci =
+                m.analytical.get(name).map(|&(l, h, method)| doc::Interval { low: Num(l), high: Num(h), method });
+            (
+                name,
+                doc::Measure {
+                    estimate: Num(m.get(name)),
+                    ci_low: Num(lo),
+                    ci_high: Num(hi),
+                    ci_method: "bootstrap",
+                    analytical_ci,
+                },
+            )
+        })
+        .collect();
+    Metrics {
+        format: 1,
+        n: m.get("n") as u64,
+        events: m.get("events") as u64,
+        horizon_months: opts.horizon_months,
+        bootstrap: doc::Bootstrap { replicates: opts.bootstrap, seed: opts.seed, method: "percentile" },
+        observed_risk: Num(m.get("observed_risk")),
+        mean_predicted_risk: Num(m.get("mean_predicted_risk")),
+        measures,
+        logrank_chi2: Num(m.get("logrank_chi2")),
+        net_benefit: m
+            .net_benefit
             .iter()
             .zip(nb_ci)
-            .map(|((t, model, all), (_, lo, hi))| {
-                json!({"threshold": t, "model": num(*model), "treat_all": num(*all), "treat_none": 0.0,
-                       "model_ci_low": num(*lo), "model_ci_high": num(*hi)})
+            .map(|(&(threshold, model, all), &(_, lo, hi))| doc::NetBenefit {
+                threshold,
+                model: Num(model),
+                treat_all: Num(all),
+                treat_none: 0.0,
+                model_ci_low: Num(lo),
+                model_ci_high: Num(hi),
             })
             .collect(),
-    );
-    doc
+        whole: None,
+    }
 }
 
 /// Everything `crlm validate` writes; returns the metrics document.
-pub fn run(opts: &ValidateOptions) -> Result<Value, ValidateError> {
+pub fn run(opts: &ValidateOptions) -> Result<Metrics, ValidateError> {
     let input::Loaded { patients, excluded, threshold } =
         input::load(&opts.predictions, &opts.outcomes, opts.threshold)?;
     if patients.len() < 2 {
@@ -188,11 +198,9 @@ pub fn run(opts: &ValidateOptions) -> Result<Value, ValidateError> {
     let h = opts.horizon_months;
     let m = evaluate(&patients, h, true);
     let (cis, nb_ci) = bootstrap(&patients, h, opts.bootstrap, opts.seed, opts.progress);
-    let mut doc = metrics_json(&m, &cis, &nb_ci, opts);
-    doc["threshold"] = threshold.map(num).unwrap_or(Value::Null);
-    doc["excluded"] = serde_json::to_value(&excluded).unwrap_or(Value::Null);
+    let mut doc = metrics(&m, &cis, &nb_ci, opts);
     // Subgroups by centre and by stage (point estimates and intervals on fewer replicates).
-    let mut subgroups = serde_json::Map::new();
+    let mut subgroups = BTreeMap::new();
     for (key, get) in [
         ("centre", (|p: &Patient| p.centre.clone()) as fn(&Patient) -> Option<String>),
         ("stage", |p: &Patient| p.stage.clone()),
@@ -206,16 +214,16 @@ pub fn run(opts: &ValidateOptions) -> Result<Value, ValidateError> {
         if by.is_empty() {
             continue;
         }
-        let mut rows = serde_json::Map::new();
+        let mut rows = BTreeMap::new();
         for (value, group) in by {
             let gm = evaluate(&group, h, false);
             let (gci, gnb) = bootstrap(&group, h, opts.bootstrap.min(500), opts.seed, false);
             let sub_opts = ValidateOptions { bootstrap: opts.bootstrap.min(500), progress: false, ..opts.clone() };
-            rows.insert(value, metrics_json(&gm, &gci, &gnb, &sub_opts));
+            rows.insert(value, metrics(&gm, &gci, &gnb, &sub_opts));
         }
-        subgroups.insert(key.into(), Value::Object(rows));
+        subgroups.insert(key, rows);
     }
-    doc["subgroups"] = Value::Object(subgroups);
+    doc.whole = Some(doc::WholeCohort { threshold: Num(threshold.unwrap_or(f64::NAN)), excluded, subgroups });
     std::fs::create_dir_all(&opts.out).map_err(|e| ValidateError::Write(opts.out.display().to_string(), e))?;
     let write = |name: &str, bytes: &[u8]| {
         let path = opts.out.join(name);

@@ -2,10 +2,13 @@
 //! ROC, calibration, decision curve, Kaplan-Meier by risk group with numbers at risk) and the
 //! tables of metrics.json, plus the TRIPOD+AI items it covers.
 
+use super::doc::{Metrics, Num};
 use super::measures::Measures;
 use super::{MEASURES, ValidateOptions};
-use serde_json::Value;
 use std::fmt::Write as _;
+
+/// The measures each subgroup's row shows.
+const SUBGROUP_MEASURES: [&str; 5] = ["auc_td", "c_harrell", "brier", "oe_ratio", "calibration_slope"];
 
 const W: f64 = 360.0;
 const H: f64 = 280.0;
@@ -114,8 +117,8 @@ fn steps(km: &super::survival::KmCurve, end: f64) -> Vec<(f64, f64)> {
     pts
 }
 
-fn fmt(v: &Value) -> String {
-    match v.as_f64() {
+fn fmt(v: Num) -> String {
+    match v.value() {
         Some(x) if x != 0.0 && x.abs() < 0.001 => format!("{x:.2e}"),
         Some(x) => format!("{x:.3}"),
         None => "n/a".into(),
@@ -123,7 +126,7 @@ fn fmt(v: &Value) -> String {
 }
 
 /// The report as one HTML document.
-pub fn html(doc: &Value, m: &Measures, opts: &ValidateOptions) -> String {
+pub fn html(doc: &Metrics, m: &Measures, opts: &ValidateOptions) -> String {
     let h = opts.horizon_months;
     let mut s = String::from(
         r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>crlm validate</title><style>
@@ -135,28 +138,29 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3
         s,
         "<h1>Validation of the locked predictions</h1><p>Liver metastasis within {h} months of surgery. {} patients, {} events by the horizon; \
          observed risk (Kaplan-Meier) {}, mean predicted risk {}. Locked threshold: {}. 95% intervals: percentile bootstrap, {} replicates, seed {}.</p>",
-        doc["n"],
-        doc["events"],
-        fmt(&doc["observed_risk"]),
-        fmt(&doc["mean_predicted_risk"]),
-        fmt(&doc["threshold"]),
+        doc.n,
+        doc.events,
+        fmt(doc.observed_risk),
+        fmt(doc.mean_predicted_risk),
+        fmt(doc.whole.as_ref().map_or(Num(f64::NAN), |w| w.threshold)),
         opts.bootstrap,
         opts.seed
     );
     s.push_str("<h2>Measures</h2><table><tr><th>Measure</th><th>Estimate</th><th>95% CI (bootstrap)</th><th>Analytical 95% CI</th></tr>");
     for name in MEASURES {
-        let v = &doc[name];
+        let Some(v) = doc.measures.get(name) else { continue };
         let analytical = v
-            .get("analytical_ci")
-            .map(|a| format!("{} to {} ({})", fmt(&a["low"]), fmt(&a["high"]), a["method"].as_str().unwrap_or("")))
+            .analytical_ci
+            .as_ref()
+            .map(|a| format!("{} to {} ({})", fmt(a.low), fmt(a.high), a.method))
             .unwrap_or_default();
         let _ = write!(
             s,
             "<tr><td>{}</td><td>{}</td><td>{} to {}</td><td>{}</td></tr>",
             label(name),
-            fmt(&v["estimate"]),
-            fmt(&v["ci_low"]),
-            fmt(&v["ci_high"]),
+            fmt(v.estimate),
+            fmt(v.ci_low),
+            fmt(v.ci_high),
             analytical
         );
     }
@@ -171,7 +175,7 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3
         (0.0, 1.0),
         (0.0, 1.0),
         &[
-            (m.roc.clone(), "#1f5fa8", false, &format!("AUC {}", fmt(&doc["auc_td"]["estimate"]))),
+            (m.roc.clone(), "#1f5fa8", false, &format!("AUC {}", fmt(doc.estimate("auc_td")))),
             (diag.clone(), "#999", true, "chance"),
         ],
         Style::default(),
@@ -238,32 +242,34 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3
         let _ = write!(
             s,
             "</table><p>Log-rank chi-square {} (p = {}); Cox hazard ratio high vs low {}.</p>",
-            fmt(&doc["logrank_chi2"]),
-            fmt(&doc["logrank_p"]["estimate"]),
-            fmt(&doc["hazard_ratio"]["estimate"])
+            fmt(doc.logrank_chi2),
+            fmt(doc.estimate("logrank_p")),
+            fmt(doc.estimate("hazard_ratio"))
         );
     } else {
         s.push_str("</div><p>No risk groups: the predictions have no <code>risk_group</code> or <code>threshold</code> and none was given.</p>");
     }
 
-    if let Some(sub) = doc["subgroups"].as_object().filter(|o| !o.is_empty()) {
+    let (subgroups, excluded) = match &doc.whole {
+        Some(w) => (Some(&w.subgroups), w.excluded.as_slice()),
+        None => (None, &[][..]),
+    };
+    if let Some(sub) = subgroups.filter(|o| !o.is_empty()) {
         s.push_str("<h2>Subgroups</h2>");
         for (key, rows) in sub {
             let _ = write!(s, "<h3>By {}</h3><table><tr><th>{}</th><th>n</th><th>events</th>", esc(key), esc(key));
-            for name in ["auc_td", "c_harrell", "brier", "oe_ratio", "calibration_slope"] {
+            for name in SUBGROUP_MEASURES {
                 let _ = write!(s, "<th>{}</th>", label(name));
             }
             s.push_str("</tr>");
-            for (value, d) in rows.as_object().into_iter().flatten() {
-                let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>", esc(value), d["n"], d["events"]);
-                for name in ["auc_td", "c_harrell", "brier", "oe_ratio", "calibration_slope"] {
-                    let _ = write!(
-                        s,
-                        "<td>{} ({} to {})</td>",
-                        fmt(&d[name]["estimate"]),
-                        fmt(&d[name]["ci_low"]),
-                        fmt(&d[name]["ci_high"])
-                    );
+            for (value, d) in rows {
+                let _ = write!(s, "<tr><td>{}</td><td>{}</td><td>{}</td>", esc(value), d.n, d.events);
+                for name in SUBGROUP_MEASURES {
+                    let (est, lo, hi) = d
+                        .measures
+                        .get(name)
+                        .map_or((Num(f64::NAN), Num(f64::NAN), Num(f64::NAN)), |m| (m.estimate, m.ci_low, m.ci_high));
+                    let _ = write!(s, "<td>{} ({} to {})</td>", fmt(est), fmt(lo), fmt(hi));
                 }
                 s.push_str("</tr>");
             }
@@ -271,18 +277,17 @@ td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3
         }
     }
 
-    let excluded = doc["excluded"].as_array().cloned().unwrap_or_default();
     let _ = write!(s, "<h2>Excluded rows ({})</h2>", excluded.len());
     if !excluded.is_empty() {
         s.push_str("<table><tr><th>File</th><th>Row</th><th>Pseudonym</th><th>Reason</th></tr>");
-        for e in &excluded {
+        for e in excluded {
             let _ = write!(
                 s,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(e["file"].as_str().unwrap_or("")),
-                e["row"],
-                esc(e["pseudonym"].as_str().unwrap_or("")),
-                esc(e["reason"].as_str().unwrap_or(""))
+                esc(e.file),
+                e.row,
+                esc(&e.pseudonym),
+                esc(&e.reason)
             );
         }
         s.push_str("</table>");

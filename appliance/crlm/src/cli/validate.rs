@@ -101,12 +101,12 @@ pub fn run(args: ValidateArgs) -> anyhow::Result<ExitCode> {
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
             };
             let m = crlm_validate::run(&opts)?;
-            let est = |k: &str| m[k]["estimate"].as_f64().map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
+            let est = |k: &str| m.estimate(k).value().map(|v| format!("{v:.3}")).unwrap_or_else(|| "n/a".into());
             println!(
                 "{} patients, {} events by {horizon_months} months ({} rows excluded, see the report)",
-                m["n"],
-                m["events"],
-                m["excluded"].as_array().map(Vec::len).unwrap_or(0)
+                m.n,
+                m.events,
+                m.whole.as_ref().map_or(0, |w| w.excluded.len())
             );
             println!(
                 "time-dependent AUC {}  Harrell's C {}  Uno's C {}  Brier {}  IPA {}  O/E {}  slope {}",
