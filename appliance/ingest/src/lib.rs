@@ -324,11 +324,7 @@ impl Ingestor {
         let (mut pending, mut missing) = (false, 0);
         for m in members {
             let part = crlm_models::slide::index::member_path(dir, m);
-            let seen = scan.entries.iter().find_map(|e| match e {
-                ShareEntry::File { rel, size, mtime_ns, .. } if *rel == part => Some((*size, *mtime_ns)),
-                _ => None,
-            });
-            match seen {
+            match scan.file_versions.get(&part).copied() {
                 Some((size, mtime_ns)) if self.db.file_known(&part.to_string_lossy(), size, mtime_ns)? => {}
                 Some(_) => pending = true,
                 None => missing += 1,

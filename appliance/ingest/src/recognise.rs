@@ -436,6 +436,12 @@ fn naming_index(path: &Path) -> Option<String> {
             return Some(format!("{stem}/{}", crlm_models::slide::mrxs::SLIDEDAT));
         }
     }
+    // A file of an MRXS folder: the folder's own Slidedat.ini first (one look, where a search
+    // of the siblings would read up to 4,096 for each of as many data files).
+    let slidedat = dir.join(crlm_models::slide::mrxs::SLIDEDAT);
+    if slidedat != path && names(&slidedat) {
+        return Some(crlm_models::slide::mrxs::SLIDEDAT.to_string());
+    }
     for entry in std::fs::read_dir(dir).ok()?.take(MAX_SIBLINGS).flatten() {
         let candidate = entry.path();
         if candidate != path && names(&candidate) {

@@ -5,7 +5,7 @@
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::MetadataExt;
 use cap_std::fs::{Dir, OpenOptions};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// Deepest folder nesting followed inside the share.
@@ -47,6 +47,9 @@ pub struct ShareScan {
     pub ready_folders: HashSet<PathBuf>,
     /// Folders deeper than the limit (reported, not followed).
     pub too_deep: Vec<PathBuf>,
+    /// Each plain file's (size, mtime in ns), by path: a slide index's parts are looked up here
+    /// (an MRXS index may name thousands) instead of searching `entries` for each.
+    pub file_versions: HashMap<PathBuf, (u64, i64)>,
 }
 
 /// Names the watcher never takes: temporary copies, Office lock files, hidden files.
@@ -115,13 +118,9 @@ fn walk_dir(
             }
         } else if ft.is_file() {
             let m = dir.symlink_metadata(name)?;
-            scan.entries.push(ShareEntry::File {
-                rel: child,
-                size: m.len(),
-                mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                ino: m.ino(),
-                nlink: m.nlink(),
-            });
+            let (size, mtime_ns) = (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec());
+            scan.file_versions.insert(child.clone(), (size, mtime_ns));
+            scan.entries.push(ShareEntry::File { rel: child, size, mtime_ns, ino: m.ino(), nlink: m.nlink() });
         } else {
             scan.entries.push(ShareEntry::Special { rel: child });
         }
