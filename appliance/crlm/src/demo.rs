@@ -215,7 +215,10 @@ pub async fn run(opts: DemoOptions) -> Result<Vec<CaseRow>, DemoError> {
     for row in &rows {
         let Some(seq) = row.ledger_seq else { continue };
         let file = crlm_outputs::case_dir(&cfg, &row.pseudonym).join(format!("result-{seq:06}.json"));
-        match std::fs::read(&file).ok().and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok()) {
+        match std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crlm_outputs::result_json::ResultDoc>(&b).ok())
+        {
             Some(doc) => {
                 println!("    {} (ledger record {seq}):", row.pseudonym);
                 crlm_outputs::result_json::summary(&doc).lines().for_each(|l| println!("      {l}"));

@@ -1,54 +1,109 @@
 //! `result.json`: the project's own result document (format 1, docs/OUTPUTS.md). De-identified:
 //! the case pseudonym, the model, the lock and the result; no names, IDs, UIDs or file names.
 
-use crlm_ledger::{CaseRecord, Record};
-use serde_json::{Value, json};
+use crlm_ledger::{CaseRecord, CaseStatus, Record, Software};
+use crlm_models::case::{Modalities, ModelIdentity};
+use crlm_models::inference::RiskGroup;
+use serde::{Deserialize, Serialize};
 
 pub const RESULT_FORMAT: u32 = 1;
 
-pub fn document(record: &Record, c: &CaseRecord, record_hash: &str, device_key_id: &str) -> Value {
-    let mut d = json!({
-        "format": RESULT_FORMAT,
-        "kind": "crlm-result",
-        "status": c.status,
-        "case": c.case,
-        "ledger": {
-            "seq": record.core.seq,
-            "record_hash": record_hash,
-            "device_key_id": device_key_id,
-            "locked_at": record.core.wall_time,
-        },
-        "model": c.model,
-        "software": c.software,
-        "modalities": c.modalities,
-        "caution": super::RESEARCH_CAUTION,
-    });
-    if c.model.demo {
-        d["notice"] = json!(crlm_predict::DEMO_NOTICE);
-    }
-    match &c.outputs {
-        Some(o) => {
-            d["risk_2y"] = json!(o.risk_2y);
-            d["risk_group"] = json!(o.risk_group);
-            d["threshold"] = json!(o.threshold);
-            d["horizon_months"] = json!(o.horizon_months.unwrap_or(24));
-            d["hazards"] = json!(o.hazards);
-            d["hazard_intervals_months"] = json!(o.hazard_intervals_months);
-        }
-        None => d["refusal"] = json!(c.refusal),
-    }
-    d
+/// The document, as written and as read back (the demo prints what a site receives).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultDoc {
+    /// [`RESULT_FORMAT`].
+    pub format: u32,
+    /// `crlm-result`.
+    pub kind: String,
+    pub status: CaseStatus,
+    /// The case pseudonym.
+    pub case: String,
+    pub ledger: LedgerRef,
+    pub model: ModelIdentity,
+    pub software: Software,
+    pub modalities: Option<Modalities>,
+    /// The study's research-use caution.
+    pub caution: String,
+    /// The demo model's notice (demo packages only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// The prediction (predictions only).
+    #[serde(flatten)]
+    pub prediction: Option<Prediction>,
+    /// Why no prediction was made (refusals only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
-/// A human summary of a result document (the demo prints it): `crlm predict`'s summary (the
-/// documents share those fields) and the lock.
-pub fn summary(doc: &Value) -> String {
-    let mut s = crlm_predict::summary(doc);
-    s.push_str(&format!(
-        "locked: ledger record {} at {} (sha256 {}...)\n",
-        doc["ledger"]["seq"],
-        doc["ledger"]["locked_at"].as_str().unwrap_or("?"),
-        doc["ledger"]["record_hash"].as_str().unwrap_or("?").chars().take(16).collect::<String>()
-    ));
-    s
+/// Where the result is locked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRef {
+    pub seq: u64,
+    pub record_hash: String,
+    pub device_key_id: String,
+    /// The record's wall time (RFC 3339).
+    pub locked_at: String,
+}
+
+/// A prediction's numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub risk_2y: f64,
+    pub risk_group: RiskGroup,
+    pub threshold: f64,
+    pub horizon_months: u32,
+    pub hazards: Vec<f32>,
+    pub hazard_intervals_months: Vec<[u32; 2]>,
+}
+
+pub fn document(record: &Record, c: &CaseRecord, record_hash: &str, device_key_id: &str) -> ResultDoc {
+    ResultDoc {
+        format: RESULT_FORMAT,
+        kind: "crlm-result".into(),
+        status: c.status,
+        case: c.case.clone(),
+        ledger: LedgerRef {
+            seq: record.core.seq,
+            record_hash: record_hash.into(),
+            device_key_id: device_key_id.into(),
+            locked_at: record.core.wall_time.clone(),
+        },
+        model: c.model.clone(),
+        software: c.software.clone(),
+        modalities: c.modalities.clone(),
+        caution: super::RESEARCH_CAUTION.into(),
+        notice: c.model.demo.then(|| crlm_predict::DEMO_NOTICE.to_string()),
+        prediction: c.outputs.as_ref().map(|o| Prediction {
+            risk_2y: o.risk_2y,
+            risk_group: o.risk_group,
+            threshold: o.threshold,
+            horizon_months: o.horizon_months.unwrap_or(24),
+            hazards: o.hazards.clone(),
+            hazard_intervals_months: o.hazard_intervals_months.clone(),
+        }),
+        refusal: if c.outputs.is_none() { c.refusal.clone() } else { None },
+    }
+}
+
+/// A human summary of a result document (the demo prints it): `crlm predict`'s summary and the
+/// lock.
+pub fn summary(doc: &ResultDoc) -> String {
+    let summary = crlm_predict::Summary {
+        model: &doc.model,
+        refusal: doc.refusal.as_deref(),
+        risk: doc.prediction.as_ref().map(|p| crlm_predict::SummaryRisk {
+            horizon_months: p.horizon_months,
+            risk: p.risk_2y,
+            group: p.risk_group,
+            threshold: p.threshold,
+        }),
+        modalities: doc.modalities.as_ref(),
+        warnings: &[],
+    };
+    format!(
+        "{summary}locked: ledger record {} at {} (sha256 {}...)\n",
+        doc.ledger.seq,
+        doc.ledger.locked_at,
+        doc.ledger.record_hash.chars().take(16).collect::<String>()
+    )
 }

@@ -2,11 +2,12 @@
 
 use crate::*;
 use crlm_config::Config;
-use crlm_models::case::{Eligibility, Modalities, ModalityStatus};
+use crlm_models::case::{Eligibility, Modalities, ModalityStatus, ModelIdentity};
 use crlm_models::clinical::ClinicalRecord;
-use crlm_models::inference::{ModalityInput, Model, ModelError, ModelOutput};
+use crlm_models::inference::{ModalityInput, Model, ModelError, ModelOutput, RiskGroup};
 use crlm_models::slide::sample::ModelTiles;
 use serde_json::{Value, json};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -167,46 +168,84 @@ pub(crate) fn refusal(model: &Model, reason: String, eligibility: Eligibility, w
     CaseResult { json: v, eligibility, refusal: Some(reason), warnings, ..CaseResult::default() }
 }
 
-/// A human summary of a result document.
-pub fn summary(doc: &Value) -> String {
-    let mut s = String::new();
-    if let Some(n) = doc["notice"].as_str() {
-        s.push_str(&format!("*** {n} ***\n"));
+/// What a person reads of a case's result: `crlm predict`'s summary, and (from `result.json`)
+/// the demo's. Built from typed results, never from a document's keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary<'a> {
+    pub model: &'a ModelIdentity,
+    /// Why no prediction was made; `None` with `risk` for a prediction.
+    pub refusal: Option<&'a str>,
+    pub risk: Option<SummaryRisk>,
+    pub modalities: Option<&'a Modalities>,
+    pub warnings: &'a [String],
+}
+
+/// A prediction as the summary shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryRisk {
+    pub horizon_months: u32,
+    pub risk: f64,
+    pub group: RiskGroup,
+    pub threshold: f64,
+}
+
+impl fmt::Display for Summary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.model;
+        if m.demo {
+            writeln!(f, "*** {DEMO_NOTICE} ***")?;
+        }
+        let sha: String = m.sha256.chars().take(12).collect();
+        writeln!(
+            f,
+            "model: {} {} (sha256 {sha}...), {} on {} ({})",
+            m.name,
+            m.version,
+            m.backend,
+            m.device.to_uppercase(),
+            m.precision
+        )?;
+        match (self.refusal, &self.risk) {
+            (None, Some(r)) => writeln!(
+                f,
+                "{}-month liver-metastasis risk: {:.3}  group: {} (threshold {})",
+                r.horizon_months,
+                r.risk,
+                r.group.name(),
+                r.threshold
+            )?,
+            (refusal, _) => writeln!(f, "REFUSED: {}", refusal.unwrap_or("?"))?,
+        }
+        if let Some(mods) = self.modalities {
+            for (k, v) in [("ct", &mods.ct), ("slide", &mods.slide), ("clinical", &mods.clinical)] {
+                match v {
+                    ModalityStatus::Used => writeln!(f, "  {k}: used")?,
+                    ModalityStatus::Missing => writeln!(f, "  {k}: missing")?,
+                    ModalityStatus::Refused { reason } => writeln!(f, "  {k}: refused ({reason})")?,
+                }
+            }
+        }
+        for w in self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        Ok(())
     }
-    let m = &doc["model"];
-    let sha: String = m["sha256"].as_str().unwrap_or("?").chars().take(12).collect();
-    s.push_str(&format!(
-        "model: {} {} (sha256 {sha}...), {} on {} ({})\n",
-        m["name"].as_str().unwrap_or("?"),
-        m["version"].as_str().unwrap_or("?"),
-        m["backend"].as_str().unwrap_or("?"),
-        m["device"].as_str().unwrap_or("?").to_uppercase(),
-        m["precision"].as_str().unwrap_or("?"),
-    ));
-    if doc["status"] == "refused" {
-        s.push_str(&format!("REFUSED: {}\n", doc["refusal"].as_str().unwrap_or("?")));
-    } else {
-        s.push_str(&format!(
-            "{}-month liver-metastasis risk: {:.3}  group: {} (threshold {})\n",
-            doc["horizon_months"].as_u64().unwrap_or(24),
-            doc["risk_2y"].as_f64().unwrap_or(f64::NAN),
-            doc["risk_group"].as_str().unwrap_or("?"),
-            doc["threshold"]
-        ));
-    }
-    if let Some(mods) = doc["modalities"].as_object() {
-        for (k, v) in mods {
-            s.push_str(&format!(
-                "  {k}: {}{}\n",
-                v["status"].as_str().unwrap_or("?"),
-                v["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default()
-            ));
+}
+
+impl CaseResult {
+    /// The summary of this result, predicted by `model`.
+    pub fn summary<'a>(&'a self, model: &'a ModelIdentity) -> Summary<'a> {
+        Summary {
+            model,
+            refusal: self.refusal.as_deref(),
+            risk: self.output.as_ref().map(|o| SummaryRisk {
+                horizon_months: o.horizon_months,
+                risk: o.risk_2y,
+                group: o.risk_group,
+                threshold: o.threshold,
+            }),
+            modalities: self.modalities.as_ref(),
+            warnings: &self.warnings,
         }
     }
-    if let Some(ws) = doc["warnings"].as_array() {
-        for w in ws {
-            s.push_str(&format!("warning: {}\n", w.as_str().unwrap_or("")));
-        }
-    }
-    s
 }

@@ -36,7 +36,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&result.json)?);
     } else {
-        print!("{}", crlm_predict::summary(&result.json));
+        let identity = crlm_models::case::ModelIdentity::of(&model);
+        print!("{}", result.summary(&identity));
     }
     Ok(if result.output.is_some() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
