@@ -5,7 +5,6 @@ use crlm_config::Config;
 use crlm_models::backend::RawInput;
 use crlm_models::inference::Model;
 use crlm_models::slide::read::SlideReader;
-use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -131,8 +130,8 @@ pub fn bench(model: &Model, tiles: usize, repeat: usize) -> Result<String, Predi
 /// `crlm model compare`, the INT8 accuracy report of docs/BACKENDS.md.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Comparison {
-    pub a: Value,
-    pub b: Value,
+    pub a: ComparedModel,
+    pub b: ComparedModel,
     pub cases: usize,
     /// Cases neither model could predict (not eligible, refused, failed), with the reason.
     pub skipped: Vec<(String, String)>,
@@ -190,10 +189,9 @@ pub fn compare(a: &Model, b: &Model, dirs: &[PathBuf], cfg: &Config) -> Result<C
         flips += usize::from(oa.risk_group != ob.risk_group);
         n += 1;
     }
-    let header = |m: &Model| {
-        let mut v = model_json(m);
-        v["threshold"] = json!(m.package.spec.decision.threshold);
-        v
+    let header = |m: &Model| ComparedModel {
+        identity: crlm_models::case::ModelIdentity::of(m),
+        threshold: m.package.spec.decision.threshold,
     };
     Ok(Comparison {
         a: header(a),
@@ -206,6 +204,14 @@ pub fn compare(a: &Model, b: &Model, dirs: &[PathBuf], cfg: &Config) -> Result<C
         group_changes: flips,
         group_change_fraction: if n > 0 { flips as f64 / n as f64 } else { 0.0 },
     })
+}
+
+/// One side of a comparison: the model as a case record names it, and its locked threshold.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComparedModel {
+    #[serde(flatten)]
+    pub identity: crlm_models::case::ModelIdentity,
+    pub threshold: f64,
 }
 
 /// How far a package's network is from its authors' own run on the same inputs

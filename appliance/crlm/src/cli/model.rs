@@ -359,14 +359,9 @@ pub fn run(action: ModelAction) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {
-                let show = |v: &serde_json::Value| {
-                    format!(
-                        "{} on {}/{} ({})",
-                        v["sha256"].as_str().unwrap_or("?").get(..12).unwrap_or("?"),
-                        v["backend"].as_str().unwrap_or("?"),
-                        v["device"].as_str().unwrap_or("?"),
-                        v["precision"].as_str().unwrap_or("?")
-                    )
+                let show = |v: &crlm_predict::ComparedModel| {
+                    let m = &v.identity;
+                    format!("{} on {}/{} ({})", m.sha256.get(..12).unwrap_or("?"), m.backend, m.device, m.precision)
                 };
                 println!("A: {}\nB: {}", show(&c.a), show(&c.b));
                 println!(
