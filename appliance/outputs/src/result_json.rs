@@ -107,3 +107,42 @@ pub fn summary(doc: &ResultDoc) -> String {
         doc.ledger.record_hash.chars().take(16).collect::<String>()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal's document has no prediction and reads back as one; a prediction's reads back
+    /// with its numbers.
+    #[test]
+    fn refusals_and_predictions_read_back_as_written() {
+        let model = serde_json::json!({"name": "m", "version": "1", "sha256": "ab", "demo": false,
+            "signer_key_id": "k", "backend": "candle", "device": "cpu", "precision": "f32"});
+        let refused = serde_json::json!({"format": 1, "kind": "crlm-result", "status": "refused", "case": "P-1",
+            "ledger": {"seq": 3, "record_hash": "cd", "device_key_id": "k", "locked_at": "2026-12-05T00:00:00Z"},
+            "model": model, "software": {"name": "crlm", "version": "0.1.0"}, "modalities": null,
+            "caution": "c", "refusal": "not eligible"});
+        let doc: ResultDoc = serde_json::from_value(refused.clone()).unwrap();
+        assert_eq!((doc.prediction.as_ref(), doc.refusal.as_deref()), (None, Some("not eligible")));
+        assert_eq!(serde_json::to_value(&doc).unwrap(), refused);
+        assert!(summary(&doc).contains("REFUSED: not eligible"), "{}", summary(&doc));
+        let mut predicted = refused;
+        let o = predicted.as_object_mut().unwrap();
+        o.remove("refusal");
+        o.insert("status".into(), "predicted".into());
+        for (k, v) in [
+            ("risk_2y", serde_json::json!(0.25)),
+            ("risk_group", serde_json::json!("low")),
+            ("threshold", serde_json::json!(0.3)),
+            ("horizon_months", serde_json::json!(24)),
+            ("hazards", serde_json::json!([0.25])),
+            ("hazard_intervals_months", serde_json::json!([[0, 24]])),
+        ] {
+            o.insert(k.into(), v);
+        }
+        let doc: ResultDoc = serde_json::from_value(predicted.clone()).unwrap();
+        assert_eq!(doc.prediction.as_ref().map(|p| p.risk_2y), Some(0.25));
+        assert_eq!(serde_json::to_value(&doc).unwrap(), predicted);
+        assert!(summary(&doc).contains("24-month liver-metastasis risk: 0.250  group: low"), "{}", summary(&doc));
+    }
+}
