@@ -345,9 +345,9 @@ fn evaluate_case(
         },
     };
     let present = |m: &str| match m {
-        "ct" => choice.chosen.is_some(),
-        "slide" => slides > 0,
-        "clinical" => clinical.is_some(),
+        "ct" => modalities.has_ct(),
+        "slide" => modalities.has_slide(),
+        "clinical" => modalities.has_clinical(),
         _ => true,
     };
     let missing: Vec<&str> = cfg.cases.require.iter().map(String::as_str).filter(|m| !present(m)).collect();

@@ -27,11 +27,6 @@ impl Timings {
         self.0.iter().find(|(s, _)| *s == step).map(|(_, ms)| *ms)
     }
 
-    /// Every step with its time, in order.
-    pub fn steps(&self) -> &[(&'static str, f64)] {
-        &self.0
-    }
-
     /// Another set of timings' steps after these.
     pub fn extend(&mut self, other: Timings) {
         for (step, ms) in other.0 {
