@@ -65,12 +65,21 @@ pub struct ScanReport {
 }
 
 /// What became of a file in a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Considered {
     /// Taken in, refused, or waiting for the file itself.
     Done,
-    /// A multi-file slide's index whose parts are in the share, not yet all taken in.
-    WaitsForParts,
+    /// A multi-file slide's index whose parts are in the share, not yet all taken in: kept open
+    /// and recognised, to be taken up again at the end of the pass without reading it twice.
+    WaitsForParts(Box<Recognition>),
+}
+
+/// A file opened, found to be the version the walk saw, and recognised as usable.
+struct Recognition {
+    file: std::fs::File,
+    obs: Observation,
+    rec: Recognised,
+    /// Its folder is marked READY (or the file is marked done).
+    marked: bool,
 }
 
 /// Where a multi-file slide's parts stand in one scan of the share.
@@ -170,21 +179,19 @@ impl Ingestor {
                 ShareEntry::File { rel, size, mtime_ns, ino, nlink } => {
                     report.files_seen += 1;
                     seen.insert(rel.clone());
-                    if self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?
-                        == Considered::WaitsForParts
+                    if let Considered::WaitsForParts(r) =
+                        self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?
                     {
-                        waits_for_parts.push(entry);
+                        waits_for_parts.push((rel, r));
                     }
                 }
             }
         }
         // Slide indexes whose parts came after them in this walk: once more, now that the parts
         // are taken in (so a folder marked READY closes with its whole slide).
-        for entry in waits_for_parts {
-            if let ShareEntry::File { rel, size, mtime_ns, ino, nlink } = entry {
-                report.waiting = report.waiting.saturating_sub(1);
-                self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?;
-            }
+        for (rel, r) in waits_for_parts {
+            report.waiting = report.waiting.saturating_sub(1);
+            self.take_in_usable(rel, *r, now, &scan, &mut report)?;
         }
         for deep in &scan.too_deep {
             tracing::warn!(stage = "ingest", depth_limit = 16, folder_hash = %short_hash(deep), "folder nested too deep; not scanned");
@@ -245,52 +252,7 @@ impl Ingestor {
         }
         match recognise::recognise(&file, &self.share_root, rel, &self.cfg.limits) {
             Outcome::Usable(rec) => {
-                // A multi-file slide's index is taken in after every file it names, so that the
-                // case holds the whole slide when it closes and no part is still being copied.
-                if let Recognised::Slide(h) = &rec
-                    && let parts = self.parts_state(rel, &h.members, scan)?
-                    && parts != Parts::TakenIn
-                {
-                    // In a READY folder a part this pass has still to take in is waited for (the
-                    // index may come before its parts in the walk); a part
-                    // that is not in the folder is not coming.
-                    let for_s = self.tracker.incomplete_for(rel, now);
-                    let timed_out = for_s >= self.cfg.share.incomplete_timeout_seconds;
-                    if timed_out || (marked && matches!(parts, Parts::Missing(_))) {
-                        let reason = match parts {
-                            Parts::Missing(n) => format!(
-                                "{n} of the {} files this slide index names are not beside it ({})",
-                                h.members.len(),
-                                if marked {
-                                    "its folder is marked READY".to_string()
-                                } else {
-                                    format!("after {for_s:.0} s")
-                                }
-                            ),
-                            _ => format!("the files this slide index names were not all taken in after {for_s:.0} s"),
-                        };
-                        let p = Problem {
-                            kind: FileKind::Slide,
-                            check: "slide.parts",
-                            reason,
-                            action: "Copy the slide's index and every file it names into the same case folder.",
-                        };
-                        let sha = self.hash_file(&file);
-                        self.refuse(rel, size, mtime_ns, sha, p, report)?;
-                    } else {
-                        report.waiting += 1;
-                        if parts == Parts::Pending {
-                            return Ok(Considered::WaitsForParts);
-                        }
-                    }
-                    return Ok(Considered::Done);
-                }
-                let Some(sha) = self.hash_file(&file) else { return Ok(Considered::Done) };
-                if !same_version(&file, obs) {
-                    return Ok(Considered::Done);
-                }
-                self.tracker.forget(rel);
-                cases::accept_file(self, rel, size, mtime_ns, &sha, rec, report)?;
+                return self.take_in_usable(rel, Recognition { file, obs, rec, marked }, now, scan, report);
             }
             Outcome::NotYet(p) => {
                 let for_s = self.tracker.incomplete_for(rel, now);
@@ -314,6 +276,62 @@ impl Ingestor {
                 self.refuse(rel, size, mtime_ns, sha, p, report)?;
             }
         }
+        Ok(Considered::Done)
+    }
+
+    /// Take in a file recognised as usable: at once, or, for a multi-file slide's index, after
+    /// every file it names.
+    fn take_in_usable(
+        &mut self,
+        rel: &Path,
+        recognition: Recognition,
+        now: f64,
+        scan: &share::ShareScan,
+        report: &mut ScanReport,
+    ) -> Result<Considered, IngestError> {
+        let Recognition { file, obs, rec, marked } = recognition;
+        // A multi-file slide's index is taken in after every file it names, so that the
+        // case holds the whole slide when it closes and no part is still being copied.
+        if let Recognised::Slide(h) = &rec
+            && let parts = self.parts_state(rel, &h.members, scan)?
+            && parts != Parts::TakenIn
+        {
+            // In a READY folder a part this pass has still to take in is waited for (the index
+            // may come before its parts in the walk); a part that is not in the folder is not
+            // coming.
+            let for_s = self.tracker.incomplete_for(rel, now);
+            let timed_out = for_s >= self.cfg.share.incomplete_timeout_seconds;
+            if timed_out || (marked && matches!(parts, Parts::Missing(_))) {
+                let reason = match parts {
+                    Parts::Missing(n) => format!(
+                        "{n} of the {} files this slide index names are not beside it ({})",
+                        h.members.len(),
+                        if marked { "its folder is marked READY".to_string() } else { format!("after {for_s:.0} s") }
+                    ),
+                    _ => format!("the files this slide index names were not all taken in after {for_s:.0} s"),
+                };
+                let p = Problem {
+                    kind: FileKind::Slide,
+                    check: "slide.parts",
+                    reason,
+                    action: "Copy the slide's index and every file it names into the same case folder.",
+                };
+                let sha = self.hash_file(&file);
+                self.refuse(rel, obs.size, obs.mtime_ns, sha, p, report)?;
+            } else {
+                report.waiting += 1;
+                if parts == Parts::Pending {
+                    return Ok(Considered::WaitsForParts(Box::new(Recognition { file, obs, rec, marked })));
+                }
+            }
+            return Ok(Considered::Done);
+        }
+        let Some(sha) = self.hash_file(&file) else { return Ok(Considered::Done) };
+        if !same_version(&file, obs) {
+            return Ok(Considered::Done);
+        }
+        self.tracker.forget(rel);
+        cases::accept_file(self, rel, obs.size, obs.mtime_ns, &sha, rec, report)?;
         Ok(Considered::Done)
     }
 
