@@ -7,7 +7,7 @@
 //!
 //! - Owns: turning one case's files into the model's inputs and running the model: `gather`, `prepare_files` (the one preparation the service and `crlm predict` share), `predict_prepared`, the model loader.
 //! - Inputs: a case folder, or the files and series choice the service hands over.
-//! - Outputs: `PreparedCase`, `CaseResult` (typed eligibility, modalities, output; and the `crlm predict --json` document).
+//! - Outputs: `PreparedCase`, `CaseResult` (typed eligibility, modalities, output; and the `crlm predict --json` document, typed as `doc::PredictDocument`).
 //! - Place: state -> **predict** (the worker calls it) -> ledger.
 //! - Depends on: crlm-ingest (recognition, series, eligibility rules), crlm-config, crlm-models.
 
@@ -16,9 +16,9 @@ use crlm_models::backend::{BackendKind, OnnxOptions};
 use crlm_models::embedding_cache::EmbeddingCache;
 use crlm_models::inference::{Model, ModelError};
 use crlm_models::package::{ModelPackage, PackageSource, TrustStore};
-use serde_json::Value;
 use std::path::Path;
 
+pub mod doc;
 mod prepare;
 mod run;
 mod timings;
@@ -80,11 +80,6 @@ pub fn onnx_options(cfg: &Config) -> OnnxOptions {
         o.engine_cache = cfg.state.path.join("trt-engines");
     }
     o
-}
-
-/// The model block of every prediction document and ledger record: the package and what ran it.
-pub fn model_json(model: &Model) -> Value {
-    serde_json::to_value(crlm_models::case::ModelIdentity::of(model)).unwrap_or(Value::Null)
 }
 
 /// Which package: `override_path`, else `model.path`, else the built-in demo.

@@ -1,6 +1,7 @@
 //! A case folder to the model's inputs: the files found (recognised as the service does), the CT
 //! series chosen, eligibility, the region of interest, preprocessing and tile sampling.
 
+use crate::doc::{ClinicalInput, CtInput, DocInputs, RoiBox, SlideInput};
 use crate::*;
 use crlm_config::Config;
 use crlm_ingest::eligibility;
@@ -18,7 +19,6 @@ use crlm_models::inference::{CaseInputs, ModalityInput};
 use crlm_models::package::ModelSpec;
 use crlm_models::slide::read::SlideReader;
 use crlm_models::slide::sample::{ModelTiles, sample_tiles};
-use serde_json::{Value, json};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,7 +171,8 @@ pub struct PreparedCase {
     pub ct_used: Option<CtUsed>,
     pub slides_used: Vec<SlideUsed>,
     pub clinical_used: Option<ClinicalRecord>,
-    pub inputs_json: serde_json::Map<String, Value>,
+    /// What the document reports of the inputs.
+    pub inputs_doc: DocInputs,
     pub eligibility: Eligibility,
     /// Set when the case must not be predicted (not eligible).
     pub refusal: Option<String>,
@@ -192,7 +193,7 @@ pub fn prepare_case(dir: &Path, spec: &ModelSpec, cfg: &Config) -> Result<Prepar
 /// Preprocess a case's files as the package asks (the service gathers them from its database).
 pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Result<PreparedCase, PredictError> {
     let mut warnings = files.warnings.clone();
-    let mut inputs_json = serde_json::Map::new();
+    let mut inputs_doc = DocInputs::default();
     let mut ct_used = None;
 
     // CT: the service's series choice, the volume, the model grid.
@@ -263,22 +264,19 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
                             roi: roi.clone(),
                         });
                         warnings.extend(vol.report.warnings.iter().map(|w| format!("CT: {w}")));
-                        inputs_json.insert(
-                            "ct".into(),
-                            json!({
-                                "series_instance_uid": chosen.series,
-                                "series_description": chosen.description,
-                                "slices": vol.slices,
-                                "choice": choice.reason,
-                                "rejected_series": choice.rejected.len(),
-                                "roi": tensor.roi,
-                                "roi_labels": roi.as_ref().map(|(r, _)| r.labels.clone()).unwrap_or_default(),
-                                "roi_box": roi.as_ref().map(|(r, _)| json!({"min": r.bbox.min, "max": r.bbox.max, "clipped": r.clipped})),
-                                "roi_centre_index": tensor.centre_index,
-                                "spacing_mm": vol.spacing,
-                                "model_shape": tensor.shape,
-                            }),
-                        );
+                        inputs_doc.ct = Some(CtInput {
+                            series_instance_uid: chosen.series.clone(),
+                            series_description: chosen.description.clone(),
+                            slices: vol.slices,
+                            choice: choice.reason.clone(),
+                            rejected_series: choice.rejected.len(),
+                            roi: tensor.roi,
+                            roi_labels: roi.as_ref().map(|(r, _)| r.labels.clone()).unwrap_or_default(),
+                            roi_box: roi.as_ref().map(|(r, _)| RoiBox { bbox: r.bbox, clipped: r.clipped }),
+                            roi_centre_index: tensor.centre_index,
+                            spacing_mm: vol.spacing,
+                            model_shape: tensor.shape,
+                        });
                         ModalityInput::Used(tensor)
                     }
                 }
@@ -319,8 +317,8 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
             let reasons = eligibility::check(r, ct_date, &cfg.eligibility);
             eligibility = Eligibility::checked(cfg.eligibility.enabled, reasons);
             let e = encode(r, &spec.clinical);
-            inputs_json
-                .insert("clinical".into(), json!({"record_sha256": r.hash(), "missing_fields": e.missing_fields}));
+            inputs_doc.clinical =
+                Some(ClinicalInput { record_sha256: r.hash(), missing_fields: e.missing_fields.clone() });
             ModalityInput::Used(e)
         }
     };
@@ -331,7 +329,6 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
     let t = Instant::now();
     let (mut slide_files, mut slides): (Vec<PathBuf>, Vec<ModelTiles>) = (Vec::new(), Vec::new());
     let mut slides_used = Vec::new();
-    let mut slide_json = Vec::new();
     let mut slide_problems = Vec::new();
     let per_slide = spec.slide.max_tiles.per_slide(files.slides.len());
     for (p, label) in &files.slides {
@@ -339,9 +336,12 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         match r {
             Ok(m) if m.tiles.is_empty() => slide_problems.push(format!("{label}: no tissue tiles")),
             Ok(m) => {
-                slide_json.push(json!({
-                    "file": label, "tissue_tiles": m.tissue_tiles, "tiles_used": m.tiles.len(), "level": m.level,
-                }));
+                inputs_doc.slides.push(SlideInput {
+                    file: label.clone(),
+                    tissue_tiles: m.tissue_tiles,
+                    tiles_used: m.tiles.len(),
+                    level: m.level,
+                });
                 slides_used.push(SlideUsed {
                     path: p.clone(),
                     label: label.clone(),
@@ -366,9 +366,6 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         warnings.extend(slide_problems.iter().map(|w| format!("slide not used: {w}")));
         ModalityInput::Used(slides)
     };
-    if !slide_json.is_empty() {
-        inputs_json.insert("slides".into(), Value::Array(slide_json));
-    }
     let slide_ms = ms(t);
 
     Ok(PreparedCase {
@@ -377,7 +374,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         ct_used,
         slides_used,
         clinical_used: record.cloned(),
-        inputs_json,
+        inputs_doc,
         eligibility,
         refusal,
         warnings,

@@ -1,21 +1,20 @@
 //! A prepared case through the model: the `crlm predict --json` document, refusals, the summary.
 
+use crate::doc::{DocModel, DocPrediction, DocStatus, PredictDocument, TopTile};
 use crate::*;
 use crlm_config::Config;
 use crlm_models::case::{Eligibility, Modalities, ModalityStatus, ModelIdentity};
 use crlm_models::clinical::ClinicalRecord;
 use crlm_models::inference::{ModalityInput, Model, ModelError, ModelOutput, RiskGroup};
 use crlm_models::slide::sample::ModelTiles;
-use serde_json::{Value, json};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The result of `predict_case`: the JSON document, and the model's output when it predicted.
-#[derive(Default)]
 pub struct CaseResult {
     /// The `crlm predict --json` document (format 1).
-    pub json: Value,
+    pub doc: PredictDocument,
     /// Eligibility as checked (`checked: false` when switched off).
     pub eligibility: Eligibility,
     /// What became of each modality (absent when the case was refused before the model).
@@ -53,7 +52,7 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         ct_used,
         slides_used,
         clinical_used,
-        inputs_json,
+        inputs_doc,
         eligibility,
         refusal: not_eligible,
         warnings,
@@ -78,7 +77,7 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         Ok(o) => o,
         Err(e @ ModelError::ModalitiesNotAllowed { .. }) => {
             let mut r = refusal(model, e.to_string(), eligibility, warnings);
-            r.json["modalities"] = json!(modalities);
+            r.doc.modalities = Some(modalities.clone());
             r.modalities = Some(modalities);
             return Ok(used(r));
         }
@@ -103,69 +102,87 @@ pub fn predict_prepared(prepared: PreparedCase, model: &Model, t_all: Instant) -
         top.sort_by(|a, b| b.2.total_cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
         top.truncate(TOP_TILES);
     }
-    let top_tiles: Vec<Value> = top
+    let top_tiles = top
         .iter()
-        .map(|(s, i, a)| {
-            let (_, m) = &slides[*s];
-            let tile = m.tiles[*i];
-            let label = slides_used.get(*s).map(|u| u.label.as_str()).unwrap_or("slide");
-            json!({"slide": label, "x": tile.x, "y": tile.y, "size": tile.size, "attention": a})
+        .filter_map(|&(s, i, attention)| {
+            let tile = slides.get(s)?.1.tiles.get(i)?;
+            let slide = slides_used.get(s).map(|u| u.label.clone()).unwrap_or_else(|| "slide".into());
+            Some(TopTile { slide, x: tile.x, y: tile.y, size: tile.size, attention })
         })
         .collect();
-    let mut d = match model_header(model, "predicted") {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+    let prediction = DocPrediction {
+        risk_2y: output.risk_2y,
+        risk_group: output.risk_group,
+        threshold: output.threshold,
+        risk_2y_uncalibrated: output.risk_2y_uncalibrated,
+        hazards: output.hazards.clone(),
+        hazard_intervals_months: output.intervals_months.clone(),
+        horizon_months: output.horizon_months,
+        tiles: output.tiles,
+        inputs: inputs_doc,
+        top_tiles,
+        slice_attention: output.slice_attention.clone(),
+        timings_ms: timings_ms.clone(),
     };
-    d.insert("risk_2y".into(), json!(output.risk_2y));
-    d.insert("risk_group".into(), json!(output.risk_group));
-    d.insert("threshold".into(), json!(output.threshold));
-    d.insert("risk_2y_uncalibrated".into(), json!(output.risk_2y_uncalibrated));
-    d.insert("hazards".into(), json!(output.hazards));
-    d.insert("hazard_intervals_months".into(), json!(output.intervals_months));
-    d.insert("horizon_months".into(), json!(output.horizon_months));
-    d.insert("tiles".into(), json!(output.tiles));
-    d.insert("modalities".into(), json!(modalities));
-    d.insert("eligibility".into(), json!(eligibility));
-    d.insert("inputs".into(), Value::Object(inputs_json));
-    d.insert("top_tiles".into(), Value::Array(top_tiles));
-    d.insert("slice_attention".into(), json!(output.slice_attention));
-    d.insert("timings_ms".into(), json!(timings_ms));
-    d.insert("warnings".into(), json!(warnings));
+    let doc = PredictDocument {
+        prediction: Some(Box::new(prediction)),
+        modalities: Some(modalities.clone()),
+        eligibility: eligibility.clone(),
+        warnings: warnings.clone(),
+        ..document(model, DocStatus::Predicted)
+    };
     Ok(used(CaseResult {
-        json: Value::Object(d),
+        doc,
         eligibility,
         modalities: Some(modalities),
         refusal: None,
         warnings,
         output: Some(output),
         slides,
+        ct_used: None,
+        slides_used: Vec::new(),
+        clinical_used: None,
         timings_ms,
-        ..CaseResult::default()
     }))
 }
 
-/// The fields every document starts with: format, status, model identity, the demo notice.
-pub(crate) fn model_header(model: &Model, status: &str) -> Value {
+/// A document with the fields every one starts with (format, status, the model, the demo
+/// notice), to be completed by the caller.
+pub(crate) fn document(model: &Model, status: DocStatus) -> PredictDocument {
     let p = &model.package;
-    let mut m = model_json(model);
-    m["trust"] = json!(p.trust);
-    let mut v = json!({
-        "format": PREDICT_FORMAT,
-        "status": status,
-        "model": m,
-    });
-    if p.spec.demo {
-        v["notice"] = json!(DEMO_NOTICE);
+    PredictDocument {
+        format: PREDICT_FORMAT,
+        status,
+        model: DocModel { identity: ModelIdentity::of(model), trust: p.trust.clone() },
+        notice: p.spec.demo.then_some(DEMO_NOTICE),
+        refusal: None,
+        prediction: None,
+        modalities: None,
+        eligibility: Eligibility::default(),
+        warnings: Vec::new(),
     }
-    v
 }
 
 pub(crate) fn refusal(model: &Model, reason: String, eligibility: Eligibility, warnings: Vec<String>) -> CaseResult {
-    let mut v = model_header(model, "refused");
-    v["refusal"] = json!(reason);
-    v["eligibility"] = json!(eligibility);
-    v["warnings"] = json!(warnings);
-    CaseResult { json: v, eligibility, refusal: Some(reason), warnings, ..CaseResult::default() }
+    let doc = PredictDocument {
+        refusal: Some(reason.clone()),
+        eligibility: eligibility.clone(),
+        warnings: warnings.clone(),
+        ..document(model, DocStatus::Refused)
+    };
+    CaseResult {
+        doc,
+        eligibility,
+        modalities: None,
+        refusal: Some(reason),
+        warnings,
+        output: None,
+        slides: Vec::new(),
+        ct_used: None,
+        slides_used: Vec::new(),
+        clinical_used: None,
+        timings_ms: Timings::default(),
+    }
 }
 
 /// What a person reads of a case's result: `crlm predict`'s summary, and (from `result.json`)

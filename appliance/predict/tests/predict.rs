@@ -20,7 +20,7 @@ fn case(dir: &Path, z: [f64; 3], parts: CaseParts) -> PathBuf {
 }
 
 fn run(dir: &Path) -> Value {
-    predict_case(dir, model(), &Config::default()).unwrap().json
+    serde_json::to_value(predict_case(dir, model(), &Config::default()).unwrap().doc).unwrap()
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn a_clinical_only_case_is_refused_with_the_reason() {
     )
     .unwrap();
     assert!(r.output.is_none());
-    let doc = r.json;
+    let doc = serde_json::to_value(&r.doc).unwrap();
     assert_eq!(doc["status"], "refused");
     let why = doc["refusal"].as_str().unwrap();
     assert!(why.contains("does not allow a prediction from [clinical]"), "{why}");

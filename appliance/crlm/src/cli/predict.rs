@@ -34,7 +34,8 @@ pub fn run(args: PredictArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&result.json)?);
+        // Through a Value, whose keys are sorted (docs/MODEL.md).
+        println!("{}", serde_json::to_string_pretty(&serde_json::to_value(&result.doc)?)?);
     } else {
         let identity = crlm_models::case::ModelIdentity::of(&model);
         print!("{}", result.summary(&identity));
