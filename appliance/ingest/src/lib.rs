@@ -68,14 +68,15 @@ pub struct ScanReport {
 enum Considered {
     /// Taken in, refused, or waiting for the file itself.
     Done,
-    /// A multi-file slide's index whose parts are in the share, not yet all taken in: kept open
-    /// and recognised, to be taken up again at the end of the pass without reading it twice.
+    /// A multi-file slide's index whose parts are in the share, not yet all taken in: its
+    /// recognition is kept, to be taken up again at the end of the pass without parsing it (and
+    /// opening it through OpenSlide) twice. The file is not kept open: a share may hold more
+    /// indexes than the unit's LimitNOFILE.
     WaitsForParts(Box<Recognition>),
 }
 
-/// A file opened, found to be the version the walk saw, and recognised as usable.
+/// A file found to be the version the walk saw, and recognised as usable.
 struct Recognition {
-    file: std::fs::File,
     obs: Observation,
     rec: Recognised,
     /// Its folder is marked READY (or the file is marked done).
@@ -191,7 +192,13 @@ impl Ingestor {
         // are taken in (so a folder marked READY closes with its whole slide).
         for (rel, r) in waits_for_parts {
             report.waiting = report.waiting.saturating_sub(1);
-            self.take_in_usable(rel, *r, now, &scan, &mut report)?;
+            match share::open_beneath(&self.share, rel) {
+                Ok(file) if same_version(&file, r.obs) => {
+                    self.take_in_usable(rel, &file, *r, now, &scan, &mut report)?;
+                }
+                // Gone or changed since: the next pass looks at it afresh.
+                _ => report.waiting += 1,
+            }
         }
         for deep in &scan.too_deep {
             tracing::warn!(stage = "ingest", depth_limit = 16, folder_hash = %short_hash(deep), "folder nested too deep; not scanned");
@@ -252,7 +259,7 @@ impl Ingestor {
         }
         match recognise::recognise(&file, &self.share_root, rel, &self.cfg.limits) {
             Outcome::Usable(rec) => {
-                return self.take_in_usable(rel, Recognition { file, obs, rec, marked }, now, scan, report);
+                return self.take_in_usable(rel, &file, Recognition { obs, rec, marked }, now, scan, report);
             }
             Outcome::NotYet(p) => {
                 let for_s = self.tracker.incomplete_for(rel, now);
@@ -284,12 +291,13 @@ impl Ingestor {
     fn take_in_usable(
         &mut self,
         rel: &Path,
+        file: &std::fs::File,
         recognition: Recognition,
         now: f64,
         scan: &share::ShareScan,
         report: &mut ScanReport,
     ) -> Result<Considered, IngestError> {
-        let Recognition { file, obs, rec, marked } = recognition;
+        let Recognition { obs, rec, marked } = recognition;
         // A multi-file slide's index is taken in after every file it names, so that the
         // case holds the whole slide when it closes and no part is still being copied.
         if let Recognised::Slide(h) = &rec
@@ -316,18 +324,18 @@ impl Ingestor {
                     reason,
                     action: "Copy the slide's index and every file it names into the same case folder.",
                 };
-                let sha = self.hash_file(&file);
+                let sha = self.hash_file(file);
                 self.refuse(rel, obs.size, obs.mtime_ns, sha, p, report)?;
             } else {
                 report.waiting += 1;
                 if parts == Parts::Pending {
-                    return Ok(Considered::WaitsForParts(Box::new(Recognition { file, obs, rec, marked })));
+                    return Ok(Considered::WaitsForParts(Box::new(Recognition { obs, rec, marked })));
                 }
             }
             return Ok(Considered::Done);
         }
-        let Some(sha) = self.hash_file(&file) else { return Ok(Considered::Done) };
-        if !same_version(&file, obs) {
+        let Some(sha) = self.hash_file(file) else { return Ok(Considered::Done) };
+        if !same_version(file, obs) {
             return Ok(Considered::Done);
         }
         self.tracker.forget(rel);
