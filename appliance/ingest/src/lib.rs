@@ -75,6 +75,10 @@ enum Considered {
     WaitsForParts(Box<Recognition>),
 }
 
+/// Recognitions kept for the end of a scan at most (an MRXS index may name 4096 files, so each
+/// can hold a few hundred KB); an index past them is recognised again there, as the first was.
+const MAX_KEPT_RECOGNITIONS: usize = 64;
+
 /// A file found to be the version the walk saw, and recognised as usable.
 struct Recognition {
     obs: Observation,
@@ -154,7 +158,7 @@ impl Ingestor {
         let scan = share::walk(&self.share, &self.skip_top)
             .map_err(|e| IngestError::Share { path: self.share_root.display().to_string(), source: e })?;
         let mut seen = HashSet::new();
-        let mut waits_for_parts = Vec::new();
+        let (mut waits_for_parts, mut kept) = (Vec::new(), 0);
         for entry in &scan.entries {
             self.tick();
             match entry {
@@ -183,15 +187,22 @@ impl Ingestor {
                     if let Considered::WaitsForParts(r) =
                         self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?
                     {
-                        waits_for_parts.push((rel, r));
+                        let keep = kept < MAX_KEPT_RECOGNITIONS;
+                        kept += usize::from(keep);
+                        waits_for_parts.push((entry, keep.then_some(r)));
                     }
                 }
             }
         }
         // Slide indexes whose parts came after them in this walk: once more, now that the parts
         // are taken in (so a folder marked READY closes with its whole slide).
-        for (rel, r) in waits_for_parts {
+        for (entry, r) in waits_for_parts {
+            let ShareEntry::File { rel, size, mtime_ns, ino, nlink } = entry else { continue };
             report.waiting = report.waiting.saturating_sub(1);
+            let Some(r) = r else {
+                self.consider_file(rel, *size, *mtime_ns, *ino, *nlink, now, &scan, &mut report)?;
+                continue;
+            };
             match share::open_beneath(&self.share, rel) {
                 Ok(file) if same_version(&file, r.obs) => {
                     self.take_in_usable(rel, &file, *r, now, &scan, &mut report)?;
