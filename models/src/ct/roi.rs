@@ -121,6 +121,13 @@ fn seg_points(
     } else {
         (Some(pixel_data.to_bytes().map_err(|e| format!("pixel data unreadable: {e}"))?), None)
     };
+    // The JPEG decoder allocates what a stream's frame header claims: every stream must be the
+    // frame's size before any is decoded.
+    if let Some(f) = fragments
+        && crate::dicom::jpeg_frame::is_jpeg_transfer_syntax(&h.transfer_syntax_uid)
+    {
+        crate::dicom::jpeg_frame::check_fragments(f, cols as u32, rows as u32, 1)?;
+    }
     let plane = rows * cols;
     let mut points = Vec::new();
     let mut mask = vec![false; plane];

@@ -570,16 +570,23 @@ fn decode_file<T: HuVoxel>(
     {
         return decode_rle_frames(&obj, h, planes, slots).map_err(derr);
     }
-    if dicom::j2k::is_j2k_transfer_syntax(&h.transfer_syntax_uid) {
-        // Every codestream is checked against Rows x Columns first: dicom-rs's adapter
-        // indexes past its buffer on one that is larger (docs/RELIABILITY.md).
+    // Every JPEG 2000 codestream and JPEG (or JPEG-LS) stream is checked against Rows x Columns
+    // first: dicom-rs's JPEG 2000 adapter indexes past its buffer on one that is larger, and its
+    // JPEG decoder allocates whatever the stream's frame header claims (docs/RELIABILITY.md).
+    let j2k = dicom::j2k::is_j2k_transfer_syntax(&h.transfer_syntax_uid);
+    if j2k || dicom::jpeg_frame::is_jpeg_transfer_syntax(&h.transfer_syntax_uid) {
         let fragments = obj
             .element(dicom_dictionary_std::tags::PIXEL_DATA)
             .ok()
             .and_then(|e| e.value().fragments())
-            .ok_or_else(|| derr("JPEG 2000 pixel data without fragments".into()))?;
+            .ok_or_else(|| derr("compressed pixel data without fragments".into()))?;
         let (cols, rows) = (u32::from(h.columns.unwrap_or(0)), u32::from(h.rows.unwrap_or(0)));
-        dicom::j2k::check_fragments(fragments, cols, rows, h.samples_per_pixel.unwrap_or(1)).map_err(derr)?;
+        let samples = h.samples_per_pixel.unwrap_or(1);
+        if j2k {
+            dicom::j2k::check_fragments(fragments, cols, rows, samples).map_err(derr)?;
+        } else {
+            dicom::jpeg_frame::check_fragments(fragments, cols, rows, samples).map_err(derr)?;
+        }
     }
     let mut out = Vec::with_capacity(slots.len());
     for (p, dst) in slots.iter_mut() {

@@ -9,6 +9,7 @@ pub mod guard;
 pub mod header;
 pub(crate) mod j2k;
 pub mod jpeg12;
+pub(crate) mod jpeg_frame;
 pub mod rle;
 #[cfg(any(test, feature = "write"))]
 pub mod writer;

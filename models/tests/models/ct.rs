@@ -701,6 +701,42 @@ mod jpeg_extended_12bit {
     }
 }
 
+/// A JPEG stream's frame header claiming more pixels than the image (fuzzing finding 13,
+/// docs/RELIABILITY.md): jpeg-decoder sizes its output from the frame header alone, so the
+/// 210 KB file the fuzzer made asked for 8.5 GB. Every JPEG and JPEG-LS stream is now checked
+/// against Rows x Columns before any decoder sees it.
+mod jpeg_frame_header {
+    use super::*;
+    use crate::dcmtk::{dcmtk, run};
+
+    #[test]
+    fn a_lossless_jpeg_frame_larger_than_its_image_is_refused_before_decoding() {
+        if !dcmtk("dcmcjpeg") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let originals = series(&dir.path().join("native"), 1, |s| {
+            s.rows = 40;
+            s.columns = 36;
+        });
+        let jpeg = dir.path().join("lossless.dcm");
+        run("dcmcjpeg", &["+e1".as_ref(), originals[0].as_os_str(), jpeg.as_os_str()]);
+        let h = crlm_models::dicom::read_header(&jpeg, &Limits::default()).unwrap();
+        assert_eq!(h.transfer_syntax_uid, "1.2.840.10008.1.2.4.70");
+        let original = load_series(&originals, &Limits::default()).unwrap();
+        assert_eq!(load_series(std::slice::from_ref(&jpeg), &Limits::default()).unwrap().hu, original.hu);
+
+        // The frame header (SOF3) after the stream's start now claims 65,535 x 65,535 pixels.
+        let mut bytes = std::fs::read(&jpeg).unwrap();
+        let soi = bytes.windows(3).position(|w| w == [0xFF, 0xD8, 0xFF]).unwrap();
+        let sof = soi + bytes[soi..].windows(2).position(|w| w == [0xFF, 0xC3]).unwrap();
+        bytes[sof + 5..sof + 9].copy_from_slice(&[0xFF; 4]);
+        std::fs::write(&jpeg, &bytes).unwrap();
+        let e = load_series(&[jpeg], &Limits::default()).unwrap_err().to_string();
+        assert!(e.contains("the JPEG frame header says 65535x65535, the image is 36x40"), "{e}");
+    }
+}
+
 /// JPEG-LS (CharLS, in every build) against DCMTK's own JPEG-LS codec (dcmcjpls/dcmdjpls): the
 /// NEMA files and a series of the project's writer transcoded lossless and near-lossless.
 mod jpeg_ls {
