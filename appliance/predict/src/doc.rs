@@ -72,7 +72,7 @@ pub struct DocInputs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clinical: Option<ClinicalInput>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub slides: Vec<SlideInput>,
+    pub slides: Vec<crate::SlideUsed>,
 }
 
 /// The CT series used and how it became the model's input.
@@ -106,15 +106,6 @@ pub struct ClinicalInput {
     pub record_sha256: String,
     /// The package's fields the record lacks (encoded as missing).
     pub missing_fields: Vec<String>,
-}
-
-/// A slide used: its label in the case folder and its tiles.
-#[derive(Debug, Clone, Serialize)]
-pub struct SlideInput {
-    pub file: String,
-    pub tissue_tiles: usize,
-    pub tiles_used: usize,
-    pub level: usize,
 }
 
 /// One of the tiles the attention weighed most, in level-0 pixels.

@@ -1,7 +1,7 @@
 //! A case folder to the model's inputs: the files found (recognised as the service does), the CT
 //! series chosen, eligibility, the region of interest, preprocessing and tile sampling.
 
-use crate::doc::{ClinicalInput, CtInput, DocInputs, RoiBox, SlideInput};
+use crate::doc::{ClinicalInput, CtInput, DocInputs, RoiBox};
 use crate::*;
 use crlm_config::Config;
 use crlm_ingest::eligibility;
@@ -60,10 +60,13 @@ pub struct CtUsed {
     pub roi: Option<(RegionOfInterest, String)>,
 }
 
-/// A slide a case used.
-#[derive(Debug, Clone)]
+/// A slide a case used; as the `crlm predict --json` document reports it, without its path.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SlideUsed {
+    #[serde(skip)]
     pub path: PathBuf,
+    /// Its path relative to the case folder.
+    #[serde(rename = "file")]
     pub label: String,
     pub tissue_tiles: usize,
     pub tiles_used: usize,
@@ -336,12 +339,6 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         match r {
             Ok(m) if m.tiles.is_empty() => slide_problems.push(format!("{label}: no tissue tiles")),
             Ok(m) => {
-                inputs_doc.slides.push(SlideInput {
-                    file: label.clone(),
-                    tissue_tiles: m.tissue_tiles,
-                    tiles_used: m.tiles.len(),
-                    level: m.level,
-                });
                 slides_used.push(SlideUsed {
                     path: p.clone(),
                     label: label.clone(),
@@ -366,6 +363,7 @@ pub fn prepare_files(files: &CaseFiles, spec: &ModelSpec, cfg: &Config) -> Resul
         warnings.extend(slide_problems.iter().map(|w| format!("slide not used: {w}")));
         ModalityInput::Used(slides)
     };
+    inputs_doc.slides = slides_used.clone();
     let slide_ms = ms(t);
 
     Ok(PreparedCase {
